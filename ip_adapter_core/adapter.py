@@ -1,0 +1,78 @@
+"""An IP-Adapter as a torch module: the projection network plus the per-layer
+K'/V' projections, laid out so the flat safetensors keys load strictly."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..models import TorchOps, build_projection
+from .config import AdapterConfig, detect_config
+from .errors import IPAdapterFileError
+from .files import read_flat_state_dict, split_sections
+from .layers import layers_for
+
+log = logging.getLogger("ipadapter")
+
+
+class IPLayer(torch.nn.Module):
+    """K' and V' of one cross-attention layer: bias-free Linear cross_dim -> hidden."""
+
+    def __init__(self, cross_dim, hidden, operations=TorchOps, device=None, dtype=None):
+        super().__init__()
+        self.to_k_ip = operations.Linear(cross_dim, hidden, bias=False, device=device, dtype=dtype)
+        self.to_v_ip = operations.Linear(cross_dim, hidden, bias=False, device=device, dtype=dtype)
+
+
+class IPAdapterModel(torch.nn.Module):
+    """``image_proj`` + ``ip_adapter.{file_index}``: the weights of one IP-Adapter file."""
+
+    def __init__(self, config: AdapterConfig, operations=TorchOps, device=None, dtype=None):
+        super().__init__()
+        self.config = config
+        self.image_proj = build_projection(config, operations, device=device, dtype=dtype)
+        self.ip_adapter = torch.nn.ModuleDict({
+            str(layer.file_index): IPLayer(config.cross_dim, layer.hidden, operations, device, dtype)
+            for layer in layers_for(config.family)})
+
+    def layer(self, file_index: int) -> IPLayer:
+        return self.ip_adapter[str(file_index)]
+
+
+@dataclass(frozen=True)
+class LoadedAdapter:
+    """What the loader hands on: where it came from, what it is, and its weights."""
+
+    path: str
+    config: AdapterConfig
+    model: IPAdapterModel
+
+
+def read_adapter(path) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
+    """Read and classify a file; returns its config and the flat state dict."""
+    flat = read_flat_state_dict(path)
+    sections, rest = split_sections(flat)
+    config = detect_config(sections, path, rest)
+    if rest:
+        log.warning("IP-Adapter file '%s': ignoring %d keys outside image_proj/ip_adapter (%s)",
+                    path, len(rest), ", ".join(rest[:3]))
+    return config, {k: v for k, v in flat.items() if k.partition(".")[0] in ("image_proj", "ip_adapter")}
+
+
+def load_adapter(path, dtype: torch.dtype | None = None, device="cpu", operations=TorchOps) -> LoadedAdapter:
+    """Load an IP-Adapter file (.safetensors or .bin) strictly, in ``dtype`` (default: as stored)."""
+    config, sd = read_adapter(path)
+    dtype = dtype or next(iter(sd.values())).dtype
+    with torch.device("meta"):
+        model = IPAdapterModel(config, operations, dtype=dtype)
+    try:
+        # assign=True swaps the meta tensors for the file's, so nothing is allocated twice.
+        model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in sd.items()},
+                              strict=True, assign=True)
+    except RuntimeError as e:
+        raise IPAdapterFileError(path, f"does not match the {config.name} layout: {e}",
+                                 "The file is damaged or a variant this extension does not know.") from e
+    log.info("Loaded IP-Adapter '%s': %s", Path(path).name, config.name)
+    return LoadedAdapter(str(path), config, model.eval().requires_grad_(False))

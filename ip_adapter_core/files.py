@@ -1,0 +1,108 @@
+"""Reading IP-Adapter files safely, whatever their extension says.
+
+Two layouts exist: the original ``.bin`` pickle holding a nested dict
+``{"image_proj": {...}, "ip_adapter": {...}}`` and ``.safetensors`` with the same
+tensors flattened under ``image_proj.`` / ``ip_adapter.``. The format is sniffed
+from the bytes, not the name, and pickles are only ever opened with
+``weights_only=True`` so a crafted file cannot run code.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .errors import IPAdapterFileError
+
+log = logging.getLogger("ipadapter")
+
+SECTIONS = ("image_proj", "ip_adapter")
+
+
+def sniff_format(path: Path) -> str:
+    """Return 'safetensors', 'zip-pickle' or 'legacy-pickle' from the file's first bytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise IPAdapterFileError(path, f"cannot be opened ({e.strerror}).",
+                                 "Check that the file exists and is readable.") from e
+    if len(head) < 8:
+        raise IPAdapterFileError(path, f"is only {len(head)} bytes long: empty or truncated.",
+                                 "Download the file again.")
+    if head[:2] == b"PK":
+        return "zip-pickle"
+    if head[:1] == b"\x80":
+        return "legacy-pickle"
+    (header_len,) = struct.unpack("<Q", head[:8])
+    if 0 < header_len < 100_000_000 and head[8:9] == b"{":
+        return "safetensors"
+    raise IPAdapterFileError(path, "is neither a safetensors file nor a PyTorch checkpoint "
+                             f"(first bytes {head[:8]!r}).", "Download the file again.")
+
+
+def read_flat_state_dict(path) -> dict[str, torch.Tensor]:
+    """Load every tensor of a model file into one flat ``{key: tensor}`` dict on the CPU."""
+    path = Path(path)
+    kind = sniff_format(path)
+    if kind == "safetensors":
+        return _read_safetensors(path)
+    return _flatten(_read_pickle(path), path)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    import safetensors.torch
+
+    try:
+        return safetensors.torch.load_file(str(path), device="cpu")
+    except Exception as e:  # safetensors raises its own error types for corrupt data
+        raise IPAdapterFileError(path, f"is a damaged safetensors file ({e}).",
+                                 "It is probably truncated: download it again.") from e
+
+
+def _read_pickle(path: Path):
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only refuses any global that is not a tensor type: the file wants to
+        # build arbitrary Python objects, which is how pickles run code. Nothing ran.
+        raise IPAdapterFileError(
+            path, "holds Python objects other than tensors (a pickle can run code), so it was "
+            f"refused without being executed. Detail: {str(e).splitlines()[0]}",
+            "Use the .safetensors release of this adapter, or a .bin from the official source.") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise IPAdapterFileError(path, f"is a damaged PyTorch file ({type(e).__name__}: {e}).",
+                                 "It is probably truncated: download it again.") from e
+
+
+def _flatten(obj, path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return {prefix.rstrip("."): obj}
+    if not isinstance(obj, dict):
+        raise IPAdapterFileError(path, f"contains a {type(obj).__name__} at '{prefix or '<top>'}', "
+                                 "where a dict of tensors was expected.",
+                                 "This is not a model file.")
+    out: dict[str, torch.Tensor] = {}
+    for k, v in obj.items():
+        if isinstance(v, (int, float, str)) or v is None:
+            continue  # metadata such as "epoch" or "global_step"
+        out.update(_flatten(v, path, f"{prefix}{k}."))
+    return out
+
+
+def split_sections(flat: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
+    """Split a flat dict into the ``image_proj`` / ``ip_adapter`` sections; also return the rest."""
+    sections: dict[str, dict[str, torch.Tensor]] = {s: {} for s in SECTIONS}
+    rest = []
+    for k, v in flat.items():
+        head, _, tail = k.partition(".")
+        if head in sections and tail:
+            sections[head][tail] = v
+        else:
+            rest.append(k)
+    return sections, rest
+

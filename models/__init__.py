@@ -1,0 +1,28 @@
+"""Projection networks: CLIP vision features -> image tokens of the UNet's cross width.
+
+Module and parameter names follow the original tencent-ailab/IP-Adapter code so
+the official ``image_proj`` state dicts load strictly.
+"""
+from .linear import ImageProjModel
+from .mlp import MLPProjModel
+from .ops import TorchOps
+from .resampler import Resampler
+
+__all__ = ["ImageProjModel", "MLPProjModel", "Resampler", "TorchOps", "build_projection"]
+
+
+def build_projection(config, operations=TorchOps, device=None, dtype=None):
+    """Create the empty projection network an AdapterConfig describes."""
+    if config.projection == "linear":
+        return ImageProjModel(config.feature_dim, config.cross_dim, config.num_tokens,
+                              operations=operations, device=device, dtype=dtype)
+    if config.projection == "mlp":
+        return MLPProjModel(config.feature_dim, config.cross_dim,
+                            operations=operations, device=device, dtype=dtype)
+    if config.projection == "resampler":
+        r = config.resampler
+        return Resampler(dim=r.dim, depth=r.depth, dim_head=r.dim_head, heads=r.heads,
+                         num_queries=r.num_queries, embedding_dim=r.embedding_dim,
+                         output_dim=r.output_dim, ff_mult=r.ff_mult,
+                         operations=operations, device=device, dtype=dtype)
+    raise ValueError(f"unknown projection kind {config.projection!r}")
