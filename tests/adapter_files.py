@@ -5,6 +5,7 @@ the code under test, so a detection bug cannot hide behind a shared table.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -84,7 +85,14 @@ def ip_layers_state(family, cross, gen, only_layer: int | None = None):
 
 
 def adapter_sections(variant: str, seed: int = 0, dtype=torch.float16, only_layer=None):
-    """The nested {"image_proj": ..., "ip_adapter": ...} dict of a random adapter."""
+    """The nested {"image_proj": ..., "ip_adapter": ...} dict of a random adapter (a fresh
+    copy of the dicts, so callers may edit them; the tensors are shared)."""
+    cached = _sections(variant, seed, dtype, only_layer)
+    return {k: dict(v) for k, v in cached.items()}
+
+
+@functools.lru_cache(maxsize=16)
+def _sections(variant, seed, dtype, only_layer):
     family, projection, tokens, _, feat, cross = VARIANTS[variant]
     gen = torch.Generator().manual_seed(seed)
     proj = image_proj_state(projection, tokens, feat, cross, family, gen)

@@ -15,6 +15,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PKG = "ipadapter_ext"
@@ -51,7 +52,34 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+PARITY: list[tuple[str, float, float]] = []
+
+
+@pytest.fixture
+def parity():
+    """Record a parity measurement; all of them are printed at the end of the run."""
+
+    def record(name: str, got, ref, tol: float) -> float:
+        """``got`` vs ``ref`` tensors, or ``got`` an error already measured (ref None)."""
+        err = float(got) if ref is None else rel_err(got, ref)
+        PARITY.append((name, err, tol))
+        assert err < tol, f"{name}: relative error {err:.3e} >= {tol:.0e}"
+        return err
+
+    return record
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """||got - ref|| / ||ref|| in float64."""
+    got, ref = got.double(), ref.double()
+    return float((got - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
 def pytest_terminal_summary(terminalreporter):
+    if PARITY:
+        terminalreporter.section("parity (relative error, tolerance)")
+        for name, err, tol in PARITY:
+            terminalreporter.write_line(f"PARITY {name}: {err:.2e} (< {tol:.0e})")
     if HOST is None:
         terminalreporter.write_line("WARNING: " + HOST_MISSING, yellow=True, bold=True)
 
@@ -60,3 +88,19 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "host: needs the real ComfyUI host")
     config.addinivalue_line("markers", "slow: builds full-size random models (minutes)")
     logging.getLogger("ipadapter").setLevel(logging.DEBUG)
+
+
+@pytest.fixture(scope="session")
+def adapter_file(tmp_path_factory):
+    """Random adapter files of the real shapes, written once per session: (variant, fmt) -> Path."""
+    from adapter_files import write_adapter
+
+    root = tmp_path_factory.mktemp("adapters")
+    cache = {}
+
+    def get(variant: str, fmt: str = "safetensors"):
+        if (variant, fmt) not in cache:
+            cache[variant, fmt] = write_adapter(root, variant, fmt)
+        return cache[variant, fmt]
+
+    return get

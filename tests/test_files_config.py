@@ -32,9 +32,9 @@ def test_every_variant_detected_from_keys_and_shapes(tmp_path, variant, fmt):
     assert next(model.parameters()).dtype == torch.float32
 
 
-def test_both_formats_load_identical_weights(tmp_path):
-    a = load_adapter(write_adapter(tmp_path, "ip-adapter-plus_sd15", "bin")).model.state_dict()
-    b = load_adapter(write_adapter(tmp_path, "ip-adapter-plus_sd15", "safetensors")).model.state_dict()
+def test_both_formats_load_identical_weights(adapter_file):
+    a = load_adapter(adapter_file("ip-adapter-plus_sd15", "bin")).model.state_dict()
+    b = load_adapter(adapter_file("ip-adapter-plus_sd15", "safetensors")).model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert all(v.dtype == torch.float16 for v in a.values())  # stored dtype kept by default
 

@@ -1,0 +1,288 @@
+"""Random-weight model files in the real formats, for host integration tests.
+
+No weights can be downloaded where the tests run, so this module writes files
+that ComfyUI's own loaders accept: the key layout and shapes are those of the
+released files, the values are random. They are cached (see ``cache_dir``); the
+file names carry ``VERSION`` so that a change in a generator invalidates them.
+
+How the files are made: each network is built from ComfyUI's own classes on the
+``meta`` device (no memory, no compute), which gives every tensor's name, shape
+and owning module; every tensor is then drawn with its own seed (derived from its
+name, so the output does not depend on iteration order) and written in fp16 in
+the layout ComfyUI's CheckpointSave writes (``process_*_for_saving`` of the model
+config), which is the original LDM/SGM layout. Initialisation: LayerNorm and
+GroupNorm weights 1, biases 0, ``logit_scale`` ln(100), every other tensor
+normal(0, 0.02). comfy.ops layers skip initialisation, so nothing is left to them.
+
+What the files are:
+
+- ``sd15_checkpoint(tiny=False)``: SD1.5 with real shapes (UNet 860M, CLIP-L
+  123M, VAE 84M parameters; fp16, ~2.1 GB). Detected as
+  ``comfy.supported_models.SD15`` by an unmodified ComfyUI.
+- ``sd15_checkpoint(tiny=True)``: the SD1.5 UNet structure (same blocks, same 16
+  attn2 layers, context 768, 8 heads) with ``model_channels=TINY_CHANNELS``,
+  plus the full CLIP-L and VAE (ComfyUI builds the text encoder and the VAE from
+  fixed configs: smaller or missing weights do not load, see the test module).
+  ComfyUI matches SD1.5 on ``model_channels == 320``, so an unmodified ComfyUI
+  does not recognise this UNet: ``register_tiny_model_configs()`` appends
+  ``TinySD15``/``TinySDXL`` (subclasses of SD15/SDXL differing only in
+  ``model_channels``) to ``comfy.supported_models.models``. The builders here
+  call it, so in-process tests need nothing more; a ComfyUI server started as a
+  subprocess needs the custom node that ``models_dir`` writes (``custom_nodes/``).
+- ``sdxl_checkpoint(tiny=True)``: the SDXL UNet structure (transformer depth
+  [0,0,2,2,10,10], 70 attn2 layers, context 2048, adm 2816, head size 64) with
+  ``model_channels=TINY_CHANNELS``, plus full CLIP-L and CLIP-G (OpenCLIP layout)
+  and VAE. The text encoders are most of the file (~1.8 GB); ComfyUI's SDXL text
+  encoders have fixed configs too. ``tiny=False`` has real shapes (~7 GB).
+- ``clip_vision_vit_h()`` / ``clip_vision_vit_bigg()``: HF
+  ``CLIPVisionModelWithProjection`` layout (``vision_model.*``,
+  ``visual_projection.weight``), fp16; ComfyUI picks its config from the number
+  of layers (ViT-H ~1.26 GB, bigG ~3.7 GB, built only when asked for).
+- ``controlnet_sd15(tiny)``: original ControlNet layout (``control_model.*``),
+  channels matching the SD1.5 checkpoint of the same ``tiny``.
+
+Run ``python tests/host_models.py [--full]`` to fill the cache ahead of a CI run.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger("ipadapter.tests.host_models")
+
+VERSION = "v1"
+TINY_CHANNELS = 32
+STD = 0.02
+SEED = 20240601
+CLIP_VISION_H_NAME = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
+
+
+def cache_dir() -> Path:
+    """``$IPADAPTER_TEST_CACHE`` or ``~/.cache/comfyui-ipadapter/test-models``."""
+    env = os.environ.get("IPADAPTER_TEST_CACHE")
+    path = Path(env).expanduser() if env else Path.home() / ".cache/comfyui-ipadapter/test-models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _cached(stem: str, build) -> Path:
+    """Return the cached file ``stem-VERSION.safetensors``, building it first if absent."""
+    path = cache_dir() / f"{stem}-{VERSION}.safetensors"
+    if path.is_file():
+        return path
+    start = time.perf_counter()
+    tensors = build()
+    # A unique temporary name in the same folder, then an atomic rename: parallel
+    # test workers may build the same file, and a killed build leaves no half file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata={"generator": f"ipadapter tests host_models {VERSION}"})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("built %s (%.2f GB, %d tensors) in %.1f s", path.name, path.stat().st_size / 1e9,
+             len(tensors), time.perf_counter() - start)
+    return path
+
+
+def _random_state_dict(module: torch.nn.Module, seed: int, std: float = STD) -> dict[str, torch.Tensor]:
+    """Random fp16 values for every entry of a module's state dict (module may be on meta)."""
+    norms = (torch.nn.GroupNorm, torch.nn.LayerNorm)
+    owner = {}
+    for mod_name, mod in module.named_modules():
+        for name, _ in list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False)):
+            owner[f"{mod_name}.{name}" if mod_name else name] = (mod, name)
+    out = {}
+    for key, ref in module.state_dict(keep_vars=True).items():
+        mod, name = owner[key]
+        if not ref.is_floating_point():
+            raise ValueError(f"unexpected non-float tensor {key}")
+        if name == "logit_scale":
+            t = torch.full(ref.shape, math.log(100.0))
+        elif isinstance(mod, norms) and name == "weight":
+            t = torch.ones(ref.shape)
+        elif name == "bias" or name.endswith("_bias"):
+            t = torch.zeros(ref.shape)
+        else:
+            gen = torch.Generator().manual_seed(seed * 7919 + zlib.crc32(key.encode()))
+            t = torch.empty(ref.shape).normal_(0.0, std, generator=gen)
+        out[key] = t.to(torch.float16)
+    return out
+
+
+def _prefixed(sd: dict, prefix: str) -> dict:
+    return {prefix + k: v for k, v in sd.items()}
+
+
+# --------------------------------------------------------------------------- UNets
+
+def unet_config(sdxl: bool, channels: int) -> dict:
+    """The UNetModel config ComfyUI detects for an SD1.5/SDXL UNet of this width."""
+    common = {"use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
+              "in_channels": 4, "out_channels": 4, "model_channels": channels,
+              "use_temporal_resblock": False, "use_temporal_attention": False}
+    if sdxl:
+        return {**common, "num_classes": "sequential", "adm_in_channels": 2816, "num_res_blocks": [2, 2, 2],
+                "transformer_depth": [0, 0, 2, 2, 10, 10], "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+                "channel_mult": [1, 2, 4], "transformer_depth_middle": 10, "use_linear_in_transformer": True,
+                "context_dim": 2048}
+    return {**common, "adm_in_channels": None, "num_res_blocks": [2, 2, 2, 2],
+            "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_output": [1] * 9 + [0] * 3,
+            "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1, "use_linear_in_transformer": False,
+            "context_dim": 768}
+
+
+def register_tiny_model_configs() -> None:
+    """Let the running ComfyUI detect the tiny UNets (idempotent).
+
+    ComfyUI's SD15 and SDXL configs require ``model_channels == 320``; the tiny
+    configs are subclasses that differ only there, so the loaded model behaves as
+    (and is an instance of) SD15/SDXL. Nothing real has 32 channels, so no other
+    model can be matched by them.
+    """
+    import comfy.supported_models as sm  # noqa: PLC0415 - host is optional at import time
+
+    for base in (sm.SD15, sm.SDXL):
+        name = "Tiny" + base.__name__
+        if any(m.__name__ == name for m in sm.models):
+            continue
+        cls = type(name, (base,), {"unet_config": {**base.unet_config, "model_channels": TINY_CHANNELS}})
+        sm.models.append(cls)
+        log.debug("registered %s with ComfyUI", name)
+
+
+def _model_config(sdxl: bool, channels: int):
+    import comfy.supported_models as sm  # noqa: PLC0415
+
+    return (sm.SDXL if sdxl else sm.SD15)(unet_config(sdxl, channels))
+
+
+def _unet(sdxl: bool, channels: int, controlnet: bool = False):
+    import comfy.ops  # noqa: PLC0415
+    from comfy.cldm.cldm import ControlNet  # noqa: PLC0415
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: PLC0415
+
+    cfg = _model_config(sdxl, channels).unet_config  # adds the head settings
+    if controlnet:
+        cfg = {k: v for k, v in cfg.items() if k != "out_channels"}
+        return ControlNet(**cfg, hint_channels=3, device="meta", operations=comfy.ops.disable_weight_init)
+    return UNetModel(**cfg, device="meta", operations=comfy.ops.disable_weight_init)
+
+
+def _vae():
+    from comfy.ldm.models.autoencoder import AutoencoderKL  # noqa: PLC0415
+
+    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+    with torch.device("meta"):
+        return AutoencoderKL(ddconfig=ddconfig, embed_dim=4)
+
+
+def _checkpoint(sdxl: bool, channels: int) -> dict[str, torch.Tensor]:
+    import comfy.sd1_clip  # noqa: PLC0415
+    import comfy.sdxl_clip  # noqa: PLC0415
+
+    config = _model_config(sdxl, channels)
+    with torch.device("meta"):
+        te = comfy.sdxl_clip.SDXLClipModel(device="meta") if sdxl else comfy.sd1_clip.SD1ClipModel(device="meta")
+    seed = SEED + (2 if sdxl else 1)
+    sd = config.process_unet_state_dict_for_saving(_random_state_dict(_unet(sdxl, channels), seed))
+    sd.update(config.process_vae_state_dict_for_saving(_random_state_dict(_vae(), seed + 10)))
+    sd.update(config.process_clip_state_dict_for_saving(_random_state_dict(te, seed + 20)))
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+def sd15_checkpoint(tiny: bool = True) -> Path:
+    """Single-file SD1.5 checkpoint (UNet + CLIP-L + VAE, LDM layout, fp16)."""
+    if tiny:
+        register_tiny_model_configs()
+    channels = TINY_CHANNELS if tiny else 320
+    return _cached(f"sd15-{'tiny' if tiny else 'full'}", lambda: _checkpoint(False, channels))
+
+
+def sdxl_checkpoint(tiny: bool = True) -> Path:
+    """Single-file SDXL checkpoint (UNet + CLIP-L + CLIP-G + VAE, SGM layout, fp16)."""
+    if tiny:
+        register_tiny_model_configs()
+    channels = TINY_CHANNELS if tiny else 320
+    return _cached(f"sdxl-{'tiny' if tiny else 'full'}", lambda: _checkpoint(True, channels))
+
+
+def controlnet_sd15(tiny: bool = True) -> Path:
+    """SD1.5 ControlNet in the original ``control_model.*`` layout, fp16."""
+    if tiny:
+        register_tiny_model_configs()
+    channels = TINY_CHANNELS if tiny else 320
+    return _cached(f"controlnet-sd15-{'tiny' if tiny else 'full'}",
+                   lambda: _prefixed(_random_state_dict(_unet(False, channels, controlnet=True), SEED + 3),
+                                     "control_model."))
+
+
+# --------------------------------------------------------------------------- CLIP vision
+
+def _clip_vision(config_name: str, seed: int) -> dict[str, torch.Tensor]:
+    import json  # noqa: PLC0415
+
+    import comfy.clip_model  # noqa: PLC0415
+    import comfy.ops  # noqa: PLC0415
+
+    config = json.loads((Path(comfy.clip_model.__file__).parent / config_name).read_text())
+    with torch.device("meta"):
+        model = comfy.clip_model.CLIPVisionModelProjection(config, torch.float32, "meta", comfy.ops.manual_cast)
+    return _random_state_dict(model, seed)
+
+
+def clip_vision_vit_h() -> Path:
+    """OpenCLIP ViT-H/14 vision tower with projection (HF layout, fp16, ~1.26 GB)."""
+    return _cached("clip-vision-vit-h", lambda: _clip_vision("clip_vision_config_h.json", SEED + 4))
+
+
+def clip_vision_vit_bigg() -> Path:
+    """OpenCLIP ViT-bigG/14 vision tower with projection (HF layout, fp16, ~3.7 GB)."""
+    return _cached("clip-vision-vit-bigg", lambda: _clip_vision("clip_vision_config_g.json", SEED + 5))
+
+
+# --------------------------------------------------------------------------- folders
+
+def models_dir(tmp_path: Path, *, tiny: bool = True, sdxl: bool = False) -> Path:
+    """A ComfyUI models folder of symlinks to the cached files under stable names."""
+    root = Path(tmp_path)
+    links = {
+        "checkpoints/sd15_random.safetensors": sd15_checkpoint(tiny),
+        f"clip_vision/{CLIP_VISION_H_NAME}": clip_vision_vit_h(),
+        "controlnet/control_sd15_random.safetensors": controlnet_sd15(tiny),
+    }
+    if sdxl:
+        links["checkpoints/sdxl_random.safetensors"] = sdxl_checkpoint(tiny)
+    for sub in ("checkpoints", "clip_vision", "controlnet", "ipadapter"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for rel, target in links.items():
+        link = root / rel
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target)
+    return root
+
+
+if __name__ == "__main__":
+    # Pre-fill the cache (e.g. in a CI cache step): conftest locates the host.
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import conftest  # noqa: F401,E402
+
+    logging.basicConfig(level=logging.INFO)
+    full = "--full" in sys.argv
+    for tiny in ([True, False] if full else [True]):
+        sd15_checkpoint(tiny)
+        controlnet_sd15(tiny)
+    sdxl_checkpoint(True)
+    clip_vision_vit_h()
+    if full:
+        clip_vision_vit_bigg()
