@@ -1,0 +1,18 @@
+"""ComfyUI nodes (V3 schema). Thin glue: every node parses inputs and calls ip_adapter_core."""
+from typing_extensions import override
+
+from comfy_api.latest import ComfyExtension, io
+
+from .apply import IPAApply, IPAApplySimple
+from .embeds_files import IPALoadEmbeds, IPASaveEmbeds
+from .image_prompt import IPAEncodeImage, IPAProject, IPAWeight
+from .loaders import IPACLIPVisionLoader, IPALoader
+
+NODES = [IPALoader, IPACLIPVisionLoader, IPAEncodeImage, IPAProject, IPAWeight, IPAApply, IPAApplySimple,
+         IPASaveEmbeds, IPALoadEmbeds]
+
+
+class IPAdapterExtension(ComfyExtension):
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES

@@ -197,6 +197,9 @@ def _checkpoint(sdxl: bool, channels: int) -> dict[str, torch.Tensor]:
     sd = config.process_unet_state_dict_for_saving(_random_state_dict(_unet(sdxl, channels), seed))
     sd.update(config.process_vae_state_dict_for_saving(_random_state_dict(_vae(), seed + 10)))
     sd.update(config.process_clip_state_dict_for_saving(_random_state_dict(te, seed + 20)))
+    if not sdxl:
+        # Released SD1.5 files carry this buffer (ComfyUI's saver adds it for SDXL only).
+        sd["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
     return {k: v.contiguous() for k, v in sd.items()}
 
 
@@ -270,6 +273,26 @@ def models_dir(tmp_path: Path, *, tiny: bool = True, sdxl: bool = False) -> Path
             link.unlink()
         link.symlink_to(target)
     return root
+
+
+def write_tiny_config_node(custom_nodes: Path) -> Path:
+    """Write a one-file custom node that registers the tiny configs in a ComfyUI server.
+
+    For tests that start ComfyUI as a subprocess with the tiny checkpoints: list
+    ``custom_nodes`` under ``custom_nodes:`` in the extra_model_paths.yaml given
+    with ``--extra-model-paths-config`` (or put the file in the host's own folder).
+    """
+    path = Path(custom_nodes) / "ipadapter_test_tiny_models.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "# Written by tests/host_models.py: lets ComfyUI detect the tiny random test UNets.\n"
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
+        "import host_models\n"
+        "sys.path.pop(0)\n"
+        "host_models.register_tiny_model_configs()\n"
+        "NODE_CLASS_MAPPINGS = {}\n")
+    return path
 
 
 if __name__ == "__main__":

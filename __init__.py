@@ -1,0 +1,22 @@
+"""IP-Adapter for ComfyUI: an image as a prompt in SD1.5 and SDXL.
+
+ComfyUI imports this package from custom_nodes/ and calls ``comfy_entrypoint``.
+"""
+import logging
+
+log = logging.getLogger("ipadapter")
+
+try:
+    from comfy_api.latest import ComfyExtension  # noqa: F401  (V3 node API, ComfyUI >= 0.3.60)
+except ImportError:  # pragma: no cover - depends on the host version
+    log.error("IP-Adapter nodes need ComfyUI 0.8 or newer (comfy_api.latest is missing): update ComfyUI.")
+    raise
+
+from .ip_adapter_core.loader import register_model_folder
+from .nodes import IPAdapterExtension
+
+register_model_folder()
+
+
+async def comfy_entrypoint() -> IPAdapterExtension:
+    return IPAdapterExtension()

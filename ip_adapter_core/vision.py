@@ -1,0 +1,55 @@
+"""CLIP vision encoding for IP-Adapter: crop modes, an optional mask, and the zero-image
+features the hidden-state variants need for their negative tokens (host only)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .errors import IPAdapterError
+from .loader import zero_image_features
+
+CROP_MODES = ("center", "squash", "pad")
+ZERO_IMAGE_ATTR = "ipadapter_zero_image_penultimate"
+
+
+def _mean(clip_vision, image):
+    mean = getattr(clip_vision, "image_mean", [0.48145466, 0.4578275, 0.40821073])
+    return torch.tensor(mean, dtype=image.dtype, device=image.device)
+
+
+def prepare(clip_vision, image: torch.Tensor, crop: str, mask: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
+    """Return (image, crop flag for ComfyUI's encode_image). Masked-out pixels and padding are
+    set to the encoder's mean colour, which normalises to zero: they carry no content."""
+    if image.ndim != 4 or image.shape[0] == 0 or image.shape[-1] not in (3, 4):
+        raise IPAdapterError(f"image: expected an IMAGE batch [images, height, width, 3] with at least "
+                             f"one image; got shape {tuple(image.shape)}.")
+    if crop not in CROP_MODES:
+        raise IPAdapterError(f"crop: expected one of {CROP_MODES}, got {crop!r}.")
+    image = image[..., :3]
+    mean = _mean(clip_vision, image)
+    if mask is not None:
+        if mask.ndim == 2:
+            mask = mask.unsqueeze(0)
+        if mask.ndim != 3 or mask.shape[0] not in (1, image.shape[0]):
+            raise IPAdapterError(f"mask: expected [H, W] or [1 or {image.shape[0]}, H, W]; got shape "
+                                 f"{tuple(mask.shape)}.")
+        m = F.interpolate(mask.unsqueeze(1).float(), size=image.shape[1:3], mode="bilinear",
+                          align_corners=False).squeeze(1).unsqueeze(-1).to(image)
+        image = image * m + mean * (1 - m)
+    if crop == "pad":
+        b, h, w, c = image.shape
+        s = max(h, w)
+        canvas = mean.expand(b, s, s, c).clone()
+        top, left = (s - h) // 2, (s - w) // 2
+        canvas[:, top:top + h, left:left + w] = image
+        return canvas, False
+    return image, crop == "center"
+
+
+def encode(clip_vision, image: torch.Tensor, crop: str = "center", mask: torch.Tensor | None = None):
+    """Encode images; the result is ComfyUI's CLIP_VISION_OUTPUT with the zero-image
+    penultimate states attached, so projection can build reference negatives."""
+    pixels, crop_flag = prepare(clip_vision, image, crop, mask)
+    out = clip_vision.encode_image(pixels, crop=crop_flag)
+    out[ZERO_IMAGE_ATTR] = zero_image_features(clip_vision)
+    return out

@@ -1,0 +1,61 @@
+"""Apply nodes: add an image prompt to a model's cross-attention (on a clone)."""
+from comfy_api.latest import io
+
+from ..ip_adapter_core.embeds import ImagePrompt
+from ..ip_adapter_core.loader import check_encoder
+from ..ip_adapter_core.masks import check_mask
+from ..ip_adapter_core.patch import apply_image_prompt
+from ..ip_adapter_core.tokens import project
+from ..ip_adapter_core.vision import ZERO_IMAGE_ATTR, encode
+from .types import CATEGORY, IPAEmbeds, IPAModel
+
+
+class IPAApply(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IPAApply", display_name="IP-Adapter Apply", category=CATEGORY,
+            description="Returns a copy of the model whose cross-attention also attends to the image prompt. "
+                        "Chain several to combine adapters or image prompts.",
+            inputs=[
+                io.Model.Input("model", tooltip="An SD1.5 or SDXL model; it is not changed."),
+                IPAModel.Input("ipadapter", tooltip="The adapter that projected the embeds."),
+                IPAEmbeds.Input("embeds", tooltip="From IP-Adapter Project or IP-Adapter Weight."),
+                io.Mask.Input("attn_mask", optional=True,
+                              tooltip="Where in the picture the image prompt acts (white = fully)."),
+            ],
+            outputs=[io.Model.Output()])
+
+    @classmethod
+    def execute(cls, model, ipadapter, embeds, attn_mask=None) -> io.NodeOutput:
+        return io.NodeOutput(apply_image_prompt(model, ipadapter, embeds, check_mask(attn_mask)))
+
+
+class IPAApplySimple(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IPAApplySimple", display_name="IP-Adapter (all-in-one)", category=CATEGORY,
+            description="Encode, project, weight and apply in one node.",
+            inputs=[
+                io.Model.Input("model", tooltip="An SD1.5 or SDXL model; it is not changed."),
+                IPAModel.Input("ipadapter", tooltip="From IP-Adapter Loader."),
+                io.ClipVision.Input("clip_vision", tooltip="The encoder the adapter needs."),
+                io.Image.Input("image", tooltip="Reference image(s); several are concatenated."),
+                io.Float.Input("weight", default=1.0, min=-2.0, max=5.0, step=0.05, tooltip="λ."),
+                io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of sampling at which the image prompt starts."),
+                io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of sampling at which it stops."),
+            ],
+            outputs=[io.Model.Output()])
+
+    @classmethod
+    def execute(cls, model, ipadapter, clip_vision, image, weight, start_at, end_at) -> io.NodeOutput:
+        cfg = ipadapter.config
+        check_encoder(cfg, clip_vision)
+        out = encode(clip_vision, image, "center")
+        pos, neg = project(ipadapter.model.image_proj, cfg, getattr(out, cfg.feature).float(),
+                           zero_image_features=getattr(out, ZERO_IMAGE_ATTR))
+        prompt = ImagePrompt(pos, neg, cfg, ipadapter.path).weighted(weight, "all", "", start_at, end_at)
+        return io.NodeOutput(apply_image_prompt(model, ipadapter, prompt))

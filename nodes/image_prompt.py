@@ -1,0 +1,103 @@
+"""Encode -> project -> weight: turning images into an IP-Adapter image prompt."""
+from comfy_api.latest import io
+
+from ..ip_adapter_core.config import IMAGE_EMBEDS
+from ..ip_adapter_core.embeds import BLOCK_CHOICES, ImagePrompt
+from ..ip_adapter_core.errors import IPAdapterError
+from ..ip_adapter_core.loader import check_encoder, zero_image_features
+from ..ip_adapter_core.tokens import COMBINE_MODES, project
+from ..ip_adapter_core.vision import CROP_MODES, ZERO_IMAGE_ATTR, encode
+from .types import CATEGORY, IPAEmbeds, IPAModel
+
+
+class IPAEncodeImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IPAEncodeImage", display_name="IP-Adapter Encode Image", category=CATEGORY,
+            description="CLIP vision features of one or more reference images.",
+            inputs=[
+                io.ClipVision.Input("clip_vision", tooltip="The encoder the adapter needs (ViT-H/14 or ViT-bigG/14)."),
+                io.Image.Input("image", tooltip="Reference image(s); a batch gives several image prompts."),
+                io.Combo.Input("crop", options=list(CROP_MODES), default="center",
+                               tooltip="center: resize the short side and crop the middle (as the reference); "
+                                       "squash: resize the whole image to a square; pad: letterbox to a square."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Only the white part of the image is seen; the rest is blanked."),
+            ],
+            outputs=[io.ClipVisionOutput.Output(display_name="image_features")])
+
+    @classmethod
+    def execute(cls, clip_vision, image, crop, mask=None) -> io.NodeOutput:
+        return io.NodeOutput(encode(clip_vision, image, crop, mask))
+
+
+class IPAProject(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IPAProject", display_name="IP-Adapter Project", category=CATEGORY,
+            description="Turns CLIP features into the adapter's image tokens (positive and negative).",
+            inputs=[
+                IPAModel.Input("ipadapter", tooltip="The adapter whose projection network to use."),
+                io.ClipVisionOutput.Input("image_features",
+                                          tooltip="From IP-Adapter Encode Image or ComfyUI's CLIP Vision Encode."),
+                io.Combo.Input("combine", options=list(COMBINE_MODES), default="concat",
+                               tooltip="Several images: concat keeps each image's tokens; average projects "
+                                       "their mean feature."),
+                io.ClipVisionOutput.Input("negative_features", optional=True,
+                                          tooltip="Features of a negative image; without it the reference rule "
+                                                  "is used (zero features, or an all-zero image)."),
+                io.ClipVision.Input("clip_vision", optional=True,
+                                    tooltip="Only needed for plus/full-face adapters when image_features come "
+                                            "from ComfyUI's CLIP Vision Encode: makes the zero-image negative."),
+            ],
+            outputs=[IPAEmbeds.Output(display_name="embeds")])
+
+    @classmethod
+    def execute(cls, ipadapter, image_features, combine, negative_features=None, clip_vision=None) -> io.NodeOutput:
+        cfg = ipadapter.config
+        feats = _feature(image_features, cfg.feature, "image_features")
+        neg = _feature(negative_features, cfg.feature, "negative_features") if negative_features is not None else None
+        zero = getattr(image_features, ZERO_IMAGE_ATTR, None)
+        if zero is None and clip_vision is not None and cfg.feature != IMAGE_EMBEDS:
+            check_encoder(cfg, clip_vision)
+            zero = zero_image_features(clip_vision)
+        pos_tokens, neg_tokens = project(ipadapter.model.image_proj, cfg, feats, neg, zero, combine)
+        return io.NodeOutput(ImagePrompt(pos_tokens, neg_tokens, cfg, ipadapter.path))
+
+
+def _feature(output, name, what):
+    t = getattr(output, name, None)
+    if t is None:
+        raise IPAdapterError(f"{what}: this CLIP vision output has no '{name}'; encode the image with a "
+                             "CLIP vision model (ViT-H/14 or ViT-bigG/14).")
+    return t.float()
+
+
+class IPAWeight(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IPAWeight", display_name="IP-Adapter Weight (λ)", category=CATEGORY,
+            description="How strongly, where in the UNet, and when during sampling the image prompt acts.",
+            inputs=[
+                IPAEmbeds.Input("embeds", tooltip="From IP-Adapter Project."),
+                io.Float.Input("weight", default=1.0, min=-2.0, max=5.0, step=0.05,
+                               tooltip="λ: 0 = no image prompt, 1 = as trained; negative pushes away."),
+                io.Combo.Input("blocks", options=list(BLOCK_CHOICES), default="all",
+                               tooltip="Which cross-attention blocks get the image: style / composition are "
+                                       "InstantStyle's SDXL blocks (structural analogues on SD1.5)."),
+                io.String.Input("custom_blocks", default="", multiline=False,
+                                tooltip="With blocks = custom: e.g. 'input 8 = 1, output 1 = 0.5, output 1:3 = 0' "
+                                        "(block, number, optional transformer index); others get 0."),
+                io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of sampling at which the image prompt starts."),
+                io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of sampling at which it stops."),
+            ],
+            outputs=[IPAEmbeds.Output(display_name="embeds")])
+
+    @classmethod
+    def execute(cls, embeds, weight, blocks, custom_blocks, start_at, end_at) -> io.NodeOutput:
+        return io.NodeOutput(embeds.weighted(weight, blocks, custom_blocks, start_at, end_at))

@@ -1,0 +1,38 @@
+"""Loader nodes: the adapter file, and the CLIP vision encoder it needs."""
+import comfy.clip_vision
+import folder_paths
+from comfy_api.latest import io
+
+from ..ip_adapter_core.loader import FOLDER, find_clip_vision_file, load_adapter_handle
+from .types import CATEGORY, IPAModel
+
+
+class IPALoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IPALoader", display_name="IP-Adapter Loader", category=CATEGORY,
+            description="Loads an IP-Adapter file; its variant is read from the weights, not the name.",
+            inputs=[io.Combo.Input("ipadapter_file", options=folder_paths.get_filename_list(FOLDER),
+                                   tooltip="A file in models/ipadapter (.safetensors or .bin).")],
+            outputs=[IPAModel.Output(display_name="ipadapter")])
+
+    @classmethod
+    def execute(cls, ipadapter_file) -> io.NodeOutput:
+        return io.NodeOutput(load_adapter_handle(folder_paths.get_full_path_or_raise(FOLDER, ipadapter_file)))
+
+
+class IPACLIPVisionLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IPACLIPVisionLoader", display_name="IP-Adapter CLIP Vision Loader", category=CATEGORY,
+            description="Loads the CLIP vision model the adapter was trained with, found in "
+                        "models/clip_vision by its tensor shapes.",
+            inputs=[IPAModel.Input("ipadapter", tooltip="The adapter whose encoder to load.")],
+            outputs=[io.ClipVision.Output()])
+
+    @classmethod
+    def execute(cls, ipadapter) -> io.NodeOutput:
+        name = find_clip_vision_file(ipadapter.config)
+        return io.NodeOutput(comfy.clip_vision.load(folder_paths.get_full_path_or_raise("clip_vision", name)))

@@ -1,0 +1,55 @@
+# Sourced by scripts/test.sh, scripts/start.sh and bench/run.sh: builds (once) and activates
+# the Python environment that runs ComfyUI, this extension and its tests, and finds the host.
+#   IPADAPTER_VENV   where the venv lives (default ~/.cache/comfyui-ipadapter/venv, outside the clone)
+#   COMFYUI_PATH     the ComfyUI installation (else the one containing this repo, else ~/ComfyUI)
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${IPADAPTER_VENV:-$HOME/.cache/comfyui-ipadapter/venv}"
+
+find_host() {
+  local c
+  for c in "${COMFYUI_PATH:-}" "$REPO/../.." "$HOME/ComfyUI"; do
+    if [ -n "$c" ] && [ -f "$c/main.py" ] && [ -d "$c/comfy" ] && [ -f "$c/folder_paths.py" ]; then
+      (cd "$c" && pwd); return 0
+    fi
+  done
+  return 1
+}
+HOST="$(find_host || true)"
+
+# PyPI's torchvision needs PyPI's torch build (the CPU-only wheel cannot load it): pin a pair
+# that exists for this architecture. torchaudio is skipped; ComfyUI only warns without it.
+case "$(uname -m)" in
+  aarch64|arm64) TORCH="torch==2.9.1 torchvision==0.24.1" ;;
+  *) TORCH="torch==2.14.1 torchvision==0.29.1" ;;
+esac
+
+stamp_of() {
+  { echo "$TORCH"; cat "$REPO/requirements.txt" "$REPO/requirements-test.txt";
+    [ -n "$HOST" ] && cat "$HOST/requirements.txt"; } | sha256sum | cut -c1-16
+}
+
+ensure_venv() {
+  local stamp; stamp="$(stamp_of)"
+  if [ -f "$VENV/.stamp" ] && [ "$(cat "$VENV/.stamp")" = "$stamp" ]; then return 0; fi
+  echo "[env] building $VENV (torch: $TORCH; a few minutes the first time)" >&2
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip >&2 || true
+  # shellcheck disable=SC2086
+  "$VENV/bin/python" -m pip install -q $TORCH >&2
+  local reqs=(-r "$REPO/requirements.txt" -r "$REPO/requirements-test.txt")
+  if [ -n "$HOST" ]; then
+    grep -v -E '^\s*(torch|torchvision|torchaudio)\s*$' "$HOST/requirements.txt" > "$VENV/.host-reqs.txt"
+    reqs+=(-r "$VENV/.host-reqs.txt")
+  fi
+  "$VENV/bin/python" -m pip install -q "${reqs[@]}" >&2
+  echo "$stamp" > "$VENV/.stamp"
+}
+
+host_missing_message() {
+  cat >&2 <<MSG
+[env] *** No ComfyUI host found. Searched: COMFYUI_PATH=${COMFYUI_PATH:-<unset>}, $REPO/../.., $HOME/ComfyUI.
+[env] *** Clone ComfyUI (v0.8 or newer) to ~/ComfyUI, or set COMFYUI_PATH, or clone this
+[env] *** repository into ComfyUI/custom_nodes/. Host tests will be SKIPPED.
+MSG
+}
