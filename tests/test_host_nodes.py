@@ -1,0 +1,248 @@
+"""The nodes inside the real ComfyUI host: registration, cloning, chaining, batching
+layouts, λ = 0, the middle block, dtypes and errors."""
+import asyncio
+import types
+
+import pytest
+import torch
+
+from adapter_files import write_adapter
+from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.host
+
+NODE_NAMES = {"IPALoader": "IP-Adapter Loader", "IPACLIPVisionLoader": "IP-Adapter CLIP Vision Loader",
+              "IPAEncodeImage": "IP-Adapter Encode Image", "IPAProject": "IP-Adapter Project",
+              "IPAWeight": "IP-Adapter Weight (λ)", "IPAApply": "IP-Adapter Apply",
+              "IPAApplySimple": "IP-Adapter (all-in-one)", "IPASaveEmbeds": "IP-Adapter Save Embeds",
+              "IPALoadEmbeds": "IP-Adapter Load Embeds"}
+
+
+def test_nodes_load_in_comfyui_with_display_names():
+    import nodes
+
+    assert asyncio.run(nodes.load_custom_node(str(REPO_ROOT)))
+    for node_id, display in NODE_NAMES.items():
+        assert node_id in nodes.NODE_CLASS_MAPPINGS, node_id
+        assert nodes.NODE_DISPLAY_NAME_MAPPINGS[node_id] == display
+        schema = nodes.NODE_CLASS_MAPPINGS[node_id].GET_SCHEMA()
+        for inp in schema.inputs:
+            assert inp.tooltip, f"{node_id}.{inp.id} has no tooltip"
+
+
+def test_model_folder_registration_keeps_extra_model_paths(tmp_path):
+    import folder_paths
+
+    from ipadapter_ext.ip_adapter_core.loader import register_model_folder
+
+    saved = folder_paths.folder_names_and_paths.pop("ipadapter", None)
+    try:
+        # what extra_model_paths.yaml leaves behind when it names an ipadapter folder first
+        folder_paths.add_model_folder_path("ipadapter", str(tmp_path))
+        register_model_folder()
+        register_model_folder()  # idempotent
+        paths, exts = folder_paths.folder_names_and_paths["ipadapter"]
+        assert paths[0] == str(tmp_path) and len(paths) == 2
+        assert {".safetensors", ".bin"} <= set(exts)
+        write_adapter(tmp_path, "ip-adapter_sd15")
+        folder_paths.filename_list_cache.clear()
+        assert "ip-adapter_sd15.safetensors" in folder_paths.get_filename_list("ipadapter")
+    finally:
+        if saved is not None:
+            folder_paths.folder_names_and_paths["ipadapter"] = saved
+
+
+# ---------------------------------------------------------------- helpers
+
+def handle(path):
+    from ipadapter_ext.ip_adapter_core.loader import load_adapter_handle
+
+    return load_adapter_handle(path)
+
+
+def features(cfg, n=1, seed=0):
+    """A CLIP_VISION_OUTPUT-like object with features of the adapter's encoder widths."""
+    from comfy.clip_vision import Output
+
+    from ipadapter_ext.ip_adapter_core.vision import ZERO_IMAGE_ATTR
+
+    g = torch.Generator().manual_seed(seed)
+    out = Output()
+    out["image_embeds"] = torch.randn(n, 1024, generator=g)
+    out["penultimate_hidden_states"] = torch.randn(n, 257, 1280, generator=g)
+    out[ZERO_IMAGE_ATTR] = torch.randn(1, 257, 1280, generator=g)
+    return out
+
+
+def prompt(h, weight=1.0, blocks="all", custom="", start=0.0, end=1.0, seed=0):
+    from ipadapter_ext.nodes.image_prompt import IPAProject, IPAWeight
+
+    emb = IPAProject.execute(h, features(h.config, seed=seed), "concat").result[0]
+    return IPAWeight.execute(emb, weight, blocks, custom, start, end).result[0]
+
+
+def apply(model, h, p, mask=None):
+    from ipadapter_ext.nodes.apply import IPAApply
+
+    return IPAApply.execute(model, h, p, mask).result[0]
+
+
+def attn2(model):
+    return model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+
+
+@pytest.fixture(scope="module")
+def sd15():
+    from host_unet import comfy_model
+
+    return comfy_model("sd15")
+
+
+@pytest.fixture(scope="module")
+def base_io():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 4, 16, 16, generator=g)
+    ctx = torch.randn(2, 77, 768, generator=g)
+    return x, torch.tensor([7.0, 7.0]), ctx
+
+
+def run(model, io_, layout=(1, 0)):
+    from host_unet import unet_forward
+
+    x, sigma, ctx = io_
+    return unet_forward(model, x, sigma, ctx, layout)
+
+
+# ---------------------------------------------------------------- behaviour
+
+def test_apply_clones_and_patches_all_16_layers(sd15, adapter_file):
+    from ipadapter_ext.ip_adapter_core.layers import LAYERS
+
+    h = handle(adapter_file("ip-adapter_sd15"))
+    before = attn2(sd15).copy()
+    out = apply(sd15, h, prompt(h))
+    assert out is not sd15 and attn2(sd15) == before
+    assert set(attn2(out)) == {l.key for l in LAYERS["sd15"]}
+    assert ("middle", 0, 0) in attn2(out)
+
+
+def test_lambda_zero_identical_and_base_model_untouched(sd15, adapter_file, base_io):
+    h = handle(adapter_file("ip-adapter_sd15"))
+    ref = run(sd15, base_io)
+    assert torch.equal(run(apply(sd15, h, prompt(h, weight=0.0)), base_io), ref)
+    patched = run(apply(sd15, h, prompt(h, weight=1.0)), base_io)
+    assert not torch.allclose(patched, ref, atol=1e-4)
+    assert torch.equal(run(sd15, base_io), ref), "applying to a clone changed the base model"
+
+
+def test_middle_block_is_patched(sd15, tmp_path, base_io):
+    """Adapter weights non-zero only in the middle block (file index 31) change the output;
+    all-zero weights do not: the middle layer is really called."""
+    only_mid = handle(write_adapter(tmp_path, "ip-adapter_sd15", only_layer=31, name="mid.safetensors"))
+    none = handle(write_adapter(tmp_path, "ip-adapter_sd15", only_layer=-1, name="zero.safetensors"))
+    ref = run(sd15, base_io)
+    assert torch.equal(run(apply(sd15, none, prompt(none)), base_io), ref)
+    assert not torch.allclose(run(apply(sd15, only_mid, prompt(only_mid)), base_io), ref, atol=1e-5)
+    # and only the middle block: weighting it out restores the base output
+    no_mid = prompt(only_mid, blocks="custom", custom="input 1 = 1, output 11 = 1")
+    assert torch.equal(run(apply(sd15, only_mid, no_mid), base_io), ref)
+
+
+def test_chained_adapters_add_up_in_one_patch(sd15, adapter_file):
+    from ipadapter_ext.ip_adapter_core.attention import add_image_branch, batch_index, sdpa_attention
+
+    h1, h2 = handle(adapter_file("ip-adapter_sd15")), handle(adapter_file("ip-adapter-plus_sd15"))
+    m = apply(apply(sd15, h1, prompt(h1, weight=0.7)), h2, prompt(h2, weight=0.4, seed=1))
+    patch = attn2(m)[("input", 4, 0)]
+    assert len(patch.branches) == 2 and patch.previous is None
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(3, 2, 64, 640, generator=g).unbind(0)
+    extra = dict(n_heads=8, dim_head=80, cond_or_uncond=[1, 0], sigmas=torch.tensor([1.0, 1.0]),
+                 original_shape=[2, 4, 8, 8], attn_precision=None)
+    got = patch(q, k, v, extra)
+    want = sdpa_attention(q, k, v, 8)
+    idx = batch_index([1, 0], 2)
+    for branch, scale in patch.branches:
+        ik, iv = branch.kv(patch.layer, q.device, q.dtype)
+        want = add_image_branch(want, q, ik, iv, 8, scale, idx)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_clones_share_adapter_weights(sd15, adapter_file):
+    h1, h2 = handle(adapter_file("ip-adapter_sd15")), handle(adapter_file("ip-adapter-plus_sd15"))
+    m = apply(apply(sd15, h1, prompt(h1)), h2, prompt(h2))
+    clones = [m.clone()]
+    for _ in range(2):
+        clones.append(clones[-1].clone())
+    for c in clones:
+        for key, patch in attn2(m).items():
+            assert attn2(c)[key] is patch
+    assert {id(p) for p in attn2(m)[("middle", 0, 0)].models()} == {id(h1.patcher), id(h2.patcher)}
+
+
+def test_start_end_follow_sigmas(sd15, adapter_file):
+    h = handle(adapter_file("ip-adapter_sd15"))
+    m = apply(sd15, h, prompt(h, start=0.2, end=0.6))
+    branch = attn2(m)[("input", 1, 0)].branches[0][0]
+    ms = sd15.get_model_object("model_sampling")
+    hi, lo = float(ms.percent_to_sigma(0.2)), float(ms.percent_to_sigma(0.6))
+    assert branch.active(torch.tensor([(hi + lo) / 2]))
+    assert not branch.active(torch.tensor([hi * 1.01])) and not branch.active(torch.tensor([lo * 0.99]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_any_model_dtype(sd15, adapter_file, dtype):
+    h = handle(adapter_file("ip-adapter-plus_sd15"))  # fp16 weights, fp32 embeds
+    patch = attn2(apply(sd15, h, prompt(h)))[("output", 6, 0)]
+    q, k, v = (torch.randn(2, 64, 640).to(dtype) for _ in range(3))
+    out = patch(q, k, v, dict(n_heads=8, dim_head=80, cond_or_uncond=[1, 0], sigmas=torch.tensor([1.0, 1.0]),
+                              original_shape=[2, 4, 8, 8], attn_precision=None))
+    assert out.dtype == dtype and torch.isfinite(out).all()
+
+
+# ---------------------------------------------------------------- errors
+
+def test_sdxl_adapter_on_sd15_model_is_refused(sd15, adapter_file):
+    from ipadapter_ext.ip_adapter_core.errors import IPAdapterMismatchError
+
+    h = handle(adapter_file("ip-adapter_sdxl_vit-h"))
+    with pytest.raises(IPAdapterMismatchError, match="SDXL IP-Adapter but the model is SD1.5"):
+        apply(sd15, h, prompt(h))
+
+
+def test_wrong_encoder_features_are_refused(adapter_file):
+    from comfy.clip_vision import Output
+
+    from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
+    from ipadapter_ext.nodes.image_prompt import IPAProject
+
+    h = handle(adapter_file("ip-adapter_sd15"))
+    bigg = Output()
+    bigg["image_embeds"] = torch.randn(1, 1280)
+    with pytest.raises(IPAdapterError, match=r"ViT-H/14.*got shape \(1, 1280\)"):
+        IPAProject.execute(h, bigg, "concat")
+
+
+def test_bad_mask_and_empty_images_are_refused(sd15, adapter_file):
+    from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
+    from ipadapter_ext.ip_adapter_core.vision import prepare
+
+    h = handle(adapter_file("ip-adapter_sd15"))
+    with pytest.raises(IPAdapterError, match="attn_mask: expected a MASK"):
+        apply(sd15, h, prompt(h), mask=torch.ones(1, 1, 8, 8))
+    cv = types.SimpleNamespace(image_mean=[0.5, 0.5, 0.5])
+    with pytest.raises(IPAdapterError, match="at least one image"):
+        prepare(cv, torch.zeros(0, 64, 64, 3), "center", None)
+
+
+def test_plus_adapter_without_zero_image_features_says_what_to_do(adapter_file):
+    from comfy.clip_vision import Output
+
+    from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
+    from ipadapter_ext.nodes.image_prompt import IPAProject
+
+    h = handle(adapter_file("ip-adapter-plus_sd15"))
+    core_output = Output()  # as ComfyUI's own CLIPVisionEncode makes it
+    core_output["penultimate_hidden_states"] = torch.randn(1, 257, 1280)
+    with pytest.raises(IPAdapterError, match="IP-Adapter Encode Image"):
+        IPAProject.execute(h, core_output, "concat")
