@@ -246,3 +246,49 @@ def test_plus_adapter_without_zero_image_features_says_what_to_do(adapter_file):
     core_output["penultimate_hidden_states"] = torch.randn(1, 257, 1280)
     with pytest.raises(IPAdapterError, match="IP-Adapter Encode Image"):
         IPAProject.execute(h, core_output, "concat")
+
+
+# ---------------------------------------------------------------- through the sampler
+
+def test_sampler_layouts_area_conds_and_masks(sd15, adapter_file, monkeypatch):
+    """Real sampling: cfg 1 ([0]), CFG ([1, 0]), two positive conds ([1, 0, 0] style
+    batching), an area cond (cropped calls) with an attention mask, a latent batch of 2.
+    Every patched call must see a layout it can split and a mask sized to its own shape."""
+    import comfy.sample
+
+    from ipadapter_ext.ip_adapter_core import patch as patch_mod
+
+    h = handle(adapter_file("ip-adapter_sd15"))
+    mask = torch.zeros(1, 64, 64)
+    mask[:, :, :32] = 1.0
+    model = apply(sd15, h, prompt(h), mask=mask)
+    seen = []
+    real_call = patch_mod.Attn2Patch.__call__
+
+    def spy(self, q, k, v, extra):
+        seen.append((tuple(extra["cond_or_uncond"]), q.shape[0], tuple(extra["original_shape"][-2:]), q.shape[1]))
+        return real_call(self, q, k, v, extra)
+
+    monkeypatch.setattr(patch_mod.Attn2Patch, "__call__", spy)
+    g = torch.Generator().manual_seed(9)
+    ctx = lambda: torch.randn(1, 77, 768, generator=g)  # noqa: E731
+    latent = torch.zeros(2, 4, 16, 16)
+    noise = torch.randn(latent.shape, generator=g)
+    pos, neg = [[ctx(), {}]], [[ctx(), {}]]
+    pos2 = pos + [[ctx(), {"area": (8, 8, 0, 0), "strength": 1.0, "set_area_to_bounds": False}]]
+    results = {}
+    for name, cfg, positive in (("cfg1", 1.0, pos), ("cfg", 5.0, pos), ("area", 5.0, pos2)):
+        seen.clear()
+        results[name] = comfy.sample.sample(model, noise, 2, cfg, "euler", "normal", positive, neg,
+                                            latent, seed=1)
+        assert torch.isfinite(results[name]).all()
+        layouts = {s[0] for s in seen}
+        assert all(rows % len(lay) == 0 for lay, rows, _, _ in seen)
+        if name == "cfg1":
+            assert layouts == {(0,)}
+        else:
+            assert any(1 in lay and 0 in lay for lay in layouts), layouts
+        if name == "area":
+            assert any(hw == (8, 8) for _, _, hw, _ in seen), "no cropped call for the area cond"
+    base = comfy.sample.sample(sd15, noise, 2, 5.0, "euler", "normal", pos, neg, latent, seed=1)
+    assert not torch.allclose(base, results["cfg"])
