@@ -28,7 +28,7 @@ What the files are:
   ``TinySD15``/``TinySDXL`` (subclasses of SD15/SDXL differing only in
   ``model_channels``) to ``comfy.supported_models.models``. The builders here
   call it, so in-process tests need nothing more; a ComfyUI server started as a
-  subprocess needs the custom node that ``models_dir`` writes (``custom_nodes/``).
+  subprocess needs the custom node that ``write_tiny_config_node`` writes.
 - ``sdxl_checkpoint(tiny=True)``: the SDXL UNet structure (transformer depth
   [0,0,2,2,10,10], 70 attn2 layers, context 2048, adm 2816, head size 64) with
   ``model_channels=TINY_CHANNELS``, plus full CLIP-L and CLIP-G (OpenCLIP layout)
