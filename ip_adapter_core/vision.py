@@ -50,6 +50,9 @@ def encode(clip_vision, image: torch.Tensor, crop: str = "center", mask: torch.T
     """Encode images; the result is ComfyUI's CLIP_VISION_OUTPUT with the zero-image
     penultimate states attached, so projection can build reference negatives."""
     pixels, crop_flag = prepare(clip_vision, image, crop, mask)
-    out = clip_vision.encode_image(pixels, crop=crop_flag)
+    # ComfyUI runs nodes under inference_mode; called from anywhere else, encode_image would
+    # record an autograd graph through the whole encoder and keep its activations alive.
+    with torch.no_grad():
+        out = clip_vision.encode_image(pixels, crop=crop_flag)
     out[ZERO_IMAGE_ATTR] = zero_image_features(clip_vision)
     return out

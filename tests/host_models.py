@@ -39,7 +39,9 @@ What the files are:
   ``visual_projection.weight``), fp16; ComfyUI picks its config from the number
   of layers (ViT-H ~1.26 GB, bigG ~3.7 GB, built only when asked for).
 - ``controlnet_sd15(tiny)``: original ControlNet layout (``control_model.*``),
-  channels matching the SD1.5 checkpoint of the same ``tiny``.
+  channels matching the SD1.5 checkpoint of the same ``tiny`` (~0.72 GB full,
+  ~10 MB tiny). The tiny one needs the tiny configs too: without them ComfyUI
+  falls back to its BASE config (64-channel heads) and fails on a size mismatch.
 
 Run ``python tests/host_models.py [--full]`` to fill the cache ahead of a CI run.
 """
@@ -54,7 +56,7 @@ import zlib
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 log = logging.getLogger("ipadapter.tests.host_models")
 
@@ -85,6 +87,7 @@ def _cached(stem: str, build) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         save_file(tensors, str(tmp), metadata={"generator": f"ipadapter tests host_models {VERSION}"})
+        tmp.chmod(0o644)  # safetensors creates 0600; a shared CI cache may be read by another user
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

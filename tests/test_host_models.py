@@ -129,6 +129,15 @@ def test_cache_builds_once_and_atomically(tmp_path, monkeypatch):
 
 
 @pytest.mark.host
+def test_builds_are_deterministic(tmp_path, monkeypatch):
+    files = []
+    for run in ("a", "b"):
+        monkeypatch.setenv("IPADAPTER_TEST_CACHE", str(tmp_path / run))
+        files.append(hm.controlnet_sd15(tiny=True).read_bytes())
+    assert files[0] == files[1]
+
+
+@pytest.mark.host
 @pytest.mark.parametrize("sdxl", [False, True], ids=["sd15", "sdxl"])
 @pytest.mark.parametrize("channels", [hm.TINY_CHANNELS, 320], ids=["tiny", "full"])
 def test_unet_config_round_trips_through_detection(sdxl, channels):
