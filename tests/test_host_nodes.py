@@ -292,3 +292,22 @@ def test_sampler_layouts_area_conds_and_masks(sd15, adapter_file, monkeypatch):
             assert any(hw == (8, 8) for _, _, hw, _ in seen), "no cropped call for the area cond"
     base = comfy.sample.sample(sd15, noise, 2, 5.0, "euler", "normal", pos, neg, latent, seed=1)
     assert not torch.allclose(base, results["cfg"])
+
+
+def test_foreign_attn2_patch_is_chained_not_replaced(sd15, adapter_file):
+    """Another extension's replace patch on the same key keeps running; ours adds to it."""
+    calls = []
+
+    def foreign(q, k, v, extra):
+        calls.append(q.shape)
+        return torch.zeros_like(q)
+
+    m = sd15.clone()
+    m.set_model_attn2_replace(foreign, "input", 1, 0)
+    h = handle(adapter_file("ip-adapter_sd15"))
+    patch = attn2(apply(m, h, prompt(h)))[("input", 1, 0)]
+    assert patch.previous is foreign
+    q = torch.randn(2, 16, 320)
+    out = patch(q, q, q, dict(n_heads=8, dim_head=40, cond_or_uncond=[1, 0], sigmas=torch.tensor([1.0, 1.0]),
+                              original_shape=[2, 4, 4, 4], attn_precision=None))
+    assert calls and out.abs().sum() > 0  # foreign output (zeros) + our image branch
