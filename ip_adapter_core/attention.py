@@ -64,9 +64,10 @@ def add_image_branch(out, q, ip_k, ip_v, heads, scale, index=None, mask=None,
     k = select_rows(ip_k, index, rows)
     v = select_rows(ip_v, index, rows)
     branch = attention(q, k, v, heads, **attn_kwargs)
-    if mask is not None:
-        branch = branch * mask
-    return out + branch * scale
+    # One fused pass over the output; not in place, so a caller's tensor is never modified.
+    if mask is None:
+        return torch.add(out, branch, alpha=scale)
+    return torch.addcmul(out, branch, mask, value=scale)
 
 
 def decoupled_attention(q, k, v, heads, ip_k, ip_v, scale, index=None, mask=None,

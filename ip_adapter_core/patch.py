@@ -27,10 +27,18 @@ log = logging.getLogger("ipadapter")
 FAMILY_BY_CONTEXT_DIM = {768: "sd15", 2048: "sdxl"}
 
 
-def _attention():
-    from comfy.ldm.modules.attention import optimized_attention
+WHOLE_SCHEDULE = 1e8  # percent_to_sigma(0) is 999999999.9: the range starts at the first step
 
-    return optimized_attention
+
+def _attention():
+    """(text attention, image attention). Text goes through the host's optimized_attention,
+    exactly as the unpatched layer, so λ = 0 is bit-identical. The image keys are few
+    (≤ 257 per image), so torch SDPA is always memory-safe and far cheaper on CPU than the
+    sub-quadratic kernel ComfyUI picks there; attention_pytorch is wrap_attn-decorated, so a
+    model's optimized_attention_override still applies."""
+    from comfy.ldm.modules.attention import attention_pytorch, optimized_attention
+
+    return optimized_attention, attention_pytorch
 
 
 @dataclass(eq=False)
@@ -49,7 +57,8 @@ class Branch:
     _masks: dict = field(default_factory=dict, repr=False)
 
     def active(self, sigmas: torch.Tensor | None) -> bool:
-        if sigmas is None:
+        # The whole schedule needs no test; on a GPU float() would sync once per layer.
+        if sigmas is None or (self.sigma_start >= WHOLE_SCHEDULE and self.sigma_end <= 0.0):
             return True
         sigma = float(sigmas.max())
         return self.sigma_end <= sigma <= self.sigma_start
@@ -93,12 +102,12 @@ class Attn2Patch:
 
     def __call__(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]
-        attention = _attention()
+        text_attention, image_attention = _attention()
         kw = dict(attn_precision=extra_options.get("attn_precision"), transformer_options=extra_options)
         if self.previous is not None:
             out = self.previous(q, k, v, extra_options)
         else:
-            out = attention(q, k, v, heads, **kw)
+            out = text_attention(q, k, v, heads, **kw)
         sigmas = extra_options.get("sigmas")
         index = None
         for branch, scale in self.branches:
@@ -109,7 +118,7 @@ class Attn2Patch:
                 index = batch_index(cond_or_uncond, q.shape[0], q.device)
             ip_k, ip_v = branch.kv(self.layer, q.device, q.dtype)
             mask = branch.call_mask(extra_options, q.shape[1], len(cond_or_uncond), q.dtype, q.device)
-            out = add_image_branch(out, q, ip_k, ip_v, heads, scale, index, mask, attention, **kw)
+            out = add_image_branch(out, q, ip_k, ip_v, heads, scale, index, mask, image_attention, **kw)
         return out
 
     # Immutable and shared: clones of the model must not copy adapter tensors.
