@@ -1,0 +1,282 @@
+"""The example workflows (workflows/): well-formed editor files, API twins that describe the same graph,
+and every workflow run in a real ComfyUI server.
+
+The server is a subprocess (``scripts/comfy_server.py``): ``main.py --cpu --listen 127.0.0.1`` with
+``--disable-all-custom-nodes`` except this extension (linked in through an extra_model_paths
+``custom_nodes:`` entry), its input/output/temp/user folders in a temporary directory, and a temporary
+models folder of symlinks, under the README's file names, to random-weight files of the real shapes
+(tests/host_models.py: SD1.5 and SDXL checkpoints, OpenCLIP ViT-H/14, SD1.5 ControlNet; tests/adapter_files.py:
+IP-Adapter files). Input images are the repository's ``workflows/input/*.png`` scaled to SIZE×SIZE. Each
+workflow runs with KSampler steps = STEPS and EmptyLatentImage SIZE×SIZE, then once more with every λ
+(IPAWeight / IPAApplySimple ``weight``) set to 0: it must finish, save an image, and the two images differ.
+
+What ran for SDXL (07_sdxl_style_composition): the workflow file unchanged (CheckpointLoaderSimple with a
+real-shape random SDXL checkpoint: 2.6 B UNet parameters, CLIP-L and CLIP-G, VAE; fp16 file of 6.9 GB; the
+SDXL ViT-H IP-Adapter and the ViT-H encoder), at SIZE×SIZE and SDXL_STEPS steps, in a second server started with
+``--fp8_e4m3fn-unet``: the UNet weights are stored in fp8 (e4m3fn, 2.45 GB) and cast layer by layer to fp32
+for the computation (ComfyUI's manual cast on CPU), so activations, attention and the IP-Adapter branch run in
+fp32 while the weights lose precision. Text encoders (fp16 storage), VAE, CLIP vision and the adapter are as
+ComfyUI loads them by default on CPU. Measured on the 24 GB, 2-core machine shared with other jobs: ComfyUI's
+default (fp32 UNet weights, 9.8 GB) was stopped while loading, when free memory fell below 2.5 GB (15 GB
+were free at its start); ``--fp16-unet`` (weights as in the file)
+ran, peaking at ~10 GB resident, but was killed by the kernel's OOM killer in a full test run when other jobs
+grew; with fp8 weights the server peaked at 6.5 GB resident. The SD1.5 workflows run in a server with
+ComfyUI's defaults (fp32 weights and computation). If less than SDXL_MIN_FREE_GB of memory is available when
+the SDXL server would start, that test is skipped with the reason.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+import comfy_server  # noqa: E402
+import workflow_format as wf  # noqa: E402
+
+log = logging.getLogger("ipadapter.tests.workflows")
+
+WORKFLOWS = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
+SDXL = {"07_sdxl_style_composition"}
+SIZE, STEPS = 192, 2
+SDXL_STEPS = 1  # one SDXL step (cond and uncond through all 70 patched layers) is ~50 s on a busy 2-core CPU
+SDXL_FLAGS = ("--fp8_e4m3fn-unet",)
+SDXL_MIN_FREE_GB = 8.0
+RUN_ORDER = [n for n in WORKFLOWS if n not in SDXL] + [n for n in WORKFLOWS if n in SDXL]  # one switch
+LAMBDA_NODES = {"IPAWeight", "IPAApplySimple"}
+WIDGET_PY_TYPES = {"INT": int, "FLOAT": (int, float), "BOOLEAN": bool, "STRING": str}
+# input name -> (models subfolder, {file name in the workflows -> how to make a random file of that kind})
+MODEL_INPUTS = {
+    "ckpt_name": ("checkpoints", {"v1-5-pruned-emaonly.safetensors": ("sd15_checkpoint", False),
+                                  "sd_xl_base_1.0.safetensors": ("sdxl_checkpoint", False)}),
+    "control_net_name": ("controlnet", {"control_v11p_sd15_canny_fp16.safetensors": ("controlnet_sd15", False)}),
+    "clip_name": ("clip_vision", {"CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors": ("clip_vision_vit_h",)}),
+    "ipadapter_file": ("ipadapter", {f"{v}.safetensors": ("adapter", v) for v in
+                                     ("ip-adapter_sd15", "ip-adapter-plus_sd15", "ip-adapter_sdxl_vit-h")}),
+}
+
+
+def ui(name):
+    return wf.load(REPO / "workflows" / f"{name}.json")
+
+
+def api(name):
+    return wf.load(REPO / "workflows" / "api" / f"{name}.json")
+
+
+def test_every_workflow_has_a_twin_and_inputs():
+    assert len(WORKFLOWS) >= 8, WORKFLOWS
+    assert sorted(p.stem for p in (REPO / "workflows" / "api").glob("*.json")) == WORKFLOWS
+    for name in WORKFLOWS:
+        for node in api(name).values():
+            for key, value in node["inputs"].items():
+                if node["class_type"] in ("LoadImage", "LoadImageMask") and key == "image":
+                    assert (REPO / "workflows" / "input" / value).is_file(), (name, value)
+                if key in MODEL_INPUTS:
+                    assert value in MODEL_INPUTS[key][1], f"{name}: {key}={value} is not a documented model name"
+    for png in (REPO / "workflows" / "input").glob("*.png"):
+        assert png.stat().st_size < 20_000, png
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_ui_file_is_well_formed(name):
+    """What the editor needs to open the file: ids, link table consistent with the node slots."""
+    data = ui(name)
+    assert data["version"] == 0.4 and isinstance(data["nodes"], list)
+    ids = [n["id"] for n in data["nodes"]]
+    assert len(set(ids)) == len(ids) and data["last_node_id"] == max(ids)
+    assert data["last_link_id"] == max(link[0] for link in data["links"])
+    nodes = {n["id"]: n for n in data["nodes"]}
+    for lid, src, src_slot, dst, dst_slot, kind in data["links"]:
+        assert lid in nodes[src]["outputs"][src_slot]["links"], (name, lid)
+        target = nodes[dst]["inputs"][dst_slot]
+        assert target["link"] == lid and target["type"] == kind == nodes[src]["outputs"][src_slot]["type"]
+    for n in data["nodes"]:
+        assert {"id", "type", "pos", "size", "inputs", "outputs", "widgets_values", "mode", "order"} <= set(n)
+        for slot in n["inputs"]:
+            assert slot["link"] is None or any(link[0] == slot["link"] for link in data["links"])
+
+
+# ---------------------------------------------------------------- a server with the models
+
+def _model_file(recipe, adapters: Path) -> Path:
+    import host_models  # noqa: PLC0415 - needs the host on sys.path (conftest)
+
+    if recipe[0] == "adapter":
+        from adapter_files import write_adapter  # noqa: PLC0415
+
+        return write_adapter(adapters, recipe[1])
+    return getattr(host_models, recipe[0])(*recipe[1:])
+
+
+class Servers:
+    """One ComfyUI server at a time (memory): SD1.5 workflows with defaults, SDXL with SDXL_FLAGS. The model
+    files a server's workflows need are linked (built, the first time) just before it starts."""
+
+    def __init__(self, root: Path, config: Path):
+        self.root, self.config, self.current, self.key = root, config, None, None
+
+    def get(self, key):
+        if self.key != key:
+            self.close()
+            if key == "sdxl":
+                free = _available_gb()
+                if free < SDXL_MIN_FREE_GB:
+                    pytest.skip(f"SDXL workflow needs ~{SDXL_MIN_FREE_GB} GB free memory, {free:.1f} GB available")
+            self._link_models([n for n in WORKFLOWS if (n in SDXL) == (key == "sdxl")])
+            work = self.root / key
+            shutil.copytree(self.root / "input", work / "input", dirs_exist_ok=True)
+            self.current = comfy_server.LocalServer(cpu=True, isolate=True, workdir=work,
+                                                    extra_model_paths=[self.config],
+                                                    extra_args=SDXL_FLAGS if key == "sdxl" else ())
+            self.key = key
+        return self.current
+
+    def _link_models(self, names):
+        models, adapters = self.root / "models", self.root / "adapter_files"
+        adapters.mkdir(exist_ok=True)
+        needed = {(k, v) for name in names for node in api(name).values()
+                  for k, v in node["inputs"].items() if k in MODEL_INPUTS}
+        for key, value in sorted(needed):
+            folder, recipes = MODEL_INPUTS[key]
+            link = models / folder / value
+            if not link.is_symlink():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(_model_file(recipes[value], adapters))
+
+    def close(self):
+        if self.current is not None:
+            self.current.stop()
+            self.current, self.key = None, None
+
+
+def _available_gb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 2**20
+    return float("inf")
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("workflows")
+    models = root / "models"
+    config = root / "models.yaml"
+    config.write_text("ipadapter_workflow_tests:\n  base_path: " + json.dumps(str(models)) + "\n"
+                      + "".join(f"  {f}: {f}\n" for f in ("checkpoints", "controlnet", "clip_vision", "ipadapter")))
+    (root / "input").mkdir()
+    for png in (REPO / "workflows" / "input").glob("*.png"):
+        img = Image.open(png)
+        nearest = img.mode == "L"  # masks stay hard-edged
+        img.resize((SIZE, SIZE), Image.NEAREST if nearest else Image.LANCZOS).save(root / "input" / png.name)
+    s = Servers(root, config)
+    yield s
+    s.close()
+
+
+# ---------------------------------------------------------------- format checks against the server
+
+@pytest.mark.host
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_ui_converts_to_its_api_twin(name, servers):
+    info = servers.get("sd15").object_info()
+    warnings = []
+    assert wf.graph(wf.ui_to_api(ui(name), info, warn=warnings.append)) == wf.graph(api(name))
+    assert not warnings
+
+
+@pytest.mark.host
+def test_conversion_of_the_editors_own_templates(servers):
+    """The editor's templates (comfyui_workflow_templates*) are ground truth for the widget rules
+    (seed control widgets, upload buttons, converted widgets, primitives): every widget value must land
+    on an input of its type."""
+    import importlib.util  # noqa: PLC0415
+
+    spec = importlib.util.find_spec("comfyui_workflow_templates_media_image")
+    if spec is None:
+        pytest.skip("the editor's template package is not installed")
+    info = servers.get("sd15").object_info()
+    checked = 0
+    site = Path(spec.submodule_search_locations[0]).parent
+    for path in sorted(site.glob("comfyui_workflow_templates*/templates/*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:
+            continue
+        if not wf.is_ui_format(data) or data.get("definitions", {}).get("subgraphs") \
+                or any(n["type"] not in wf.VIRTUAL_NODES and (n["type"] not in info or info[n["type"]].get(
+                    "python_module", "").startswith("comfy_api_nodes")) for n in data["nodes"]):
+            continue  # subgraphs, nodes this server lacks, and paid API nodes (their inputs change often)
+        for node in wf.ui_to_api(data, info, warn=lambda m: None).values():
+            spec_in = {**info[node["class_type"]]["input"].get("required", {}),
+                       **(info[node["class_type"]]["input"].get("optional") or {})}
+            for key, value in node["inputs"].items():
+                if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+                    continue  # a link
+                kind = spec_in[key][0]
+                opts = spec_in[key][1] if len(spec_in[key]) > 1 and isinstance(spec_in[key][1], dict) else {}
+                options = kind if isinstance(kind, list) else opts.get("options") if kind == "COMBO" else None
+                where = (path.name, node["class_type"], key, value)
+                if options is not None:
+                    assert isinstance(value, str) or value in options, where
+                    files = [o for o in options + [value] if "." in str(o) or "/" in str(o)]
+                    if options and not files:
+                        assert value in options, where  # not a list of files: the value must be an option
+                elif kind in WIDGET_PY_TYPES:
+                    assert isinstance(value, WIDGET_PY_TYPES[kind]), where
+                    assert kind == "BOOLEAN" or not isinstance(value, bool), where
+        checked += 1
+    assert checked >= 20, checked
+
+
+# ---------------------------------------------------------------- running every workflow
+
+def small(prompt: dict, weight: float | None = None, steps: int = STEPS) -> dict:
+    prompt = json.loads(json.dumps(prompt))
+    for node in prompt.values():
+        if node["class_type"] == "KSampler":
+            node["inputs"]["steps"] = steps
+        if node["class_type"] == "EmptyLatentImage":
+            node["inputs"].update(width=SIZE, height=SIZE)
+        if weight is not None and node["class_type"] in LAMBDA_NODES:
+            node["inputs"]["weight"] = weight
+    return prompt
+
+
+def _run(server, prompt) -> tuple[np.ndarray, float]:
+    start = time.perf_counter()
+    entry = server.run(prompt, timeout=3600)
+    images = comfy_server.images_of(entry)
+    assert len(images) == 1, images
+    path = server.output_dir / images[0]["subfolder"] / images[0]["filename"]
+    assert path.is_file(), path
+    return np.asarray(Image.open(path).convert("RGB")), time.perf_counter() - start
+
+
+@pytest.mark.host
+@pytest.mark.slow
+@pytest.mark.parametrize("name", RUN_ORDER)
+def test_workflow_runs_and_the_image_prompt_acts(name, servers, record_property):
+    prompt = api(name)
+    assert any(n["class_type"] in LAMBDA_NODES for n in prompt.values())
+    server = servers.get("sdxl" if name in SDXL else "sd15")
+    try:
+        steps = SDXL_STEPS if name in SDXL else STEPS
+        image, t1 = _run(server, small(prompt, steps=steps))
+        zero, t0 = _run(server, small(prompt, weight=0.0, steps=steps))
+    except comfy_server.ComfyError as e:
+        pytest.fail(f"{name}: {e}\n--- server log ---\n{server.log_tail()}")
+    assert image.shape == zero.shape == (SIZE, SIZE, 3)
+    diff = float(np.abs(image.astype(np.int16) - zero).mean())
+    log.info("workflow %s: %.1f s, then %.1f s with λ = 0 (ComfyUI's cache reruns only what changed); "
+             "mean |difference| %.2f / 255", name, t1, t0, diff)
+    record_property("seconds", round(t1 + t0, 1))
+    assert not np.array_equal(image, zero), f"{name}: the image prompt (λ > 0) changed nothing"
