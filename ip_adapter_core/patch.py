@@ -74,7 +74,9 @@ class Branch:
             ipl = self.adapter.model.layer(layer.file_index)
             tokens = torch.cat([self.prompt.positive, self.prompt.negative])  # set 0 positive, 1 negative
             w = ipl.to_k_ip.weight
-            hit = image_kv(ipl.to_k_ip, ipl.to_v_ip, tokens.to(device=w.device, dtype=w.dtype), dtype, device)
+            # float32 in (manual_cast lifts the fp16 weights to it), the call's dtype out: the
+            # same rounding as the reference, which converts the weights before use.
+            hit = image_kv(ipl.to_k_ip, ipl.to_v_ip, tokens.to(device=w.device, dtype=torch.float32), dtype, device)
             self._kv[key] = hit
         return hit
 

@@ -62,8 +62,12 @@ def project(image_proj: torch.nn.Module, config: AdapterConfig, features: torch.
 
     both = torch.cat([combine(features, mode), combine(negative_features, mode)])
     weight = next(image_proj.parameters())
+    # Released files are fp16. Layers that cast their weights to the input (comfy.ops
+    # manual_cast, in the host) compute in float32 like the reference does after loading;
+    # plain torch layers need the input in their own dtype.
+    casts = any(getattr(m, "comfy_cast_weights", False) for m in image_proj.modules())
     with torch.no_grad():
-        tokens = image_proj(both.to(device=weight.device, dtype=weight.dtype)).to(dtype)
+        tokens = image_proj(both.to(device=weight.device, dtype=torch.float32 if casts else weight.dtype)).to(dtype)
     pos, neg = tokens.chunk(2)
     # concat: all images' tokens side by side in one prompt
     return pos.reshape(1, -1, pos.shape[-1]), neg.reshape(1, -1, neg.shape[-1])

@@ -1,0 +1,277 @@
+"""End to end: ComfyUI's UNet patched through this extension's nodes equals diffusers' UNet
+with diffusers' own IP-Adapter loading, on the same random weights.
+
+One UNet per family (real SD1.5 / SDXL structure and widths, fp32, PyTorch-default random
+weights under a fixed seed) is shared by both hosts: both are built on meta and assigned
+views of one read-only memory-mapped weight file (tests/unet_pairs.py), so SDXL's 10.3 GB
+are held once, as reclaimable file pages. The UNets of a family are built once
+(module-scoped, indirectly parametrised fixture) and released before the next family's.
+The latent is 16x16 (not 32x32) to keep the run short on 2 shared CPU cores.
+
+diffusers side, as a pipeline runs it: ``IPAdapterMixin.load_ip_adapter`` on the adapter
+file (the real method, on an object carrying ``unet`` and ``image_encoder``),
+``set_ip_adapter_scale``, the pipeline's own ``prepare_ip_adapter_image_embeds`` /
+``encode_image`` for the image features (negative: zeros for linear adapters, the encoder on
+an all-zero pixel tensor for plus / full-face), then ``unet(..., added_cond_kwargs=...)``.
+
+Our side, as a workflow runs it: ``load_adapter_handle`` -> ``IPAProject`` -> ``IPAWeight`` ->
+``IPAApply``, then ComfyUI's raw UNet forward with ``transformer_options`` built as
+``comfy.samplers._calc_cond_batch`` builds them (``cond_or_uncond``, ``sigmas``). The CLIP
+features given to IPAProject are the ones diffusers computes (asserted equal).
+
+Both get the same latent, timestep, text context and (SDXL) pooled text / size conditioning;
+ComfyUI's SDXL ``y`` is made by ComfyUI's own ``encode_adm``.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from conftest import rel_err
+
+pytestmark = pytest.mark.host
+
+log = logging.getLogger("ipadapter.tests")
+
+TOL = 1e-4          # relative error of the noise prediction, float32
+EFFECT = 1e-2       # the image prompt must move the output far more than TOL
+LATENT = 16         # latent height/width (128 px): 32 would be 2-4x slower on 2 shared cores
+TIMESTEP = 500.0    # the timestep both UNets get (sigma from ComfyUI's model_sampling)
+NEG_POS = (1, 0)    # ComfyUI's cond_or_uncond with CFG: negative chunk first, as diffusers orders it
+POS = (0,)          # cfg 1: positive only
+
+SD15_VARIANTS = ("ip-adapter_sd15", "ip-adapter-plus_sd15", "ip-adapter-full-face_sd15")
+SDXL_VARIANTS = ("ip-adapter_sdxl_vit-h", "ip-adapter-plus_sdxl_vit-h")
+
+
+def _layout_id(layout):
+    return "cond+uncond" if tuple(layout) == NEG_POS else "cond"
+
+
+@dataclass
+class Pair:
+    """One family's UNet in both hosts, the shared inputs, and cached unpatched outputs."""
+
+    family: str
+    unet: object                     # diffusers UNet2DConditionModel (owns the weights)
+    comfy: object                    # ComfyUI ModelPatcher sharing them
+    host: object                     # diffusers IPAdapterMixin host (unet + image encoder)
+    pixels: torch.Tensor             # the reference image, normalised [1, 3, 224, 224]
+    latent: torch.Tensor             # [1, 4, LATENT, LATENT]
+    text: torch.Tensor               # [2, 77, cross] negative, positive
+    pooled: torch.Tensor | None      # SDXL [2, 1280] negative, positive
+    base: dict = field(default_factory=dict)
+
+    def inputs(self, layout):
+        """(x, t, sigma, context, diffusers added_cond_kwargs, ComfyUI y) for a cond_or_uncond
+        layout; chunk c uses the negative text when layout[c] == 1, as ComfyUI batches conds."""
+        ms = self.comfy.get_model_object("model_sampling")
+        sigma = ms.sigma(torch.tensor([TIMESTEP]))          # the sampler's timestep (latent batch)
+        n = len(layout)
+        t = ms.timestep(torch.cat([sigma] * n)).float()   # what _apply_model gives the UNet
+        rows = [1 - code for code in layout]                # text row: 0 negative, 1 positive
+        x = torch.cat([self.latent] * n)
+        ctx = self.text[rows]
+        added, y = {}, None
+        if self.family == "sdxl":
+            size = LATENT * 8
+            pooled = self.pooled[rows]
+            # diffusers: time_ids = original_size + crops_coords_top_left + target_size
+            added = {"text_embeds": pooled,
+                     "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * n, dtype=torch.float32)}
+            y = torch.cat([self.comfy.model.encode_adm(pooled_output=p[None], width=size, height=size, crop_w=0,
+                                                       crop_h=0, target_width=size, target_height=size)
+                           for p in pooled])
+        return x, t, sigma, ctx, added, y
+
+    def diffusers_forward(self, layout, image_embeds=None):
+        x, t, _, ctx, added, _ = self.inputs(layout)
+        if image_embeds is not None:
+            added = {**added, "image_embeds": image_embeds}
+        with torch.no_grad():
+            return self.unet(x, t, encoder_hidden_states=ctx, added_cond_kwargs=added or None).sample
+
+    def comfy_forward(self, model, layout):
+        """ComfyUI's raw UNet call with transformer_options as _calc_cond_batch makes them."""
+        import comfy.patcher_extension
+
+        x, t, sigma, ctx, _, y = self.inputs(layout)
+        to = comfy.patcher_extension.merge_nested_dicts(
+            {}, model.model_options.get("transformer_options", {}), copy_dict1=False)
+        to["cond_or_uncond"] = list(layout)
+        to["uuids"] = [uuid.uuid4() for _ in layout]
+        to["sigmas"] = sigma
+        with torch.no_grad():
+            return model.model.diffusion_model(x, t, context=ctx, y=y, transformer_options=to)
+
+    def unpatched(self, layout):
+        """(diffusers, ComfyUI) outputs without IP-Adapter, computed once per layout."""
+        key = tuple(layout)
+        if key not in self.base:
+            assert self.unet.encoder_hid_proj is None, "an IP-Adapter is still loaded in diffusers"
+            self.base[key] = (self.diffusers_forward(layout), self.comfy_forward(self.comfy, layout))
+        return self.base[key]
+
+
+@pytest.fixture(scope="module")
+def image_encoder():
+    from unet_pairs import small_clip_vision
+
+    return small_clip_vision()
+
+
+@pytest.fixture(scope="module")
+def pair(request, image_encoder, adapter_file):
+    """Indirectly parametrised with the family; pytest finishes one family's Pair before it
+    builds the next one's, so at most one pair of UNets is alive."""
+    import adapter_files
+    from unet_pairs import comfy_model_sharing, diffusers_ip_host, diffusers_unet
+
+    family = request.param
+    # Write the adapter files before the UNet exists, then drop adapter_files' cache of their
+    # tensors (SDXL's: 0.7 GB each, 2 GB while being drawn) to keep the peak low.
+    for variant in {"sd15": SD15_VARIANTS, "sdxl": SDXL_VARIANTS}[family]:
+        adapter_file(variant)
+    adapter_files._sections.cache_clear()
+    gc.collect()
+    t0 = time.perf_counter()
+    unet = diffusers_unet(family, seed=0)
+    comfy = comfy_model_sharing(unet)
+    log.info("%s pair ready in %.1fs", family, time.perf_counter() - t0)
+    g = torch.Generator().manual_seed(7)
+    cross = unet.config.cross_attention_dim
+    p = Pair(family, unet, comfy, diffusers_ip_host(family, unet, image_encoder),
+             pixels=torch.randn(1, 3, 224, 224, generator=g),
+             latent=torch.randn(1, 4, LATENT, LATENT, generator=g),
+             text=torch.randn(2, 77, cross, generator=g),
+             pooled=torch.randn(2, 1280, generator=g) if family == "sdxl" else None)
+    yield p
+    del p, unet, comfy
+    gc.collect()
+    log.info("released the %s pair", family)
+
+
+def features(encoder, pixels):
+    """What IP-Adapter Encode Image hands on: ComfyUI's CLIP_VISION_OUTPUT with image_embeds,
+    penultimate_hidden_states and the zero-image penultimate states, here from the same
+    encoder diffusers' pipeline uses."""
+    from comfy.clip_vision import Output
+
+    from ipadapter_ext.ip_adapter_core.vision import ZERO_IMAGE_ATTR
+
+    out = Output()
+    with torch.no_grad():
+        out["image_embeds"] = encoder(pixels).image_embeds
+        out["penultimate_hidden_states"] = encoder(pixels, output_hidden_states=True).hidden_states[-2]
+        out[ZERO_IMAGE_ATTR] = encoder(torch.zeros_like(pixels), output_hidden_states=True).hidden_states[-2]
+    return out
+
+
+def diffusers_with_adapter(pair: Pair, path, lam, layout):
+    """diffusers' noise prediction with the adapter loaded its own way; unloads afterwards.
+    Returns (output, image_embeds as the pipeline made them: [negative; positive] features)."""
+    host = pair.host
+    host.load_ip_adapter(str(path.parent), subfolder="", weight_name=path.name, local_files_only=True)
+    try:
+        host.set_ip_adapter_scale(lam)
+        cfg = tuple(layout) == NEG_POS
+        with torch.no_grad():
+            embeds = host.prepare_ip_adapter_image_embeds(pair.pixels, None, torch.device("cpu"), 1, cfg)
+        return pair.diffusers_forward(layout, embeds), embeds
+    finally:
+        host.unload_ip_adapter()
+        gc.collect()
+
+
+def ours_patched(pair: Pair, path, lam, feats):
+    """The model a workflow gets: load -> IPAProject -> IPAWeight -> IPAApply."""
+    from ipadapter_ext.ip_adapter_core.loader import load_adapter_handle
+    from ipadapter_ext.nodes.apply import IPAApply
+    from ipadapter_ext.nodes.image_prompt import IPAProject, IPAWeight
+
+    handle = load_adapter_handle(path)
+    embeds = IPAProject.execute(handle, feats, "concat").result[0]
+    embeds = IPAWeight.execute(embeds, lam, "all", "", 0.0, 1.0).result[0]
+    return IPAApply.execute(pair.comfy, handle, embeds).result[0]
+
+
+def check_case(pair: Pair, image_encoder, parity, path, variant, lam, layout):
+    t0 = time.perf_counter()
+    want, d_embeds = diffusers_with_adapter(pair, path, lam, layout)
+    feats = features(image_encoder, pair.pixels)
+    # both sides see the same CLIP features: diffusers' last chunk is the positive image,
+    # its first (with CFG) the negative: zeros (linear) or the zero-image states (plus/full-face)
+    pos = d_embeds[0][-1, 0]
+    if pos.ndim == 1:
+        assert torch.equal(pos, feats.image_embeds[0])
+        if len(layout) == 2:
+            assert torch.equal(d_embeds[0][0, 0], torch.zeros_like(pos))
+    else:
+        from ipadapter_ext.ip_adapter_core.vision import ZERO_IMAGE_ATTR
+
+        assert torch.equal(pos, feats.penultimate_hidden_states[0])
+        if len(layout) == 2:
+            assert torch.equal(d_embeds[0][0, 0], getattr(feats, ZERO_IMAGE_ATTR)[0])
+    patched = ours_patched(pair, path, lam, feats)
+    got = pair.comfy_forward(patched, layout)
+    name = f"{pair.family} {variant} λ={lam} {_layout_id(layout)}"
+    parity(name, got, want, TOL)
+    effect = rel_err(got, pair.unpatched(layout)[1])
+    log.info("%s: image prompt moves the output by %.3f (%.1fs)", name, effect, time.perf_counter() - t0)
+    assert effect > EFFECT, f"{name}: the adapter barely changes the output ({effect:.2e}); parity proves little"
+    del patched
+    gc.collect()
+
+
+# ----------------------------------------------------------------------------- SD1.5
+
+SD15 = pytest.mark.parametrize("pair", ["sd15"], indirect=True, scope="module")
+
+
+@SD15
+@pytest.mark.parametrize("layout", [NEG_POS, POS], ids=_layout_id)
+def test_sd15_unpatched_comfyui_equals_diffusers(pair, layout, parity):
+    ref, got = pair.unpatched(layout)
+    assert got.shape == ref.shape == (len(layout), 4, LATENT, LATENT)
+    parity(f"sd15 unpatched {_layout_id(layout)}", got, ref, TOL)
+
+
+@SD15
+@pytest.mark.parametrize("lam", [1.0, 0.5])
+@pytest.mark.parametrize("layout", [NEG_POS, POS], ids=_layout_id)
+@pytest.mark.parametrize("variant", SD15_VARIANTS)
+def test_sd15_adapter_equals_diffusers(pair, image_encoder, adapter_file, parity, variant, layout, lam):
+    check_case(pair, image_encoder, parity, adapter_file(variant), variant, lam, layout)
+
+
+@SD15
+def test_sd15_lambda_zero_is_bit_identical(pair, image_encoder, adapter_file):
+    path = adapter_file("ip-adapter-plus_sd15")
+    patched = ours_patched(pair, path, 0.0, features(image_encoder, pair.pixels))
+    assert torch.equal(pair.comfy_forward(patched, NEG_POS), pair.unpatched(NEG_POS)[1])
+
+
+# ----------------------------------------------------------------------------- SDXL
+
+def SDXL(test):  # noqa: N802 - a decorator, named like SD15
+    """SDXL pair; also ``slow``: its 10.3 GB of fp32 weights make each forward seconds long."""
+    return pytest.mark.slow(pytest.mark.parametrize("pair", ["sdxl"], indirect=True, scope="module")(test))
+
+
+@SDXL
+def test_sdxl_unpatched_comfyui_equals_diffusers(pair, parity):
+    ref, got = pair.unpatched(NEG_POS)
+    assert got.shape == ref.shape == (2, 4, LATENT, LATENT)
+    parity("sdxl unpatched cond+uncond", got, ref, TOL)
+
+
+@SDXL
+@pytest.mark.parametrize("variant", SDXL_VARIANTS)
+def test_sdxl_adapter_equals_diffusers(pair, image_encoder, adapter_file, parity, variant):
+    check_case(pair, image_encoder, parity, adapter_file(variant), variant, 1.0, NEG_POS)
