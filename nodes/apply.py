@@ -7,7 +7,7 @@ from ..ip_adapter_core.masks import check_mask
 from ..ip_adapter_core.patch import apply_image_prompt
 from ..ip_adapter_core.tokens import project
 from ..ip_adapter_core.vision import ZERO_IMAGE_ATTR, encode
-from .types import CATEGORY, IPAEmbeds, IPAModel
+from .types import CATEGORY, IPAEmbeds, IPAModel, range_inputs, weight_inputs
 
 
 class IPAApply(io.ComfyNode):
@@ -42,11 +42,8 @@ class IPAApplySimple(io.ComfyNode):
                 IPAModel.Input("ipadapter", tooltip="From IP-Adapter Loader."),
                 io.ClipVision.Input("clip_vision", tooltip="The encoder the adapter needs."),
                 io.Image.Input("image", tooltip="Reference image(s); several are concatenated."),
-                io.Float.Input("weight", default=1.0, min=-2.0, max=5.0, step=0.05, tooltip="λ."),
-                io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Fraction of sampling at which the image prompt starts."),
-                io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Fraction of sampling at which it stops."),
+                *weight_inputs(),
+                *range_inputs(),
             ],
             outputs=[io.Model.Output()])
 

@@ -7,7 +7,7 @@ from ..ip_adapter_core.errors import IPAdapterError
 from ..ip_adapter_core.loader import check_encoder, zero_image_features
 from ..ip_adapter_core.tokens import COMBINE_MODES, project
 from ..ip_adapter_core.vision import CROP_MODES, ZERO_IMAGE_ATTR, encode
-from .types import CATEGORY, IPAEmbeds, IPAModel
+from .types import CATEGORY, IPAEmbeds, IPAModel, range_inputs, weight_inputs
 
 
 class IPAEncodeImage(io.ComfyNode):
@@ -83,18 +83,14 @@ class IPAWeight(io.ComfyNode):
             description="How strongly, where in the UNet, and when during sampling the image prompt acts.",
             inputs=[
                 IPAEmbeds.Input("embeds", tooltip="From IP-Adapter Project."),
-                io.Float.Input("weight", default=1.0, min=-2.0, max=5.0, step=0.05,
-                               tooltip="λ: 0 = no image prompt, 1 = as trained; negative pushes away."),
+                *weight_inputs(),
                 io.Combo.Input("blocks", options=list(BLOCK_CHOICES), default="all",
                                tooltip="Which cross-attention blocks get the image: style / composition are "
                                        "InstantStyle's SDXL blocks (structural analogues on SD1.5)."),
                 io.String.Input("custom_blocks", default="", multiline=False,
                                 tooltip="With blocks = custom: e.g. 'input 8 = 1, output 1 = 0.5, output 1:3 = 0' "
                                         "(block, number, optional transformer index); others get 0."),
-                io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Fraction of sampling at which the image prompt starts."),
-                io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Fraction of sampling at which it stops."),
+                *range_inputs(),
             ],
             outputs=[IPAEmbeds.Output(display_name="embeds")])
 

@@ -1,7 +1,20 @@
-"""Socket types of this extension. Distinct names, so they cannot be wired to a
-look-alike type from another IP-Adapter extension."""
+"""Socket types of this extension, and inputs several nodes share. Distinct type names,
+so they cannot be wired to a look-alike type from another IP-Adapter extension."""
 from comfy_api.latest import io
 
 IPAModel = io.Custom("IPA_MODEL")
 IPAEmbeds = io.Custom("IPA_EMBEDS")
 CATEGORY = "ipadapter"
+
+
+def weight_inputs() -> list:
+    """λ and the sampling range, as IPAWeight and the all-in-one node take them."""
+    return [io.Float.Input("weight", default=1.0, min=-2.0, max=5.0, step=0.05,
+                           tooltip="λ: 0 = no image prompt, 1 = as trained; negative pushes away.")]
+
+
+def range_inputs() -> list:
+    return [io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.01,
+                           tooltip="Fraction of sampling at which the image prompt starts."),
+            io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.01,
+                           tooltip="Fraction of sampling at which it stops.")]

@@ -8,7 +8,6 @@ registers nodes and needs the host.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import sys
 import types
