@@ -1,8 +1,8 @@
 """The random-weight model files load through ComfyUI's own loaders and run.
 
 Host tests: skipped (loudly, see conftest) without ComfyUI. Once the cache is
-filled the non-slow tests take well under two minutes on a 2-core CPU; the
-``slow`` ones build full-size files (about 2, 0.7 and 3.7 GB).
+filled the tests take a few minutes on a 2-core CPU; those marked ``slow`` build
+full-size files (about 2, 0.7 and 3.7 GB, cached), and run in the default command too.
 """
 from __future__ import annotations
 
@@ -105,13 +105,6 @@ def counting_attn2_patches(model, keys):
         patched.set_model_attn2_replace(patch, *key)
     return patched, seen
 
-
-@pytest.fixture(autouse=True)
-def _slow_only_when_selected(request):
-    # Nothing deselects ``slow`` by default and these build gigabytes: run them only
-    # when the marker expression asks for them (``-m slow``).
-    if request.node.get_closest_marker("slow") and "slow" not in (request.config.option.markexpr or ""):
-        pytest.skip("builds full-size model files; select with -m slow")
 
 
 def test_cache_builds_once_and_atomically(tmp_path, monkeypatch):
