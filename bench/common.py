@@ -15,14 +15,13 @@ import os
 import statistics
 import sys
 import time
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PKG = "ipadapter_ext"
+
 CACHE = Path(os.environ.get("IPADAPTER_BENCH_CACHE", Path.home() / ".cache/comfyui-ipadapter/bench"))
 
 log = logging.getLogger("bench")
@@ -33,14 +32,12 @@ def setup_imports(device: str) -> Path:
 
     ComfyUI probes for a GPU when comfy.model_management is imported, so CPU mode
     must be chosen before that import (host.add_to_sys_path does it)."""
-    if PKG not in sys.modules:
-        pkg = types.ModuleType(PKG)
-        pkg.__path__ = [str(REPO_ROOT)]
-        pkg.__file__ = str(REPO_ROOT / "__init__.py")
-        sys.modules[PKG] = pkg
     # Never the repo root itself: its nodes/ and models/ would shadow ComfyUI's modules.
     if str(REPO_ROOT / "tests") not in sys.path:
         sys.path.insert(0, str(REPO_ROOT / "tests"))
+    from package_alias import install
+
+    install()
     from ipadapter_ext.ip_adapter_core import host
 
     root = host.add_to_sys_path(cpu=(device == "cpu"))

@@ -1,33 +1,19 @@
-"""Shared test set-up.
-
-The repository is a ComfyUI custom-node package whose sub-packages (``nodes``,
-``models``) share names with ComfyUI's own top-level modules, so it is imported
-here under the fixed package name ``ipadapter_ext`` (ComfyUI imports it under its
-folder name). The package ``__init__`` is not executed for core tests: it
-registers nodes and needs the host.
-"""
+"""Shared test set-up: the repo imported as ``ipadapter_ext`` (see package_alias.py), the
+ComfyUI host found and put on sys.path in CPU mode, the ``host`` marker skipped loudly
+without it, and the parity table printed at the end."""
 from __future__ import annotations
 
 import logging
 import sys
-import types
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PKG = "ipadapter_ext"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from package_alias import REPO_ROOT, install  # noqa: E402,F401  (REPO_ROOT: used by tests)
 
-if PKG not in sys.modules:
-    pkg = types.ModuleType(PKG)
-    pkg.__path__ = [str(REPO_ROOT)]
-    pkg.__file__ = str(REPO_ROOT / "__init__.py")
-    sys.modules[PKG] = pkg
-
-if str(REPO_ROOT / "tests") not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT / "tests"))
-
+install()
 from ipadapter_ext.ip_adapter_core import host  # noqa: E402
 
 HOST = host.add_to_sys_path(cpu=True)
