@@ -5,8 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .config import IMAGE_EMBEDS
+from .embeds import ImagePrompt
 from .errors import IPAdapterError
-from .loader import zero_image_features
+from .loader import check_encoder, zero_image_features
+from .tokens import project
 
 CROP_MODES = ("center", "squash", "pad")
 ZERO_IMAGE_ATTR = "ipadapter_zero_image_penultimate"
@@ -56,3 +59,28 @@ def encode(clip_vision, image: torch.Tensor, crop: str = "center", mask: torch.T
         out = clip_vision.encode_image(pixels, crop=crop_flag)
     out[ZERO_IMAGE_ATTR] = zero_image_features(clip_vision)
     return out
+
+
+def image_prompt(adapter, image_features, combine: str = "concat", negative_features=None, clip_vision=None):
+    """CLIP_VISION_OUTPUT(s) -> an ImagePrompt of ``adapter`` (an AdapterHandle).
+
+    The zero-image features for plus/full-face negatives come from our encode output, or
+    are computed with ``clip_vision`` when the features came from ComfyUI's own encoder.
+    """
+    cfg = adapter.config
+    feats = _feature(image_features, cfg.feature, "image_features")
+    neg = _feature(negative_features, cfg.feature, "negative_features") if negative_features is not None else None
+    zero = getattr(image_features, ZERO_IMAGE_ATTR, None)
+    if zero is None and clip_vision is not None and cfg.feature != IMAGE_EMBEDS:
+        check_encoder(cfg, clip_vision)
+        zero = zero_image_features(clip_vision)
+    pos, negative = project(adapter.model.image_proj, cfg, feats, neg, zero, combine)
+    return ImagePrompt(pos, negative, cfg, adapter.path)
+
+
+def _feature(output, name, what):
+    t = getattr(output, name, None)
+    if t is None:
+        raise IPAdapterError(f"{what}: this CLIP vision output has no '{name}'; encode the image with a "
+                             "CLIP vision model (ViT-H/14 or ViT-bigG/14).")
+    return t.float()

@@ -1,12 +1,10 @@
 """Apply nodes: add an image prompt to a model's cross-attention (on a clone)."""
 from comfy_api.latest import io
 
-from ..ip_adapter_core.embeds import ImagePrompt
 from ..ip_adapter_core.loader import check_encoder
 from ..ip_adapter_core.masks import check_mask
 from ..ip_adapter_core.patch import apply_image_prompt
-from ..ip_adapter_core.tokens import project
-from ..ip_adapter_core.vision import ZERO_IMAGE_ATTR, encode
+from ..ip_adapter_core.vision import encode, image_prompt
 from .types import CATEGORY, IPAEmbeds, IPAModel, range_inputs, weight_inputs
 
 
@@ -49,10 +47,6 @@ class IPAApplySimple(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, ipadapter, clip_vision, image, weight, start_at, end_at) -> io.NodeOutput:
-        cfg = ipadapter.config
-        check_encoder(cfg, clip_vision)
-        out = encode(clip_vision, image, "center")
-        pos, neg = project(ipadapter.model.image_proj, cfg, getattr(out, cfg.feature).float(),
-                           zero_image_features=getattr(out, ZERO_IMAGE_ATTR))
-        prompt = ImagePrompt(pos, neg, cfg, ipadapter.path).weighted(weight, "all", "", start_at, end_at)
-        return io.NodeOutput(apply_image_prompt(model, ipadapter, prompt))
+        check_encoder(ipadapter.config, clip_vision)
+        prompt = image_prompt(ipadapter, encode(clip_vision, image, "center"))
+        return io.NodeOutput(apply_image_prompt(model, ipadapter, prompt.weighted(weight, "all", "", start_at, end_at)))

@@ -1,12 +1,9 @@
 """Encode -> project -> weight: turning images into an IP-Adapter image prompt."""
 from comfy_api.latest import io
 
-from ..ip_adapter_core.config import IMAGE_EMBEDS
-from ..ip_adapter_core.embeds import BLOCK_CHOICES, ImagePrompt
-from ..ip_adapter_core.errors import IPAdapterError
-from ..ip_adapter_core.loader import check_encoder, zero_image_features
-from ..ip_adapter_core.tokens import COMBINE_MODES, project
-from ..ip_adapter_core.vision import CROP_MODES, ZERO_IMAGE_ATTR, encode
+from ..ip_adapter_core.embeds import BLOCK_CHOICES
+from ..ip_adapter_core.tokens import COMBINE_MODES
+from ..ip_adapter_core.vision import CROP_MODES, encode, image_prompt
 from .types import CATEGORY, IPAEmbeds, IPAModel, range_inputs, weight_inputs
 
 
@@ -56,23 +53,7 @@ class IPAProject(io.ComfyNode):
 
     @classmethod
     def execute(cls, ipadapter, image_features, combine, negative_features=None, clip_vision=None) -> io.NodeOutput:
-        cfg = ipadapter.config
-        feats = _feature(image_features, cfg.feature, "image_features")
-        neg = _feature(negative_features, cfg.feature, "negative_features") if negative_features is not None else None
-        zero = getattr(image_features, ZERO_IMAGE_ATTR, None)
-        if zero is None and clip_vision is not None and cfg.feature != IMAGE_EMBEDS:
-            check_encoder(cfg, clip_vision)
-            zero = zero_image_features(clip_vision)
-        pos_tokens, neg_tokens = project(ipadapter.model.image_proj, cfg, feats, neg, zero, combine)
-        return io.NodeOutput(ImagePrompt(pos_tokens, neg_tokens, cfg, ipadapter.path))
-
-
-def _feature(output, name, what):
-    t = getattr(output, name, None)
-    if t is None:
-        raise IPAdapterError(f"{what}: this CLIP vision output has no '{name}'; encode the image with a "
-                             "CLIP vision model (ViT-H/14 or ViT-bigG/14).")
-    return t.float()
+        return io.NodeOutput(image_prompt(ipadapter, image_features, combine, negative_features, clip_vision))
 
 
 class IPAWeight(io.ComfyNode):
