@@ -14,20 +14,33 @@ from .errors import IPAdapterFileError
 from .layers import layers_for
 
 FAMILY_BY_CROSS_DIM = {768: "sd15", 2048: "sdxl"}
-FAMILY_NAMES = {"sd15": "Stable Diffusion 1.5", "sdxl": "SDXL"}
+FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
 
-# CLIP vision encoders, by the width of the feature the projection reads.
+IMAGE_EMBEDS = "image_embeds"                  # after the visual projection
+PENULTIMATE = "penultimate_hidden_states"      # the encoder's own width
+FEATURES = (IMAGE_EMBEDS, PENULTIMATE)
+PROJECTIONS = ("linear", "resampler", "mlp")
+
+# The one table of supported CLIP vision encoders: the width of each feature they give.
+# An encoder is recognised by this pair (file shapes, loaded models, adapter inputs).
 VIT_H = "ViT-H/14"
 VIT_BIGG = "ViT-bigG/14"
-ENCODER_BY_EMBEDS_DIM = {1024: VIT_H, 1280: VIT_BIGG}   # image_embeds (after visual projection)
-ENCODER_BY_HIDDEN_DIM = {1280: VIT_H, 1664: VIT_BIGG}   # penultimate hidden states
+ENCODERS = {VIT_H: {IMAGE_EMBEDS: 1024, PENULTIMATE: 1280},
+            VIT_BIGG: {IMAGE_EMBEDS: 1280, PENULTIMATE: 1664}}
+ENCODER_BY_EMBEDS_DIM = {w[IMAGE_EMBEDS]: name for name, w in ENCODERS.items()}
+ENCODER_BY_HIDDEN_DIM = {w[PENULTIMATE]: name for name, w in ENCODERS.items()}
 
-IMAGE_EMBEDS = "image_embeds"
-PENULTIMATE = "penultimate_hidden_states"
+
+def encoder_by_widths(hidden: int, embeds: int) -> str | None:
+    """The encoder whose penultimate width is ``hidden`` and image_embeds width ``embeds``, or None."""
+    return next((name for name, w in ENCODERS.items()
+                 if (w[PENULTIMATE], w[IMAGE_EMBEDS]) == (hidden, embeds)), None)
+
 
 # How the negative (unconditional) image tokens are made, as the reference does it.
 UNCOND_PROJECT_ZEROS = "project zero image_embeds"
 UNCOND_ENCODE_ZERO_IMAGE = "project encoder features of an all-zero normalised image"
+UNCONDS = (UNCOND_PROJECT_ZEROS, UNCOND_ENCODE_ZERO_IMAGE)
 
 RESAMPLER_DIM_HEAD = 64  # every released Resampler uses 64; heads = inner width / 64
 

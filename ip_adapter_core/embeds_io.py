@@ -1,18 +1,30 @@
-"""Saving and loading image prompts as safetensors (never pickles: loading runs no code)."""
+"""Saving and loading image prompts as safetensors (never pickles: loading runs no code).
+
+A loaded file is checked as strictly as a loaded adapter: the tokens go straight into
+every attention layer, so a wrong width or count must fail here, naming the file,
+and not deep inside sampling.
+"""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
 import safetensors.torch
 
-from .config import AdapterConfig, ResamplerConfig
+from .config import (ENCODERS, FAMILY_BY_CROSS_DIM, FAMILY_NAMES, FEATURES, PROJECTIONS, UNCONDS,
+                     AdapterConfig, ResamplerConfig)
 from .embeds import ImagePrompt
 from .errors import IPAdapterError
 
 EXTENSION = ".ipaembeds"
 FORMAT = "ipadapter-embeds/1"
+REMAKE = "Re-create the file with the IP-Adapter Save Embeds node."
+
+# Allowed values of the config's text fields; the numeric fields are checked for type.
+CHOICES = {"family": tuple(FAMILY_NAMES), "projection": PROJECTIONS, "encoder": tuple(ENCODERS),
+           "feature": FEATURES, "uncond": UNCONDS}
 
 
 def save_prompt(prompt: ImagePrompt, path) -> Path:
@@ -26,6 +38,7 @@ def save_prompt(prompt: ImagePrompt, path) -> Path:
 
 
 def load_prompt(path) -> ImagePrompt:
+    """Read a file written by save_prompt; refuse anything that is not exactly that."""
     path = Path(path)
     try:
         with safetensors.safe_open(str(path), framework="pt") as f:
@@ -36,9 +49,105 @@ def load_prompt(path) -> ImagePrompt:
                              "Save embeds with the IP-Adapter Save Embeds node.") from e
     if meta.get("format") != FORMAT or set(tensors) != {"positive", "negative"}:
         raise IPAdapterError(f"embeds file '{path}': expected format {FORMAT} with 'positive' and "
-                             f"'negative' tensors; found format {meta.get('format')!r} and {sorted(tensors)}.")
-    raw = json.loads(meta["config"])
-    res = raw.pop("resampler")
-    raw["layer_hidden"] = tuple(raw["layer_hidden"])
-    config = AdapterConfig(**raw, resampler=ResamplerConfig(**res) if res else None)
+                             f"'negative' tensors; found format {meta.get('format')!r} and {sorted(tensors)}. "
+                             "Save embeds with the IP-Adapter Save Embeds node.")
+    config = parse_config(meta.get("config"), path)
+    _check_tokens(tensors, config, path)
     return ImagePrompt(tensors["positive"], tensors["negative"], config, adapter_path="")
+
+
+def fingerprint(path) -> str:
+    """A hash of the file's bytes: changes whenever the content does (embeds files are a few MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _refuse(path, problem: str):
+    raise IPAdapterError(f"embeds file '{path}': {problem} {REMAKE}")
+
+
+def _check_tokens(tensors, config: AdapterConfig, path) -> None:
+    lengths = {}
+    for name in ("positive", "negative"):
+        t = tensors[name]
+        if t.ndim != 3 or t.shape[0] != 1 or t.shape[2] != config.cross_dim:
+            _refuse(path, f"'{name}' must be shaped [1, tokens, {config.cross_dim}] (the cross-attention "
+                          f"width of its {config.name} adapter); found {list(t.shape)}.")
+        if not t.is_floating_point():
+            _refuse(path, f"'{name}' must hold floating-point tokens; found {t.dtype}.")
+        lengths[name] = t.shape[1]
+    tokens = lengths["positive"]
+    if tokens != lengths["negative"]:
+        _refuse(path, f"'positive' has {tokens} tokens but 'negative' has {lengths['negative']}; they must match.")
+    if tokens <= 0 or tokens % config.num_tokens:
+        _refuse(path, f"holds {tokens} tokens; its adapter makes {config.num_tokens} per image, so the "
+                      "count must be a positive multiple of that.")
+
+
+def parse_config(text, path) -> AdapterConfig:
+    """The AdapterConfig stored as JSON in a file's metadata: exactly its fields, right types."""
+    try:
+        raw = json.loads(text) if isinstance(text, str) else None
+    except ValueError as e:
+        _refuse(path, f"its 'config' metadata is not JSON ({e}).")
+    if not isinstance(raw, dict):
+        _refuse(path, f"expected a JSON object in the 'config' metadata; found {text!r:.80}.")
+    values = _fields(raw, AdapterConfig, path, "config")
+    for field, allowed in CHOICES.items():
+        if values[field] not in allowed:
+            _refuse(path, f"config field '{field}' must be one of {list(allowed)}; found {values[field]!r}.")
+    values["layer_hidden"] = tuple(values["layer_hidden"])
+    res = values["resampler"]
+    values["resampler"] = None if res is None else ResamplerConfig(**_fields(res, ResamplerConfig, path,
+                                                                              "config.resampler"))
+    config = AdapterConfig(**values)
+    _check_consistent(config, path)
+    return config
+
+
+def _fields(raw: dict, cls, path, where: str) -> dict:
+    """``raw`` with exactly the dataclass's fields, each of the kind FIELD_KINDS names."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    missing, extra = [n for n in names if n not in raw], sorted(set(raw) - set(names))
+    if missing or extra:
+        _refuse(path, f"{where} must have exactly the fields {names}; missing {missing}, unknown {extra}.")
+    for name in names:
+        ok, kind = FIELD_KINDS[cls, name]
+        if not ok(raw[name]):
+            _refuse(path, f"{where} field '{name}' must be {kind}; found {raw[name]!r:.80}.")
+    return dict(raw)
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0  # JSON true is not a width
+
+
+# Written out rather than read from the dataclass annotations: those are postponed
+# (strings), and four kinds of field do not justify evaluating them.
+_INT = (_positive_int, "a positive integer")
+_STR = (lambda v: isinstance(v, str), "a string")
+FIELD_KINDS = {  # (dataclass, field) -> (check, description)
+    **{(AdapterConfig, n): _STR for n in ("family", "projection", "encoder", "feature", "uncond")},
+    **{(AdapterConfig, n): _INT for n in ("num_tokens", "feature_dim", "cross_dim")},
+    (AdapterConfig, "layer_hidden"): (lambda v: isinstance(v, list) and bool(v) and all(map(_positive_int, v)),
+                                      "a non-empty list of positive integers"),
+    (AdapterConfig, "resampler"): (lambda v: v is None or isinstance(v, dict), "null or an object"),
+    **{(ResamplerConfig, f.name): _INT for f in dataclasses.fields(ResamplerConfig)},
+}
+
+
+def _check_consistent(config: AdapterConfig, path) -> None:
+    """Fields that the loader derives from one another must still agree."""
+    if FAMILY_BY_CROSS_DIM.get(config.cross_dim) != config.family:
+        _refuse(path, f"config says family {config.family!r} but cross_dim {config.cross_dim}; "
+                      f"expected {dict((f, d) for d, f in FAMILY_BY_CROSS_DIM.items())}.")
+    if config.feature_dim != ENCODERS[config.encoder][config.feature]:
+        _refuse(path, f"config says {config.encoder} {config.feature} of width {config.feature_dim}; "
+                      f"that encoder gives width {ENCODERS[config.encoder][config.feature]}.")
+    if (config.resampler is None) != (config.projection != "resampler"):
+        _refuse(path, f"config has projection {config.projection!r} and resampler "
+                      f"{'null' if config.resampler is None else 'settings'}; a resampler config "
+                      "belongs exactly to the 'resampler' projection.")

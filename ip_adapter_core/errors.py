@@ -7,11 +7,13 @@ class IPAdapterError(ValueError):
 
 
 class IPAdapterFileError(IPAdapterError):
-    """An IP-Adapter file that cannot be read or is not a supported IP-Adapter."""
+    """A model file that cannot be read or is not a supported IP-Adapter (``kind`` says
+    what the file was meant to be, e.g. a CLIP vision file)."""
 
-    def __init__(self, path, problem: str, hint: str = ""):
+    def __init__(self, path, problem: str, hint: str = "", kind: str = "IP-Adapter file"):
         self.path = str(path)
-        msg = f"IP-Adapter file '{self.path}': {problem}"
+        self.problem, self.hint = problem, hint  # kept apart: callers that list several files reuse them
+        msg = f"{kind} '{self.path}': {problem}"
         if hint:
             msg += f" {hint}"
         super().__init__(msg)

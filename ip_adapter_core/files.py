@@ -4,12 +4,14 @@ Two layouts exist: the original ``.bin`` pickle holding a nested dict
 ``{"image_proj": {...}, "ip_adapter": {...}}`` and ``.safetensors`` with the same
 tensors flattened under ``image_proj.`` / ``ip_adapter.``. The format is sniffed
 from the bytes, not the name, and pickles are only ever opened with
-``weights_only=True`` so a crafted file cannot run code.
+``weights_only=True`` so a crafted file cannot run code, and only with a torch
+where that guard holds (2.6 or newer).
 """
 from __future__ import annotations
 
 import logging
 import pickle
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -22,18 +24,65 @@ log = logging.getLogger("ipadapter")
 
 SECTIONS = ("image_proj", "ip_adapter")
 
+# Before torch 2.6, torch.load(weights_only=True) could be made to run code by a crafted
+# file (CVE-2025-32434), so on older torch no pickle is opened at all.
+SAFE_UNPICKLING_TORCH = (2, 6)
 
-def sniff_format(path: Path) -> str:
+
+def torch_unpickles_safely(version: str | None = None) -> bool:
+    """Whether this torch (or ``version``) keeps ``weights_only=True`` pickles from running code."""
+    version = torch.__version__ if version is None else str(version)
+    match = re.match(r"(\d+)\.(\d+)", version)
+    # an unparsable version string is treated as unsafe: refusing is the cautious side
+    return bool(match) and (int(match[1]), int(match[2])) >= SAFE_UNPICKLING_TORCH
+
+
+def _unpickling_detail(e: Exception) -> str:
+    """The line of torch's long weights_only message that says what the file asked for
+    (e.g. 'Unsupported global: GLOBAL posix.system'), without its terminal colour codes."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", l).strip() for l in str(e).splitlines()]
+    for line in lines:
+        if "Unsupported" in line or "WeightsUnpickler error" in line:
+            return line.split("WeightsUnpickler error:")[-1].strip()
+    return next((l for l in lines if l), type(e).__name__)
+
+
+def load_pickle(path, kind: str = "IP-Adapter file", mmap: bool = False):
+    """``torch.load`` a pickle on the CPU, tensors and plain containers only. ``mmap`` maps the
+    tensors instead of reading them (zip-format files only), so their shapes cost no I/O."""
+    path = Path(path)
+    if not torch_unpickles_safely():
+        want = ".".join(map(str, SAFE_UNPICKLING_TORCH))
+        raise IPAdapterFileError(
+            path, f"is a pickle, and torch {torch.__version__} cannot open pickles safely (before torch "
+            f"{want}, weights_only=True can be bypassed by a crafted file), so it was not opened.",
+            f"Use the .safetensors release of this file, or upgrade torch to {want} or newer.", kind)
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        # weights_only refuses any global that is not a tensor type: the file wants to
+        # build arbitrary Python objects, which is how pickles run code. Nothing ran.
+        detail = _unpickling_detail(e)
+        raise IPAdapterFileError(
+            path, "holds Python objects other than tensors (a pickle can run code), so it was "
+            f"refused without being executed. Detail: {detail}",
+            "Use the .safetensors release of this file, or one from the official source.", kind) from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise IPAdapterFileError(path, f"is a damaged PyTorch file ({type(e).__name__}: {e}).",
+                                 "It is probably truncated: download it again.", kind) from e
+
+
+def sniff_format(path: Path, kind: str = "IP-Adapter file") -> str:
     """Return 'safetensors', 'zip-pickle' or 'legacy-pickle' from the file's first bytes."""
     try:
         with open(path, "rb") as f:
             head = f.read(16)
     except OSError as e:
         raise IPAdapterFileError(path, f"cannot be opened ({e.strerror}).",
-                                 "Check that the file exists and is readable.") from e
+                                 "Check that the file exists and is readable.", kind) from e
     if len(head) < 8:
         raise IPAdapterFileError(path, f"is only {len(head)} bytes long: empty or truncated.",
-                                 "Download the file again.")
+                                 "Download the file again.", kind)
     if head[:2] == b"PK":
         return "zip-pickle"
     if head[:1] == b"\x80":
@@ -42,7 +91,7 @@ def sniff_format(path: Path) -> str:
     if 0 < header_len < 100_000_000 and head[8:9] == b"{":
         return "safetensors"
     raise IPAdapterFileError(path, "is neither a safetensors file nor a PyTorch checkpoint "
-                             f"(first bytes {head[:8]!r}).", "Download the file again.")
+                             f"(first bytes {head[:8]!r}).", "Download the file again.", kind)
 
 
 def read_flat_state_dict(path) -> dict[str, torch.Tensor]:
@@ -51,7 +100,7 @@ def read_flat_state_dict(path) -> dict[str, torch.Tensor]:
     kind = sniff_format(path)
     if kind == "safetensors":
         return _read_safetensors(path)
-    return _flatten(_read_pickle(path), path)
+    return _flatten(load_pickle(path), path)
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -61,21 +110,6 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return safetensors.torch.load_file(str(path), device="cpu")
     except Exception as e:  # safetensors raises its own error types for corrupt data
         raise IPAdapterFileError(path, f"is a damaged safetensors file ({e}).",
-                                 "It is probably truncated: download it again.") from e
-
-
-def _read_pickle(path: Path):
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # weights_only refuses any global that is not a tensor type: the file wants to
-        # build arbitrary Python objects, which is how pickles run code. Nothing ran.
-        raise IPAdapterFileError(
-            path, "holds Python objects other than tensors (a pickle can run code), so it was "
-            f"refused without being executed. Detail: {str(e).splitlines()[0]}",
-            "Use the .safetensors release of this adapter, or a .bin from the official source.") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise IPAdapterFileError(path, f"is a damaged PyTorch file ({type(e).__name__}: {e}).",
                                  "It is probably truncated: download it again.") from e
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from .adapter import load_adapter
-from .config import VIT_BIGG, VIT_H, AdapterConfig
+from .clip_vision_files import NotAnEncoder, encoder_of_file
+from .config import AdapterConfig, encoder_by_widths
 from .errors import IPAdapterError, IPAdapterMismatchError
 
 log = logging.getLogger("ipadapter")
@@ -62,11 +63,6 @@ def load_adapter_handle(path) -> AdapterHandle:
     return AdapterHandle(str(path), loaded.config, patcher)
 
 
-# Width of each encoder's outputs, to tell which one produced a feature tensor.
-ENCODER_WIDTHS = {VIT_H: {"image_embeds": 1024, "penultimate_hidden_states": 1280},
-                  VIT_BIGG: {"image_embeds": 1280, "penultimate_hidden_states": 1664}}
-
-
 def encoder_of(clip_vision) -> str | None:
     """Name the CLIP vision model (ViT-H/14, ViT-bigG/14) from its structure, or None."""
     try:
@@ -74,10 +70,7 @@ def encoder_of(clip_vision) -> str | None:
         proj = clip_vision.model.visual_projection.weight.shape[0]
     except AttributeError:
         return None
-    for name, widths in ENCODER_WIDTHS.items():
-        if (emb, proj) == (widths["penultimate_hidden_states"], widths["image_embeds"]):
-            return name
-    return None
+    return encoder_by_widths(emb, proj)
 
 
 def check_encoder(config: AdapterConfig, clip_vision, what="clip_vision") -> None:
@@ -90,42 +83,31 @@ def check_encoder(config: AdapterConfig, clip_vision, what="clip_vision") -> Non
 
 
 def find_clip_vision_file(config: AdapterConfig) -> str:
-    """Pick the file in models/clip_vision that holds the encoder an adapter needs, by reading
-    tensor shapes from the safetensors header (no weights loaded); names only break ties."""
+    """Pick the file in models/clip_vision that holds the encoder an adapter needs, by tensor
+    shapes (no weights loaded); names only break ties. Says why each other file was skipped."""
     import folder_paths
 
-    candidates = []
+    candidates, skipped = [], []
     for name in folder_paths.get_filename_list("clip_vision"):
         path = folder_paths.get_full_path("clip_vision", name)
-        if path and _encoder_of_file(path) == config.encoder:
-            candidates.append(name)
+        try:
+            found = encoder_of_file(path)
+        except NotAnEncoder as e:
+            reason = str(e)
+        else:
+            if found == config.encoder:
+                candidates.append(name)
+                continue
+            reason = f"encoder {found}, not {config.encoder}"
+        log.info("clip_vision: skipped %s: %s", path, reason)
+        skipped.append(f"'{name}': {reason}")
     if not candidates:
+        listing = "; ".join(skipped) if skipped else "the folders hold no model files"
         raise IPAdapterError(
             f"clip_vision: no {config.encoder} CLIP vision model found in models/clip_vision "
             f"(searched: {', '.join(folder_paths.get_folder_paths('clip_vision'))}); the adapter "
-            f"({config.name}) needs it. See README.md, Models, for the file to download.")
+            f"({config.name}) needs it. Skipped: {listing}. See README.md, Models, for the file to download.")
     return sorted(candidates)[0]
-
-
-def _encoder_of_file(path) -> str | None:
-    import safetensors
-
-    if not str(path).endswith((".safetensors", ".sft")):
-        return None
-    try:
-        with safetensors.safe_open(path, framework="pt") as f:
-            keys = set(f.keys())
-            if "vision_model.embeddings.class_embedding" not in keys or "visual_projection.weight" not in keys:
-                return None
-            emb = f.get_slice("vision_model.embeddings.class_embedding").get_shape()[-1]
-            proj = f.get_slice("visual_projection.weight").get_shape()[0]
-    except Exception as e:  # an unreadable file is simply not a candidate
-        log.debug("skipping %s: %s", path, e)
-        return None
-    for name, widths in ENCODER_WIDTHS.items():
-        if (emb, proj) == (widths["penultimate_hidden_states"], widths["image_embeds"]):
-            return name
-    return None
 
 
 def zero_image_features(clip_vision) -> torch.Tensor:

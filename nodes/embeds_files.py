@@ -4,7 +4,7 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from ..ip_adapter_core.embeds_io import EXTENSION, load_prompt, save_prompt
+from ..ip_adapter_core.embeds_io import EXTENSION, fingerprint, load_prompt, save_prompt
 from .types import CATEGORY, IPAEmbeds
 
 
@@ -38,6 +38,13 @@ class IPALoadEmbeds(io.ComfyNode):
             description=f"Reads image tokens saved by IP-Adapter Save Embeds (*{EXTENSION} in input/).",
             inputs=[io.Combo.Input("embeds_file", options=files, tooltip=f"A *{EXTENSION} file in the input folder.")],
             outputs=[IPAEmbeds.Output(display_name="embeds")])
+
+    @classmethod
+    def fingerprint_inputs(cls, embeds_file):
+        # ComfyUI reuses the cached output while this value stays the same: hash the
+        # content so a file overwritten under the same name is read again.
+        path = folder_paths.get_annotated_filepath(embeds_file)
+        return fingerprint(path) if os.path.isfile(path) else f"missing: {path}"
 
     @classmethod
     def execute(cls, embeds_file) -> io.NodeOutput:

@@ -24,7 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.parse
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import comfy_server  # noqa: E402
@@ -79,14 +79,38 @@ def upload_inputs(client, prompt: dict, object_info: dict, folders: list[Path]) 
             options = config[0] if isinstance(config[0], list) else opts.get("options", [])
             if value in options:
                 continue
-            source = next((f / value for f in folders if (f / value).is_file()), None)
+            where = f"node {node_id} ({node['class_type']}) input '{name}'"
+            source = local_input(value, folders, where)
             if source is None:
                 raise comfy_server.ComfyError(
-                    f"node {node_id} ({node['class_type']}) input '{name}': the file '{value}' is neither in the "
-                    f"server's input folder nor in {', '.join(map(str, folders))}; put it in ComfyUI/input/ "
-                    "or pass --inputs DIR")
+                    f"{where}: the file '{value}' is neither in the server's input folder nor in "
+                    f"{', '.join(map(str, folders))}; put it in ComfyUI/input/ or pass --inputs DIR")
             done.append(client.upload_image(source))
     return done
+
+
+def local_input(value: str, folders: list[Path], where: str) -> Path | None:
+    """The file named ``value`` directly inside one of ``folders``, or None.
+
+    A workflow is someone else's file: a value like '/etc/passwd' or '../../.ssh/id_rsa'
+    would otherwise send that file to the server, so only plain names inside the input
+    folders are accepted, and links must not lead out of them either."""
+    # the drive test catches Windows forms such as 'C:x' on any system
+    if "/" in value or "\\" in value or ".." in value or Path(value).is_absolute() or PureWindowsPath(value).drive:
+        raise comfy_server.ComfyError(
+            f"{where}: refusing to upload '{value}': an input file must be a plain file name (no '/', '\\' "
+            "or '..') found directly in an inputs folder; copy the file there and use its name")
+    for folder in folders:
+        candidate = folder / value
+        if not candidate.is_file():
+            continue
+        resolved, root = candidate.resolve(), folder.resolve()
+        if not resolved.is_relative_to(root):
+            raise comfy_server.ComfyError(
+                f"{where}: refusing to upload '{value}': {candidate} leads to {resolved}, outside the "
+                f"inputs folder {root}; copy the file itself into the folder")
+        return candidate  # not the resolved path: the upload keeps the name the workflow uses
+    return None
 
 
 def report(client, entry: dict) -> list[str]:
