@@ -15,8 +15,9 @@ log = logging.getLogger("bench.breakdown")
 # Parts of the patch's hot path, in call order ("mask on" parts replace their neighbour).
 PARTS = [
     ("choose", "attention choice (`_attention()`)"),
-    ("active", "sampling-range test (whole schedule: no sigma read)"),
-    ("batch_index", "row index (torch.tensor + repeat_interleave)"),
+    ("plan", "sampling-range plan lookup (resolved at run start)"),
+    ("roles", "chunk roles from cond_or_uncond/uuids"),
+    ("row_index", "row index lookup (cached per layout)"),
     ("kv_lookup", "K'/V' cache lookup"),
     ("mask_lookup", "mask cache lookup (mask on)"),
     ("select_rows", "K'/V' rows (index_select ×2)"),
@@ -36,8 +37,9 @@ def image_attention_names() -> dict:
 
 
 def part_fns(patch, masked_patch, call) -> dict:
-    from ipadapter_ext.ip_adapter_core.attention import batch_index, select_rows
+    from ipadapter_ext.ip_adapter_core.attention import select_rows
     from ipadapter_ext.ip_adapter_core.patch import _attention
+    from ipadapter_ext.ip_adapter_core.run_state import RUN_KEY
 
     text_attention, image_attention = _attention()
     q, extra, heads = call.q, call.extra, call.heads
@@ -45,21 +47,23 @@ def part_fns(patch, masked_patch, call) -> dict:
     (branch, scale), = patch.branches
     (mbranch, _), = masked_patch.branches
     layer = patch.layer
-    cou = extra["cond_or_uncond"]
+    run = extra[RUN_KEY]
     rows, n = q.shape[0], q.shape[1]
-    index = batch_index(cou, rows, q.device)
-    ip_k, ip_v = branch.kv(layer, q.device, q.dtype)
+    roles = run.roles(extra)
+    index = run.row_index(roles, rows, q.device)
+    ip_k, ip_v = run.kv(branch, layer, q.device, q.dtype)
     k_rows, v_rows = select_rows(ip_k, index, rows), select_rows(ip_v, index, rows)
-    mask = mbranch.call_mask(extra, n, len(cou), q.dtype, q.device)
+    mask = run.mask(mbranch, extra, n, rows, q.dtype, q.device)
     out = text_attention(q, call.k, call.v, heads, **kw)
     img = image_attention(q, k_rows, v_rows, heads, **kw)
     return {
         "text": lambda: text_attention(q, call.k, call.v, heads, **kw),
         "choose": _attention,
-        "active": lambda: branch.active(extra.get("sigmas")),
-        "batch_index": lambda: batch_index(cou, rows, q.device),
-        "kv_lookup": lambda: branch.kv(layer, q.device, q.dtype),
-        "mask_lookup": lambda: mbranch.call_mask(extra, n, len(cou), q.dtype, q.device),
+        "plan": lambda: run.plan(branch),
+        "roles": lambda: run.roles(extra),
+        "row_index": lambda: run.row_index(roles, rows, q.device),
+        "kv_lookup": lambda: run.kv(branch, layer, q.device, q.dtype),
+        "mask_lookup": lambda: run.mask(mbranch, extra, n, rows, q.dtype, q.device),
         "select_rows": lambda: (select_rows(ip_k, index, rows), select_rows(ip_v, index, rows)),
         "img_attn": lambda: image_attention(q, k_rows, v_rows, heads, **kw),
         "fused_add": lambda: torch.add(out, img, alpha=scale),

@@ -52,8 +52,10 @@ def layer_calls(captured: dict, latent: int, device, dtype=torch.float32, seed: 
     on the same shapes for each of them, so timing one and counting it ``count`` times
     buys 4× the repetitions, i.e. tighter medians, for the same run time."""
     from ipadapter_ext.ip_adapter_core.layers import layers_for
+    from ipadapter_ext.ip_adapter_core.run_state import RUN_KEY, RunState
 
     g = torch.Generator().manual_seed(seed)
+    run = None
     groups = {}
     for layer in layers_for("sd15"):
         rec = captured[layer.key]
@@ -68,6 +70,9 @@ def layer_calls(captured: dict, latent: int, device, dtype=torch.float32, seed: 
         n = n * scale * scale
         extra = dict(rec["extra"])
         extra["original_shape"] = [*extra["original_shape"][:2], latent, latent]
+        # one run state for every call, as in a sampling run: caches fill once, then are looked up
+        run = run or RunState(latent_shape=tuple(extra["original_shape"]))
+        extra[RUN_KEY] = run
         a = extra.get("activations_shape")
         if a is not None:
             extra["activations_shape"] = [*a[:2], a[2] * scale, a[3] * scale]

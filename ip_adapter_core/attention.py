@@ -4,11 +4,9 @@ Tensors use ComfyUI's attention calling convention: ``[batch, tokens, heads*dim_
 with ``heads`` passed separately, so the same code runs with ComfyUI's optimized
 attention inside the host and with plain torch SDPA outside it. The image K'/V' may
 have another batch than Q: a small stack of token sets (positive, negative) and a
-per-row index choose which set each row of the batch attends to.
+per-row index (run_state.RunState.row_index) choose which set each row attends to.
 """
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,20 +21,6 @@ def sdpa_attention(q, k, v, heads, mask=None, **_ignored):
     q, k, v = (t.reshape(t.shape[0], -1, heads, d).transpose(1, 2) for t in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return out.transpose(1, 2).reshape(b, n, inner)
-
-
-def batch_index(cond_or_uncond: Sequence[int], rows: int, device=None) -> torch.Tensor:
-    """Token-set index per batch row.
-
-    ComfyUI concatenates one chunk per entry of ``cond_or_uncond`` (0 = positive,
-    1 = negative), each ``rows / len(cond_or_uncond)`` rows long: ``[1, 0]`` with CFG,
-    ``[0]`` at cfg 1, ``[1, 0, 0]`` with two positive conds.
-    """
-    chunks = len(cond_or_uncond)
-    if chunks == 0 or rows % chunks:
-        raise ValueError(f"batch of {rows} rows cannot be split into chunks {list(cond_or_uncond)}")
-    codes = torch.tensor([NEGATIVE if c == NEGATIVE else POSITIVE for c in cond_or_uncond], device=device)
-    return codes.repeat_interleave(rows // chunks)
 
 
 def image_kv(to_k_ip, to_v_ip, tokens: torch.Tensor, dtype=None, device=None):
@@ -59,7 +43,10 @@ def select_rows(kv_sets: torch.Tensor, index: torch.Tensor | None, rows: int) ->
 
 def add_image_branch(out, q, ip_k, ip_v, heads, scale, index=None, mask=None,
                      attention=sdpa_attention, **attn_kwargs):
-    """Return ``out + scale * mask * Attn(q, K'[index], V'[index])``."""
+    """Return ``out + scale * mask * Attn(q, K'[index], V'[index])``.
+
+    ``mask`` is a per-token weight [rows or 1, tokens or 1, 1] (a region mask, a per-step gate
+    or their product) or None."""
     rows = q.shape[0]
     k = select_rows(ip_k, index, rows)
     v = select_rows(ip_v, index, rows)
@@ -68,12 +55,3 @@ def add_image_branch(out, q, ip_k, ip_v, heads, scale, index=None, mask=None,
     if mask is None:
         return torch.add(out, branch, alpha=scale)
     return torch.addcmul(out, branch, mask, value=scale)
-
-
-def decoupled_attention(q, k, v, heads, ip_k, ip_v, scale, index=None, mask=None,
-                        attention=sdpa_attention, **attn_kwargs):
-    """Text attention plus λ times the image attention (λ = 0 is exactly the text attention)."""
-    out = attention(q, k, v, heads, **attn_kwargs)
-    if scale == 0:
-        return out
-    return add_image_branch(out, q, ip_k, ip_v, heads, scale, index, mask, attention, **attn_kwargs)

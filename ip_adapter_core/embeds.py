@@ -1,6 +1,7 @@
 """The image prompt as it travels between nodes: tokens plus how strongly and where to use them."""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -39,6 +40,9 @@ class ImagePrompt:
     def weighted(self, weight: float, blocks: str = "all", custom: str = "",
                  start_at: float = 0.0, end_at: float = 1.0) -> "ImagePrompt":
         """A copy with new λ, block selection and sampling range."""
+        if not math.isfinite(weight):
+            raise IPAdapterError(f"weight: must be a finite number; got {weight}. Use a value such as 1.0 "
+                                 "(0 turns the image prompt off).")
         if not 0.0 <= start_at <= end_at <= 1.0:
             raise IPAdapterError(f"start_at/end_at: need 0 <= start_at <= end_at <= 1; got {start_at}, {end_at}.")
         return replace(self, weight=float(weight), layer_weights=block_weights(self.config.family, blocks, custom),

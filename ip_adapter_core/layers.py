@@ -29,45 +29,62 @@ class AttnLayer:
         return self.hidden // self.heads
 
 
-@dataclass(frozen=True)
-class UNetShape:
-    """The parts of a UNet config that decide where its cross-attention layers are."""
-
-    channels: tuple[int, ...]          # per resolution level
-    depth: tuple[int, ...]             # transformer blocks per attention, per level (0 = none)
-    mid_depth: int
-    res_blocks: int = 2                # per level on the way down; the way up has one more
-    heads: int | None = None           # fixed head count (SD1.5) ...
-    dim_head: int | None = None        # ... or fixed head size (SDXL)
-
-    def heads_for(self, ch: int) -> int:
-        return self.heads if self.heads is not None else ch // self.dim_head
+def _per_level(value, levels: int) -> list[int]:
+    return [value] * levels if isinstance(value, int) else list(value)
 
 
-def derive_layers(u: UNetShape) -> tuple[AttnLayer, ...]:
-    """List the attn2 layers in diffusers' file order, with ComfyUI keys."""
-    down, up, mid = [], [], []
+def derive_layers(unet_config: dict) -> tuple[AttnLayer, ...]:
+    """List the attn2 layers of a UNet in diffusers' file order, with ComfyUI keys.
+
+    ``unet_config`` is ComfyUI's (``model.model_config.unet_config``): ``transformer_depth``
+    per input block, ``transformer_depth_output`` per output block (consumed from its end,
+    deepest level first, as ComfyUI's UNetModel does), ``transformer_depth_middle``. So the
+    same function gives the standard tables and those of any other UNet of this kind
+    (distilled SDXL models, tiny test UNets).
+    """
+    ch0, mult = unet_config["model_channels"], list(unet_config["channel_mult"])
+    res = _per_level(unet_config["num_res_blocks"], len(mult))
+    depth_in = list(unet_config["transformer_depth"])
+    depth_out = list(unet_config["transformer_depth_output"])
+    attn_blocks = unet_config.get("num_attention_blocks")
+    heads, head_ch = unet_config.get("num_heads", -1), unet_config.get("num_head_channels", -1)
+
+    def layer(key, ch):
+        return key, ch, (heads if head_ch == -1 else ch // head_ch)
+
+    down, up = [], []
     # ComfyUI numbers input blocks from 1 (block 0 is the stem conv); each level has
-    # res_blocks blocks followed by a downsampler (not on the last level).
+    # res blocks followed by a downsampler (not on the last level).
     number = 1
-    for level, (ch, depth) in enumerate(zip(u.channels, u.depth)):
-        for _ in range(u.res_blocks):
-            down += [(("input", number, t), ch) for t in range(depth)]
+    for level, m in enumerate(mult):
+        for nr in range(res[level]):
+            depth = depth_in.pop(0)
+            if attn_blocks is None or nr < attn_blocks[level]:
+                down += [layer(("input", number, t), ch0 * m) for t in range(depth)]
             number += 1
-        if level != len(u.channels) - 1:
+        if level != len(mult) - 1:
             number += 1
     number = 0
-    for ch, depth in zip(reversed(u.channels), reversed(u.depth)):
-        for _ in range(u.res_blocks + 1):
-            up += [(("output", number, t), ch) for t in range(depth)]
+    for level in reversed(range(len(mult))):
+        for i in range(res[level] + 1):
+            depth = depth_out.pop()
+            if attn_blocks is None or i < attn_blocks[level]:
+                up += [layer(("output", number, t), ch0 * mult[level]) for t in range(depth)]
             number += 1
-    mid = [(("middle", 0, t), u.channels[-1]) for t in range(u.mid_depth)]
-    ordered = down + up + mid
-    return tuple(AttnLayer(key, 2 * k + 1, ch, u.heads_for(ch)) for k, (key, ch) in enumerate(ordered))
+    mid_depth = max(0, unet_config.get("transformer_depth_middle") or 0)
+    mid = [layer(("middle", 0, t), ch0 * mult[-1]) for t in range(mid_depth)]
+    return tuple(AttnLayer(key, 2 * k + 1, ch, h) for k, (key, ch, h) in enumerate(down + up + mid))
 
 
-SD15_UNET = UNetShape(channels=(320, 640, 1280, 1280), depth=(1, 1, 1, 0), mid_depth=1, heads=8)
-SDXL_UNET = UNetShape(channels=(320, 640, 1280), depth=(0, 2, 10), mid_depth=10, dim_head=64)
+# The released adapters' UNets, as ComfyUI's model detection describes them.
+SD15_UNET = MappingProxyType(dict(
+    model_channels=320, channel_mult=(1, 2, 4, 4), num_res_blocks=2, num_heads=8, num_head_channels=-1,
+    transformer_depth=(1, 1, 1, 1, 1, 1, 0, 0), transformer_depth_output=(1,) * 9 + (0,) * 3,
+    transformer_depth_middle=1))
+SDXL_UNET = MappingProxyType(dict(
+    model_channels=320, channel_mult=(1, 2, 4), num_res_blocks=2, num_heads=-1, num_head_channels=64,
+    transformer_depth=(0, 0, 2, 2, 10, 10), transformer_depth_output=(0, 0, 0, 2, 2, 2, 10, 10, 10),
+    transformer_depth_middle=10))
 
 LAYERS: MappingProxyType = MappingProxyType({
     "sd15": derive_layers(SD15_UNET),
@@ -96,3 +113,27 @@ def layers_for(family: str) -> tuple[AttnLayer, ...]:
         return LAYERS[family]
     except KeyError:
         raise ValueError(f"unknown base-model family {family!r}; expected one of {sorted(LAYERS)}") from None
+
+
+def layout_difference(unet_config: dict, family: str) -> str | None:
+    """Why a UNet's cross-attention layers differ from those ``family``'s adapters are made
+    for (a short description), or None when every key, width and head count matches."""
+    try:
+        have = {l.key: (l.hidden, l.heads) for l in derive_layers(unet_config)}
+    except (KeyError, TypeError, IndexError) as e:  # a config of another kind of UNet
+        return f"its configuration does not describe a UNet of this kind ({type(e).__name__}: {e})"
+    want = {l.key: (l.hidden, l.heads) for l in layers_for(family)}
+    if have == want:
+        return None
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    other = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+    parts = [f"{len(have)} cross-attention layers where the adapter has {len(want)}"]
+    if missing:
+        parts.append(f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+    if extra:
+        parts.append(f"extra {extra[:3]}{' ...' if len(extra) > 3 else ''}")
+    if other:
+        k = other[0]
+        parts.append(f"{len(other)} of another width, e.g. {k}: {have[k][0]} channels, adapter {want[k][0]}")
+    return "; ".join(parts)

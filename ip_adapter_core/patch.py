@@ -1,31 +1,32 @@
-"""The attn2 replace patch that runs inside ComfyUI's UNet (host only).
+"""The attn2 replace patch that runs inside ComfyUI's UNet.
 
 One ``Attn2Patch`` per cross-attention key holds every image prompt applied to that
 key (chained IPAApply nodes add branches, never wrap each other), so the text
 attention is computed once and each branch adds ``λ·mask·Attn(Q, K', V')``.
 
-Patches are immutable and share their branches: ``ModelPatcher.clone()`` deep-copies
-``model_options``, and ``__deepcopy__`` returning ``self`` keeps that from copying
-tensors. Adapter weights live in a ModelPatcher (``models()``) that ComfyUI's memory
-manager loads and offloads with the UNet.
+Patches and branches are immutable node-time objects shared by every clone of the
+model (``__deepcopy__`` returns ``self``): nothing in them depends on a sampling run.
+What does (the sigma range on the run's schedule, K'/V' on the run's device, row
+indices and masks per call layout) lives in a ``run_state.RunState`` that exists for
+one sampling run only. Adapter weights live in a ModelPatcher (``models()``) that
+ComfyUI's memory manager loads and offloads with the UNet.
 """
 from __future__ import annotations
 
+import copy
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from .attention import add_image_branch, batch_index, image_kv
+from .attention import add_image_branch, image_kv, sdpa_attention
+from .config import FAMILY_BY_CROSS_DIM, FAMILY_NAMES
 from .embeds import ImagePrompt
 from .errors import IPAdapterMismatchError
-from .layers import AttnLayer, layers_for
-from .masks import mask_for_call
+from .layers import AttnLayer, layers_for, layout_difference
+from .run_state import ALWAYS, NEVER, RUN_KEY, RunState, register
 
 log = logging.getLogger("ipadapter")
-
-FAMILY_BY_CONTEXT_DIM = {768: "sd15", 2048: "sdxl"}
-WHOLE_SCHEDULE = 1e8  # percent_to_sigma(0) is 999999999.9: the range starts at the first step
 
 
 def _attention():
@@ -35,58 +36,40 @@ def _attention():
     CPU kernel (sub-quadratic, split, basic), which costs as much for 4 keys as for 77,
     the image branch uses attention_pytorch instead (bench/: with 257 tokens the added time
     per step fell from 168 to 87 ms). attention_pytorch is wrap_attn-decorated, so
-    optimized_attention_override still applies; GPU backends (flash, xformers, sage) are kept."""
-    import comfy.ldm.modules.attention as A
+    optimized_attention_override still applies; GPU backends (flash, xformers, sage) are kept.
+    Without the host (the core's own tests), both are torch SDPA."""
+    try:
+        import comfy.ldm.modules.attention as A
+    except ImportError:
+        return sdpa_attention, sdpa_attention
 
     slow = (A.attention_sub_quad, A.attention_split, A.attention_basic)
     text = A.optimized_attention
     return text, (A.attention_pytorch if text in slow else text)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, frozen=True)
 class Branch:
-    """One image prompt applied to a model: tokens, weights, mask and sampling range.
+    """One image prompt applied to a model: the adapter, tokens (with their weighting and
+    sampling range as fractions), an optional region mask. Hashable by identity: run states
+    key their caches by it."""
 
-    Its K'/V' are computed once per layer, device and dtype and reused on every step.
-    """
-
-    adapter: object                 # loader.AdapterHandle
+    adapter: object                 # loader.AdapterHandle (anything with .model: IPAdapterModel)
     prompt: ImagePrompt
-    mask: torch.Tensor | None       # [M, H, W] in 0..1, or None
-    sigma_start: float
-    sigma_end: float
-    _kv: dict = field(default_factory=dict, repr=False)
-    _masks: dict = field(default_factory=dict, repr=False)
+    mask: torch.Tensor | None       # [M, H, W] in 0..1 on the host, or None
+    # (sigma_start, sigma_end) as resolved when the node ran: used only when the UNet is
+    # called outside a ComfyUI sampler; a sampler run resolves the range on its own schedule.
+    fallback_range: tuple[float, float] = (float("inf"), 0.0)
 
-    def active(self, sigmas: torch.Tensor | None) -> bool:
-        # The whole schedule needs no test; on a GPU float() would sync once per layer.
-        if sigmas is None or (self.sigma_start >= WHOLE_SCHEDULE and self.sigma_end <= 0.0):
-            return True
-        sigma = float(sigmas.max())
-        return self.sigma_end <= sigma <= self.sigma_start
-
-    def kv(self, layer: AttnLayer, device, dtype):
-        key = (layer.file_index, device, dtype)
-        hit = self._kv.get(key)
-        if hit is None:
-            ipl = self.adapter.model.layer(layer.file_index)
-            tokens = torch.cat([self.prompt.positive, self.prompt.negative])  # set 0 positive, 1 negative
-            w = ipl.to_k_ip.weight
-            # float32 in (manual_cast lifts the fp16 weights to it), the call's dtype out: the
-            # same rounding as the reference, which converts the weights before use.
-            hit = image_kv(ipl.to_k_ip, ipl.to_v_ip, tokens.to(device=w.device, dtype=torch.float32), dtype, device)
-            self._kv[key] = hit
-        return hit
-
-    def call_mask(self, extra_options, n_tokens, chunks, dtype, device):
-        if self.mask is None:
-            return None
-        latent_hw = tuple(extra_options["original_shape"][-2:])
-        key = (latent_hw, n_tokens, chunks, dtype, device)
-        hit = self._masks.get(key)
-        if hit is None:
-            hit = self._masks[key] = mask_for_call(self.mask, latent_hw, n_tokens, chunks, dtype, device)
-        return hit
+    def image_kv(self, layer: AttnLayer, device, dtype):
+        """K'/V' [2, T, hidden] of [positive; negative] tokens for one layer."""
+        ipl = self.adapter.model.layer(layer.file_index)
+        tokens = torch.cat([self.prompt.positive, self.prompt.negative])  # set 0 positive, 1 negative
+        w = ipl.to_k_ip.weight
+        # float32 in (manual_cast lifts the fp16 weights to it), the call's dtype out: the
+        # same rounding as the reference, which converts the weights before use.
+        compute = torch.float32 if getattr(ipl.to_k_ip, "comfy_cast_weights", False) else w.dtype
+        return image_kv(ipl.to_k_ip, ipl.to_v_ip, tokens.to(device=w.device, dtype=compute), dtype, device)
 
 
 class Attn2Patch:
@@ -108,40 +91,59 @@ class Attn2Patch:
             out = self.previous(q, k, v, extra_options)
         else:
             out = text_attention(q, k, v, heads, **kw)
-        sigmas = extra_options.get("sigmas")
+        run = extra_options.get(RUN_KEY)
+        if run is None:
+            run = RunState.ad_hoc(extra_options)
         index = None
         for branch, scale in self.branches:
-            if scale == 0 or not branch.active(sigmas):
+            if scale == 0:
                 continue
-            cond_or_uncond = extra_options.get("cond_or_uncond") or [0]
+            plan = run.plan(branch)
+            if plan.mode == NEVER:
+                continue
             if index is None:
-                index = batch_index(cond_or_uncond, q.shape[0], q.device)
-            ip_k, ip_v = branch.kv(self.layer, q.device, q.dtype)
-            mask = branch.call_mask(extra_options, q.shape[1], len(cond_or_uncond), q.dtype, q.device)
+                index = run.row_index(run.roles(extra_options), q.shape[0], q.device)
+            ip_k, ip_v = run.kv(branch, self.layer, q.device, q.dtype)
+            mask = run.mask(branch, extra_options, q.shape[1], q.shape[0], q.dtype, q.device)
+            sigmas = extra_options.get("sigmas")
+            if plan.mode != ALWAYS and sigmas is not None:
+                # the step decides on the device: a 0/1 factor, no host read of sigmas
+                gate = run.gate(branch, plan, sigmas, q.dtype)
+                mask = gate if mask is None else mask * gate
             out = add_image_branch(out, q, ip_k, ip_v, heads, scale, index, mask, image_attention, **kw)
         return out
 
-    # Immutable and shared: clones of the model must not copy adapter tensors.
+    # Shared by clones: the patch holds no run state and no tensors of its own. A foreign
+    # patch chained under ours is copied the way it expects (its own __deepcopy__ or not).
     def __deepcopy__(self, memo):
-        return self
+        if self.previous is None:
+            return self
+        return Attn2Patch(self.layer, self.branches, copy.deepcopy(self.previous, memo))
 
     def to(self, device_or_dtype):
-        return self
+        """ComfyUI moves patches with the model; ours has nothing to move, a foreign one may."""
+        if self.previous is None or not hasattr(self.previous, "to"):
+            return self
+        moved = self.previous.to(device_or_dtype)
+        return self if moved is self.previous else Attn2Patch(self.layer, self.branches, moved)
 
     def models(self):
+        """The adapters' ModelPatchers and those of a foreign patch under ours, for the memory manager."""
         seen = []
         for branch, _ in self.branches:
             if branch.adapter.patcher not in seen:
                 seen.append(branch.adapter.patcher)
+        if self.previous is not None and hasattr(self.previous, "models"):
+            seen += [m for m in self.previous.models() if m not in seen]
         return seen
 
 
 def model_family(model) -> str:
     """'sd15' or 'sdxl' from the UNet's cross-attention width; refuses other models."""
-    unet_config = getattr(getattr(model.model, "model_config", None), "unet_config", {}) or {}
+    unet_config = _unet_config(model)
     ctx = unet_config.get("context_dim")
-    fam = FAMILY_BY_CONTEXT_DIM.get(ctx)
-    if fam is None or "transformer_depth" not in unet_config and "transformer_depth_output" not in unet_config:
+    fam = FAMILY_BY_CROSS_DIM.get(ctx)
+    if fam is None or "transformer_depth" not in unet_config:
         name = type(model.model).__name__
         raise IPAdapterMismatchError(
             f"model: IP-Adapter works on Stable Diffusion 1.5 and SDXL UNets; this model ({name}, "
@@ -149,17 +151,34 @@ def model_family(model) -> str:
     return fam
 
 
-def apply_image_prompt(model, adapter, prompt: ImagePrompt, mask: torch.Tensor | None = None):
-    """Return a clone of ``model`` with ``prompt`` added to its cross-attention layers."""
-    cfg = adapter.config
-    family = model_family(model)
-    names = {"sd15": "SD1.5", "sdxl": "SDXL"}
-    if family != cfg.family:
+def _unet_config(model) -> dict:
+    return getattr(getattr(model.model, "model_config", None), "unet_config", {}) or {}
+
+
+def check_model_layers(model, family: str) -> None:
+    """Refuse a UNet of the family's width whose cross-attention layers are not where the
+    adapter's are (distilled SDXL models: SSD-1B, Vega, KOALA; other depths or widths)."""
+    diff = layout_difference(_unet_config(model), family)
+    if diff is not None:
+        name = FAMILY_NAMES[family]
         raise IPAdapterMismatchError(
-            f"ipadapter: '{adapter.name}' is an {names[cfg.family]} IP-Adapter but the model is "
-            f"{names[family]}. Use an {names[family]} IP-Adapter file, or an {names[cfg.family]} checkpoint.")
-    if (prompt.config.cross_dim, prompt.config.num_tokens, prompt.config.projection) != \
-            (cfg.cross_dim, cfg.num_tokens, cfg.projection):
+            f"model: this {type(model.model).__name__} UNet reads {name}-width text but its layers differ "
+            f"from the {name} UNet the adapter was trained for: {diff}. Distilled models (SSD-1B, Segmind "
+            f"Vega, KOALA) and other variants need an IP-Adapter trained for them; use a standard {name} "
+            "checkpoint (or a fine-tune of it).")
+
+
+def _existing_patch(attn2: dict, key):
+    """The patch ComfyUI would call for ``key``: its 3-tuple entry, else the 2-tuple
+    ``(block, number)`` entry it falls back to."""
+    hit = attn2.get(key)
+    return hit if hit is not None else attn2.get(key[:2])
+
+
+def check_prompt_for(adapter, prompt: ImagePrompt) -> None:
+    """The embeds must come from an adapter of exactly this kind (encoder included)."""
+    cfg = adapter.config
+    if prompt.config != cfg:
         raise IPAdapterMismatchError(
             f"embeds: made by a different kind of adapter ({prompt.config.name}) than the one being "
             f"applied ({cfg.name}). Project the images with the same IP-Adapter you apply.")
@@ -167,16 +186,32 @@ def apply_image_prompt(model, adapter, prompt: ImagePrompt, mask: torch.Tensor |
         log.warning("embeds were projected with '%s' but '%s' is applied; both are %s",
                     prompt.adapter_path, adapter.path, cfg.name)
 
+
+def apply_image_prompt(model, adapter, prompt: ImagePrompt, mask: torch.Tensor | None = None):
+    """Return a clone of ``model`` with ``prompt`` added to its cross-attention layers."""
+    cfg = adapter.config
+    family = model_family(model)
+    if family != cfg.family:
+        have, need = FAMILY_NAMES[family], FAMILY_NAMES[cfg.family]
+        raise IPAdapterMismatchError(
+            f"ipadapter: '{adapter.name}' is an {need} IP-Adapter but the model is {have}. "
+            f"Use an {have} IP-Adapter file, or an {need} checkpoint.")
+    check_model_layers(model, family)
+    check_prompt_for(adapter, prompt)
+
+    # Resolved now only for UNet calls outside a sampler; a sampler run resolves it again
+    # with the model_sampling in force then (patches applied after this node shift it).
     sampling = model.get_model_object("model_sampling")
-    branch = Branch(adapter, prompt, mask, float(sampling.percent_to_sigma(prompt.start_at)),
-                    float(sampling.percent_to_sigma(prompt.end_at)))
+    fallback = (float(sampling.percent_to_sigma(prompt.start_at)), float(sampling.percent_to_sigma(prompt.end_at)))
+    branch = Branch(adapter, prompt, mask, fallback)
     out = model.clone()
+    register(out)
     existing = out.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for layer in layers_for(family):
         scale = prompt.layer_scale(layer.key)
         if scale == 0:
             continue  # a layer the prompt does not use costs nothing
-        prev = existing.get(layer.key)
+        prev = _existing_patch(existing, layer.key)
         patch = prev.with_branch(branch, scale) if isinstance(prev, Attn2Patch) \
             else Attn2Patch(layer, ((branch, scale),), previous=prev)
         out.set_model_attn2_replace(patch, *layer.key)

@@ -61,11 +61,15 @@ def comfy_model(family: str = "sd15", seed: int = 0, device=None):
     return patcher
 
 
-def unet_forward(model, x, sigma, context, cond_or_uncond, y=None):
-    """The raw UNet noise prediction with transformer_options as the sampler passes them."""
+def unet_forward(model, x, sigma, context, cond_or_uncond, y=None, run=None):
+    """The raw UNet noise prediction with transformer_options as the sampler passes them,
+    including the extension's per-run state (made for this call unless ``run`` is given)."""
+    from ipadapter_ext.ip_adapter_core.run_state import RUN_KEY, RunState
+
     to = dict(model.model_options.get("transformer_options", {}))
     to["cond_or_uncond"] = list(cond_or_uncond)
     to["sigmas"] = sigma
+    to[RUN_KEY] = run if run is not None else RunState.for_sampling(model, sigma, x.shape)
     t = model.get_model_object("model_sampling").timestep(sigma).float()
     with torch.no_grad():
         return model.model.diffusion_model(x, t, context=context, y=y, transformer_options=to)

@@ -148,8 +148,20 @@ def test_middle_block_is_patched(sd15, tmp_path, base_io):
     assert torch.equal(run(apply(sd15, only_mid, no_mid), base_io), ref)
 
 
+def reference_image_attention(q, tokens, wk, wv, heads):
+    """softmax(q·K'ᵀ/√d)·V' per head, written out (independent of the extension's code)."""
+    kk, vv = tokens.float() @ wk.float().T, tokens.float() @ wv.float().T
+    b, n, inner = q.shape
+    d = inner // heads
+    qh = q.float().reshape(b, n, heads, d).transpose(1, 2)
+    kh = kk.reshape(b, -1, heads, d).transpose(1, 2)
+    vh = vv.reshape(b, -1, heads, d).transpose(1, 2)
+    w = torch.softmax(qh @ kh.transpose(-1, -2) / d ** 0.5, dim=-1)
+    return (w @ vh).transpose(1, 2).reshape(b, n, inner)
+
+
 def test_chained_adapters_add_up_in_one_patch(sd15, adapter_file):
-    from ipadapter_ext.ip_adapter_core.attention import add_image_branch, batch_index, sdpa_attention
+    from ipadapter_ext.ip_adapter_core.attention import sdpa_attention
 
     h1, h2 = handle(adapter_file("ip-adapter_sd15")), handle(adapter_file("ip-adapter-plus_sd15"))
     m = apply(apply(sd15, h1, prompt(h1, weight=0.7)), h2, prompt(h2, weight=0.4, seed=1))
@@ -161,11 +173,13 @@ def test_chained_adapters_add_up_in_one_patch(sd15, adapter_file):
                  original_shape=[2, 4, 8, 8], attn_precision=None)
     got = patch(q, k, v, extra)
     want = sdpa_attention(q, k, v, 8)
-    idx = batch_index([1, 0], 2)
-    for branch, scale in patch.branches:
-        ik, iv = branch.kv(patch.layer, q.device, q.dtype)
-        want = add_image_branch(want, q, ik, iv, 8, scale, idx)
-    assert torch.allclose(got, want, atol=1e-5)
+    for (branch, scale), lam in zip(patch.branches, (0.7, 0.4)):
+        assert scale == lam
+        ipl = branch.adapter.model.layer(patch.layer.file_index)
+        # row 0 is the uncond chunk ([1, 0]): negative tokens; row 1 positive
+        tokens = torch.cat([branch.prompt.negative, branch.prompt.positive])
+        want = want + lam * reference_image_attention(q, tokens, ipl.to_k_ip.weight, ipl.to_v_ip.weight, 8)
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
 
 
 def test_clones_share_adapter_weights(sd15, adapter_file):
@@ -181,13 +195,20 @@ def test_clones_share_adapter_weights(sd15, adapter_file):
 
 
 def test_start_end_follow_sigmas(sd15, adapter_file):
+    from ipadapter_ext.ip_adapter_core.run_state import ALWAYS, GATED, RunState
+
     h = handle(adapter_file("ip-adapter_sd15"))
     m = apply(sd15, h, prompt(h, start=0.2, end=0.6))
     branch = attn2(m)[("input", 1, 0)].branches[0][0]
     ms = sd15.get_model_object("model_sampling")
     hi, lo = float(ms.percent_to_sigma(0.2)), float(ms.percent_to_sigma(0.6))
-    assert branch.active(torch.tensor([(hi + lo) / 2]))
-    assert not branch.active(torch.tensor([hi * 1.01])) and not branch.active(torch.tensor([lo * 0.99]))
+    run = RunState.for_sampling(m, torch.tensor([14.6, (hi + lo) / 2, 0.0]), (1, 4, 8, 8))
+    plan = run.plan(branch)
+    assert plan.mode == GATED and (plan.sigma_start, plan.sigma_end) == pytest.approx((hi, lo))
+    for sigma, on in (((hi + lo) / 2, 1.0), (hi * 1.01, 0.0), (lo * 0.99, 0.0)):
+        assert float(run.gate(branch, plan, torch.tensor([sigma, sigma]), torch.float32)) == on, sigma
+    inside = RunState.for_sampling(m, torch.tensor([hi * 0.99, lo * 1.01]), (1, 4, 8, 8))
+    assert inside.plan(branch).mode == ALWAYS  # the whole schedule is inside: no gate at all
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])

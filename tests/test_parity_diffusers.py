@@ -1,4 +1,6 @@
 """Exactness against diffusers (an independent implementation) on real-shaped random weights."""
+import types
+
 import pytest
 import torch
 from diffusers.loaders.unet import UNet2DConditionLoadersMixin
@@ -7,11 +9,24 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0, IP
 from adapter_files import adapter_sections
 from conftest import rel_err
 from ipadapter_ext.ip_adapter_core.adapter import load_adapter
-from ipadapter_ext.ip_adapter_core.attention import batch_index, decoupled_attention, image_kv
+from ipadapter_ext.ip_adapter_core.embeds import ImagePrompt
 from ipadapter_ext.ip_adapter_core.layers import layers_for
+from ipadapter_ext.ip_adapter_core.patch import Attn2Patch, Branch, _attention
 from ipadapter_ext.ip_adapter_core.tokens import project
 
 TOL = 1e-5
+
+
+def shipped_patch(ad, layer, pos, neg, lam, mask=None):
+    """The attn2 patch exactly as IPAApply installs it (Attn2Patch.__call__ is what runs)."""
+    branch = Branch(types.SimpleNamespace(model=ad.model), ImagePrompt(pos, neg, ad.config), mask)
+    return Attn2Patch(layer, ((branch, lam),))
+
+
+def call(patch, q, k, v, layout=(1, 0), latent_hw=(32, 32)):
+    extra = dict(n_heads=patch.layer.heads, cond_or_uncond=list(layout), sigmas=None,
+                 original_shape=[q.shape[0] // len(layout), 4, *latent_hw], attn_precision=None)
+    return patch(q, k, v, extra)
 
 
 def diffusers_projection(variant):
@@ -107,47 +122,49 @@ def test_every_layer_matches_diffusers_processor(adapter_file, variant, parity):
         x = torch.randn(2, n, layer.hidden, generator=gen)
         text = torch.randn(2, 77, cfg.cross_dim, generator=gen)
         ipl = ad.model.layer(layer.file_index)
-        ip_k, ip_v = image_kv(ipl.to_k_ip, ipl.to_v_ip, torch.cat([pos, neg]))
-        index = batch_index([1, 0], 2)
         for lam in LAMBDAS:
             attn = _diffusers_layer(layer, cfg.cross_dim, cfg.num_tokens, lam,
                                     ipl.to_k_ip.weight, ipl.to_v_ip.weight, gen)
             with torch.no_grad():
                 want = attn(x, encoder_hidden_states=(text, [torch.cat([neg, pos])]))
                 q, k, v = attn.to_q(x), attn.to_k(text), attn.to_v(text)
-                got = attn.to_out[0](decoupled_attention(q, k, v, layer.heads, ip_k, ip_v, lam, index))
+                got = attn.to_out[0](call(shipped_patch(ad, layer, pos, neg, lam), q, k, v))
             worst[lam] = max(worst[lam], rel_err(got, want))
             if lam == 0:
                 attn.set_processor(AttnProcessor2_0())
                 with torch.no_grad():
                     plain = attn(x, encoder_hidden_states=text)
-                assert torch.equal(got, plain), f"λ=0 differs from plain attention at layer {layer.key}"
+                    text_only = attn.to_out[0](_attention()[0](q, k, v, layer.heads))
+                # λ = 0 is the unpatched layer's own attention, bit for bit; and that is diffusers' plain one
+                assert torch.equal(got, text_only), f"λ=0 differs from the text attention at layer {layer.key}"
+                assert rel_err(got, plain) < TOL
     for lam in LAMBDAS:
         parity(f"attention {variant} worst of {len(layers)} layers λ={lam}", worst[lam], None, TOL)
 
 
 @pytest.mark.parametrize("layout", [[1, 0], [0], [1, 0, 0], [0, 1]])
-def test_chunk_layouts_place_positive_and_negative_tokens(layout):
-    """Each chunk of the batch attends to the token set its cond_or_uncond code names."""
+def test_chunk_layouts_place_positive_and_negative_tokens(adapter_file, layout):
+    """Each chunk of the batch attends to the token set its cond_or_uncond code names: the
+    whole batch through the patch equals each chunk alone with that chunk's tokens only."""
+    ad = load_adapter(adapter_file("ip-adapter_sd15"), dtype=torch.float32)
+    layer = layers_for("sd15")[0]
     gen = torch.Generator().manual_seed(3)
-    heads, b, hidden = 8, 2, 320
+    b = 2
     rows = len(layout) * b
-    q = torch.randn(rows, 64, hidden, generator=gen)
-    k = v = torch.randn(rows, 77, hidden, generator=gen)
-    sets_k = torch.randn(2, 4, hidden, generator=gen)
-    sets_v = torch.randn(2, 4, hidden, generator=gen)
-    got = decoupled_attention(q, k, v, heads, sets_k, sets_v, 0.7, batch_index(layout, rows))
+    q = torch.randn(rows, 64, layer.hidden, generator=gen)
+    k = v = torch.randn(rows, 77, layer.hidden, generator=gen)
+    pos, neg = torch.randn(2, 1, 4, 768, generator=gen)
+    got = call(shipped_patch(ad, layer, pos, neg, 0.7), q, k, v, layout)
     for c, code in enumerate(layout):
         sl = slice(c * b, (c + 1) * b)
-        want = decoupled_attention(q[sl], k[sl], v[sl], heads, sets_k[code:code + 1], sets_v[code:code + 1], 0.7)
-        assert torch.allclose(got[sl], want, atol=1e-6), f"chunk {c} (code {code}) of {layout}"
+        tokens = neg if code == 1 else pos
+        alone = call(shipped_patch(ad, layer, tokens, tokens, 0.7), q[sl], k[sl], v[sl], (0,))
+        assert torch.allclose(got[sl], alone, atol=1e-6), f"chunk {c} (code {code}) of {layout}"
 
 
 def test_masked_image_branch_matches_diffusers(adapter_file, parity):
     """A region mask on the image branch, given at the layer's own resolution so diffusers'
     resize is the identity, equals diffusers' ip_adapter_masks."""
-    from ipadapter_ext.ip_adapter_core.masks import mask_for_call
-
     ad = load_adapter(adapter_file("ip-adapter_sd15"), dtype=torch.float32)
     layer = layers_for("sd15")[2]  # input 4: 640 channels, 16x16 tokens on a 32x32 latent
     gen = torch.Generator().manual_seed(4)
@@ -158,11 +175,9 @@ def test_masked_image_branch_matches_diffusers(adapter_file, parity):
     mask[:, :, :7] = 1.0
     ipl = ad.model.layer(layer.file_index)
     attn = _diffusers_layer(layer, 768, 4, 0.8, ipl.to_k_ip.weight, ipl.to_v_ip.weight, gen)
-    ip_k, ip_v = image_kv(ipl.to_k_ip, ipl.to_v_ip, torch.cat([pos, neg]))
     with torch.no_grad():
         want = attn(x, encoder_hidden_states=(text, [torch.cat([neg, pos]).unsqueeze(1)]),
                     ip_adapter_masks=[mask.unsqueeze(0)])
         q, k, v = attn.to_q(x), attn.to_k(text), attn.to_v(text)
-        m = mask_for_call(mask, (32, 32), 256, chunks=2, dtype=torch.float32, device="cpu")
-        got = attn.to_out[0](decoupled_attention(q, k, v, layer.heads, ip_k, ip_v, 0.8, batch_index([1, 0], 2), m))
+        got = attn.to_out[0](call(shipped_patch(ad, layer, pos, neg, 0.8, mask), q, k, v))
     parity("masked attention ip-adapter_sd15 λ=0.8", got, want, TOL)

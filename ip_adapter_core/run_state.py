@@ -1,0 +1,268 @@
+"""The state of one sampling run: everything the attn2 patch needs that depends on the run.
+
+    node time (immutable, shared by clones)  ->  run time (this module)              ->  call time (every layer)
+    Branch: adapter, prompt, mask, range %       sigma range on this run's schedule,       Attn2Patch.__call__ looks
+    Attn2Patch: layer, branches                  K'/V' per device, row index per layout,   up; builds nothing from
+                                                 masks per call shape, cond roles           Python data, reads no
+                                                                                            device tensor on the host
+A RunState is made when a sampler starts (an OUTER_SAMPLE wrapper that ``apply_image_prompt``
+registers once per model), travels to the patches inside ``transformer_options`` and is
+emptied when the run ends, so no K'/V' or mask copy outlives it on any device. Input errors
+that depend on the run (a mask batch that fits no latent batch) are raised there, before
+the first step, instead of deep inside the UNet.
+
+A UNet called outside a ComfyUI sampler (another extension's own loop, the tests' direct
+calls) gets a RunState per call from ``RunState.ad_hoc``: correct, but nothing is reused.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from .attention import NEGATIVE, POSITIVE
+from .masks import check_mask_batch, crop_to_area, mask_rows, resize_to_tokens
+
+log = logging.getLogger("ipadapter")
+
+RUN_KEY = "ipadapter_run"     # in transformer_options
+WRAPPER_KEY = "ipadapter"     # our key among the model's wrappers
+ALWAYS, NEVER, GATED = "always", "never", "gated"
+WHOLE_SCHEDULE = 1e8  # percent_to_sigma(0) is 999999999.9: a range starting there has no upper bound
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one branch runs in this run: its sigma range and whether it needs a per-step gate."""
+
+    sigma_start: float
+    sigma_end: float
+    mode: str  # ALWAYS | NEVER | GATED
+
+
+def plan_range(sigma_start: float, sigma_end: float, schedule: list[float] | None) -> Plan:
+    """ALWAYS when every sigma the sampler will use lies in [end, start] (intermediate sigmas of
+    multi-stage samplers lie between schedule points, so they are inside too), else GATED."""
+    if sigma_end > sigma_start:
+        return Plan(sigma_start, sigma_end, NEVER)
+    if sigma_start >= WHOLE_SCHEDULE and sigma_end <= 0.0:
+        return Plan(sigma_start, sigma_end, ALWAYS)
+    if schedule and all(sigma_end <= s <= sigma_start for s in schedule):
+        return Plan(sigma_start, sigma_end, ALWAYS)
+    return Plan(sigma_start, sigma_end, GATED)
+
+
+class RunState:
+    """Per-run resolutions and caches; see the module docstring."""
+
+    def __init__(self, model_sampling=None, schedule: list[float] | None = None,
+                 latent_shape: tuple[int, ...] | None = None, conds: dict | None = None):
+        self.model_sampling = model_sampling
+        self.schedule = schedule
+        self.latent_shape = tuple(latent_shape) if latent_shape is not None else None
+        # the guider's conds (name -> list) or a callable returning them, read at the first call
+        self._conds = conds
+        self._chunk_info = None          # uuid -> (role, area)
+        self._plans: dict = {}
+        self._kv: dict = {}
+        self._rows: dict = {}
+        self._masks: dict = {}
+        self._gates: dict = {}
+
+    # ------------------------------------------------------------ construction
+
+    @classmethod
+    def ad_hoc(cls, extra_options) -> "RunState":
+        shape = extra_options.get("original_shape")
+        return cls(latent_shape=tuple(shape) if shape is not None else None)
+
+    @classmethod
+    def for_sampling(cls, model_patcher, sigmas: torch.Tensor, latent_shape, conds=None) -> "RunState":
+        """What a sampler run resolves once: the schedule (one host copy of the sigmas, here and
+        not per layer) and the model_sampling in force now, after every patch applied to it."""
+        schedule = [float(s) for s in sigmas.detach().to("cpu", torch.float64).flatten()]
+        return cls(model_patcher.get_model_object("model_sampling"), schedule, tuple(latent_shape), conds)
+
+    def prepare(self, branches) -> "RunState":
+        """At the start of a run: refuse what would fail or be wrong mid-sampling, and resolve
+        every branch's sigma range on this run's schedule."""
+        for branch in branches:
+            if branch.mask is not None and self.latent_shape is not None:
+                check_mask_batch(branch.mask, self.latent_shape[0])
+            self.plan(branch)
+        return self
+
+    def free(self) -> None:
+        """Drop every cached tensor (the run is over)."""
+        for d in (self._plans, self._kv, self._rows, self._masks, self._gates):
+            d.clear()
+        self._conds = self._chunk_info = None
+
+    def cached_tensors(self) -> list[torch.Tensor]:
+        """Every tensor this run holds (for tests and memory accounting)."""
+        out = [t for pair in self._kv.values() for t in pair]
+        out += list(self._rows.values()) + list(self._masks.values()) + [g for _, g in self._gates.values()]
+        return out
+
+    # ------------------------------------------------------------ per branch
+
+    def plan(self, branch) -> Plan:
+        plan = self._plans.get(branch)
+        if plan is None:
+            if self.model_sampling is not None:
+                start = float(self.model_sampling.percent_to_sigma(branch.prompt.start_at))
+                end = float(self.model_sampling.percent_to_sigma(branch.prompt.end_at))
+            else:  # no sampler: the range as resolved when the node ran
+                start, end = branch.fallback_range
+            plan = self._plans[branch] = plan_range(start, end, self.schedule if self.model_sampling else None)
+        return plan
+
+    def kv(self, branch, layer, device, dtype):
+        """K'/V' of the branch's token sets [positive; negative] for one layer."""
+        key = (branch, layer.file_index, device, dtype)
+        hit = self._kv.get(key)
+        if hit is None:
+            hit = self._kv[key] = branch.image_kv(layer, device, dtype)
+        return hit
+
+    def gate(self, branch, plan: Plan, sigmas: torch.Tensor, dtype):
+        """1 where the step's sigma is in the branch's range, else 0, as a device tensor: the
+        decision stays on the device (no sync); computed once per model evaluation."""
+        last = self._gates.get((branch, dtype))
+        if last is not None and last[0] is sigmas:
+            return last[1]
+        s = sigmas.detach().amax()
+        g = ((s <= plan.sigma_start) & (s >= plan.sigma_end)).to(dtype).reshape(1, 1, 1)
+        self._gates[(branch, dtype)] = (sigmas, g)
+        return g
+
+    # ------------------------------------------------------------ per call layout
+
+    def _chunks(self):
+        """uuid -> (role, area) of the guider's conds, built at the first call (conds are
+        processed, areas resolved to latent units, by then)."""
+        if self._chunk_info is None:
+            info = {}
+            source = self._conds() if callable(self._conds) else self._conds
+            for name, conds in (source or {}).items():
+                role = NEGATIVE if "negative" in name else POSITIVE
+                for c in conds or ():
+                    if isinstance(c, dict) and "uuid" in c:
+                        info[c["uuid"]] = (role, c.get("area"))
+            self._chunk_info = info
+        return self._chunk_info
+
+    def roles(self, extra_options) -> tuple[int, ...]:
+        """The token set (POSITIVE/NEGATIVE) of each chunk of the call.
+
+        ``cond_or_uncond`` holds the index of each chunk's cond in the list the guider passed to
+        calc_cond_batch, not a role: CFGGuider passes [positive, negative], DualCFGGuider
+        [negative, middle, positive], PerpNeg [positive, negative, empty]. The role comes from
+        the guider's name for that cond (``negative``, ``empty_negative_prompt``: negative
+        image tokens; every other: positive), found by its uuid. A chunk of a cond the guider
+        does not hold (outside a sampler, or conds a cfg function adds) follows CFGGuider's
+        convention: index 1 is the negative.
+        """
+        cou = extra_options.get("cond_or_uncond") or (POSITIVE,)
+        uuids = extra_options.get("uuids")
+        info = self._chunks()
+        out = []
+        for j, code in enumerate(cou):
+            hit = info.get(uuids[j]) if uuids is not None and j < len(uuids) else None
+            out.append(hit[0] if hit is not None else (NEGATIVE if code == NEGATIVE else POSITIVE))
+        return tuple(out)
+
+    def row_index(self, roles: tuple[int, ...], rows: int, device) -> torch.Tensor:
+        """Token-set index per batch row, cached per layout: chunks are ``rows / len(roles)`` long."""
+        key = (roles, rows, device)
+        hit = self._rows.get(key)
+        if hit is None:
+            if rows % len(roles):
+                raise ValueError(f"batch of {rows} rows cannot be split into {len(roles)} chunks")
+            codes = torch.tensor(roles, dtype=torch.long)
+            hit = self._rows[key] = codes.repeat_interleave(rows // len(roles)).to(device)
+        return hit
+
+    def mask(self, branch, extra_options, n_tokens: int, rows: int, dtype, device):
+        """The branch's mask on this call's token grid: [rows or 1, n_tokens, 1], or None."""
+        if branch.mask is None:
+            return None
+        call_hw = tuple(extra_options["original_shape"][-2:])
+        uuids = tuple(extra_options.get("uuids") or ())
+        chunks = len(extra_options.get("cond_or_uncond") or (0,))
+        window = extra_options.get("context_window")
+        window_key = tuple(window.index_list) if window is not None and hasattr(window, "index_list") else None
+        key = (branch, call_hw, n_tokens, rows, uuids, window_key, dtype, device)
+        hit = self._masks.get(key)
+        if hit is None:
+            hit = self._masks[key] = self._build_mask(branch.mask, call_hw, uuids, chunks, window, n_tokens,
+                                                      rows, dtype, device)
+        return hit
+
+    def _build_mask(self, mask, call_hw, uuids, chunks, window, n_tokens, rows, dtype, device):
+        latent_hw = tuple(self.latent_shape[-2:]) if self.latent_shape else call_hw
+        batch = self.latent_shape[0] if self.latent_shape else mask.shape[0]
+        per_chunk = rows // chunks
+        info = self._chunks()
+        parts = []
+        for j in range(chunks):
+            area = _call_area(info.get(uuids[j], (None, None))[1] if j < len(uuids) else None, latent_hw)
+            if area is None and call_hw != latent_hw:
+                # a cropped call whose area is unknown (outside a sampler): the whole mask, squeezed
+                log.debug("mask for a %s call of a %s latent without a known area", call_hw, latent_hw)
+            m = crop_to_area(mask_rows(mask, per_chunk, batch, window), latent_hw, area)
+            # built on the mask's own (host) device; one copy to the call's device at the end
+            parts.append(resize_to_tokens(m, call_hw, n_tokens, dtype, m.device))
+        if all(p.shape[0] == 1 for p in parts) and all(torch.equal(parts[0], p) for p in parts[1:]):
+            return parts[0].to(device)  # one row broadcasts over the batch
+        return torch.cat([p.expand(per_chunk, -1, -1) for p in parts]).to(device)
+
+
+def _call_area(area, latent_hw):
+    """An area cond's (height, width, y, x) in latent units as the sampler crops it, or None
+    when it covers the whole latent."""
+    if area is None or len(area) != 4 or isinstance(area[0], str):
+        return None
+    H, W = latent_hw
+    h, w, y, x = (int(a) for a in area)
+    h, w = min(H - y, h), min(W - x, w)
+    if (h, w, y, x) == (H, W, 0, 0):
+        return None
+    return h, w, y, x
+
+
+def patches_of(model_options) -> list:
+    """The attn2 patches of ours in a model's options."""
+    from .patch import Attn2Patch  # noqa: PLC0415 - patch imports this module
+
+    attn2 = model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    return [p for p in attn2.values() if isinstance(p, Attn2Patch)]
+
+
+def outer_sample_wrapper(executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
+    """OUTER_SAMPLE wrapper: one RunState per sampling run, validated before the first step,
+    handed to the patches through the run's transformer_options, emptied at the end."""
+    guider = executor.class_obj
+    options = guider.model_options  # the guider's copy for this run (CFGGuider.sample clones it)
+    # conds are read lazily: inner_sample replaces guider.conds with processed copies (areas in
+    # latent units) after this point; their uuids stay.
+    run = RunState.for_sampling(guider.model_patcher, sigmas, noise.shape, lambda: getattr(guider, "conds", None))
+    branches = {b for p in patches_of(options) for b, _ in p.branches}
+    run.prepare(branches)
+    options.setdefault("transformer_options", {})[RUN_KEY] = run
+    try:
+        return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
+    finally:
+        options["transformer_options"].pop(RUN_KEY, None)
+        run.free()
+
+
+def register(model_patcher) -> None:
+    """Install the wrapper on a model (once; clones inherit it with their model_options)."""
+    import comfy.patcher_extension as pe  # noqa: PLC0415 - host only
+
+    if not pe.get_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, model_patcher.model_options,
+                                    is_model_options=True):
+        model_patcher.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)
+
