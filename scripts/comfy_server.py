@@ -190,6 +190,14 @@ def describe_failure(entry: dict, prompt_id: str) -> str:
     return f"prompt {prompt_id} failed: {json.dumps(entry.get('status'))[:2000]}"
 
 
+def process_rss_bytes(pid: int) -> int:
+    """Resident memory of a process, from the VmRSS line of /proc/<pid>/status (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024  # the kernel writes it in kB
+    raise ComfyError(f"no VmRSS line in /proc/{pid}/status (a kernel thread, or the process is gone)")
+
+
 class LocalServer(Client):
     """A ComfyUI subprocess on 127.0.0.1 with this extension loaded; a context manager."""
 
@@ -270,6 +278,10 @@ class LocalServer(Client):
         if code is not None:
             why = " (killed: SIGKILL, most often the kernel's out-of-memory killer)" if code == -9 else ""
             raise ComfyError(f"ComfyUI exited with code {code}{why} while running the prompt:\n{self.log_tail()}")
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server process (VmRSS in /proc/<pid>/status; Linux only)."""
+        return process_rss_bytes(self.proc.pid)
 
     def log_tail(self, n: int = 40) -> str:
         try:

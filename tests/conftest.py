@@ -1,6 +1,6 @@
 """Shared test set-up: the repo imported as ``ipadapter_ext`` (see package_alias.py), the
 ComfyUI host found and put on sys.path in CPU mode, the ``host`` marker skipped loudly
-without it, and the parity table printed at the end."""
+without it, and the parity table and the soak test's lines printed at the end."""
 from __future__ import annotations
 
 import logging
@@ -38,6 +38,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 PARITY: list[tuple[str, float, float]] = []
+SOAK: list[str] = []  # lines tests/test_soak.py prints in the summary (bad prompts, their errors, totals)
 
 
 @pytest.fixture
@@ -65,6 +66,10 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("parity (relative error, tolerance)")
         for name, err, tol in PARITY:
             terminalreporter.write_line(f"PARITY {name}: {err:.2e} (< {tol:.0e})")
+    if SOAK:
+        terminalreporter.section("soak (errors of the bad prompts, totals)")
+        for line in SOAK:
+            terminalreporter.write_line(line)
     if HOST is None:
         terminalreporter.write_line("WARNING: " + HOST_MISSING, yellow=True, bold=True)
 
