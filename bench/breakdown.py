@@ -24,6 +24,7 @@ PARTS = [
     ("img_attn", "image attention, `{image}`"),
     ("fused_add", "torch.add(out, branch, alpha=λ)"),
     ("fused_mask_add", "torch.addcmul(out, branch, mask, value=λ) (mask on)"),
+    ("few_key", "few-key path: bmm·softmax·baddbmm with the add, ≤16 keys padded (replaces rows+attention+add where chosen)"),
 ]
 # Not part of the patch: the host's attention on the image keys, for comparison.
 HOST_IMG = ("img_attn_host", "for comparison, not added: image attention through host `{text}`")
@@ -37,7 +38,7 @@ def image_attention_names() -> dict:
 
 
 def part_fns(patch, masked_patch, call) -> dict:
-    from ipadapter_ext.ip_adapter_core.attention import select_rows
+    from ipadapter_ext.ip_adapter_core.attention import add_few_key_branch, select_rows
     from ipadapter_ext.ip_adapter_core.patch import _attention
     from ipadapter_ext.ip_adapter_core.run_state import RUN_KEY
 
@@ -54,6 +55,7 @@ def part_fns(patch, masked_patch, call) -> dict:
     ip_k, ip_v = run.kv(branch, layer, q.device, q.dtype)
     k_rows, v_rows = select_rows(ip_k, index, rows), select_rows(ip_v, index, rows)
     mask = run.mask(mbranch, extra, n, rows, q.dtype, q.device)
+    kt, vh, bias = run.head_kv(branch, layer, q.device, q.dtype, heads)
     out = text_attention(q, call.k, call.v, heads, **kw)
     img = image_attention(q, k_rows, v_rows, heads, **kw)
     return {
@@ -68,6 +70,7 @@ def part_fns(patch, masked_patch, call) -> dict:
         "img_attn": lambda: image_attention(q, k_rows, v_rows, heads, **kw),
         "fused_add": lambda: torch.add(out, img, alpha=scale),
         "fused_mask_add": lambda: torch.addcmul(out, img, mask, value=scale),
+        "few_key": lambda: add_few_key_branch(out, q, kt, vh, bias, heads, scale, roles),
         "img_attn_host": lambda: text_attention(q, k_rows, v_rows, heads, **kw),
     }
 

@@ -55,3 +55,58 @@ def add_image_branch(out, q, ip_k, ip_v, heads, scale, index=None, mask=None,
     if mask is None:
         return torch.add(out, branch, alpha=scale)
     return torch.addcmul(out, branch, mask, value=scale)
+
+
+# Where explicit batched matmuls beat SDPA for the image branch (bench/, 2-core CPU, float32): SDPA's
+# fixed cost per call dominates for a handful of keys on the large layers; on the small ones (< 256
+# queries) it is as fast, and above 64 keys its tiled kernel wins. BLAS is slow at products only 4
+# columns wide, so fewer keys are padded to FEW_KEYS_PAD with keys that get exactly zero weight.
+FEW_KEYS_MAX = 64
+FEW_KEYS_MIN_QUERIES = 256
+FEW_KEYS_PAD = 16
+
+
+def use_few_key_path(q: torch.Tensor, n_keys: int) -> bool:
+    """Whether ``add_few_key_branch`` is the cheaper exact path for this call (CPU, float32)."""
+    return (q.device.type == "cpu" and q.dtype == torch.float32 and n_keys <= FEW_KEYS_MAX
+            and q.shape[1] >= FEW_KEYS_MIN_QUERIES)
+
+
+def per_head_kv(ip_k: torch.Tensor, ip_v: torch.Tensor, heads: int):
+    """[S, T, H*D] token-set K'/V' -> (K'ᵀ per head with the softmax scale folded in [S, H, D, T'],
+    V' per head [S, H, T', D], score bias [T'] or None). Made once per run, so a call transposes
+    nothing of its own. T' = max(T, FEW_KEYS_PAD): padded keys have zero K'/V' and a -inf bias, so
+    their softmax weight is exactly 0."""
+    s, t, inner = ip_k.shape
+    d = inner // heads
+    kt = (ip_k * d ** -0.5).reshape(s, t, heads, d).permute(0, 2, 3, 1)
+    vh = ip_v.reshape(s, t, heads, d).permute(0, 2, 1, 3)
+    if t >= FEW_KEYS_PAD:
+        return kt.contiguous(), vh.contiguous(), None
+    pad = FEW_KEYS_PAD - t
+    kt = torch.cat([kt, kt.new_zeros(s, heads, d, pad)], dim=-1)
+    vh = torch.cat([vh, vh.new_zeros(s, heads, pad, d)], dim=-2)
+    bias = torch.cat([ip_k.new_zeros(t), ip_k.new_full((pad,), float("-inf"))])
+    return kt, vh, bias
+
+
+def add_few_key_branch(out, q, kt, vh, bias, heads, scale, sets, mask=None):
+    """``out + scale * mask * softmax(q·K'ᵀ/√d)·V'`` with two batched matmuls per chunk.
+
+    ``sets``: the token set of each chunk of the batch (chunks are ``rows / len(sets)`` long).
+    Q is read in place (its heads are a strided batch for the matmul), the mask is folded into
+    the attention weights, and the result accumulates into a copy of ``out`` (a caller's tensor
+    is never modified)."""
+    rows, n, inner = q.shape
+    b, d = rows // len(sets), inner // heads
+    out = out.clone()
+    for c, s in enumerate(sets):
+        rows_c = slice(c * b, (c + 1) * b)
+        qc = q[rows_c].reshape(b * n, heads, d).transpose(0, 1)            # [H, b·n, D], a view
+        scores = torch.bmm(qc, kt[s]) if bias is None else torch.baddbmm(bias, qc, kt[s])
+        p = scores.softmax(dim=-1)                                         # [H, b·n, T']
+        if mask is not None:
+            m = mask[rows_c] if mask.shape[0] == rows else mask
+            p = p * m.expand(b, n, 1).reshape(1, b * n, 1)
+        out[rows_c].view(b * n, heads, d).transpose(0, 1).baddbmm_(p, vh[s], alpha=scale)
+    return out

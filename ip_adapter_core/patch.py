@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import add_image_branch, image_kv, sdpa_attention
+from .attention import add_few_key_branch, add_image_branch, image_kv, sdpa_attention, use_few_key_path
 from .config import FAMILY_BY_CROSS_DIM, FAMILY_NAMES
 from .embeds import ImagePrompt
 from .errors import IPAdapterMismatchError
@@ -94,22 +94,27 @@ class Attn2Patch:
         run = extra_options.get(RUN_KEY)
         if run is None:
             run = RunState.ad_hoc(extra_options)
-        index = None
+        roles = None
         for branch, scale in self.branches:
             if scale == 0:
                 continue
             plan = run.plan(branch)
             if plan.mode == NEVER:
                 continue
-            if index is None:
-                index = run.row_index(run.roles(extra_options), q.shape[0], q.device)
-            ip_k, ip_v = run.kv(branch, self.layer, q.device, q.dtype)
+            if roles is None:
+                roles = run.roles(extra_options)
             mask = run.mask(branch, extra_options, q.shape[1], q.shape[0], q.dtype, q.device)
             sigmas = extra_options.get("sigmas")
             if plan.mode != ALWAYS and sigmas is not None:
                 # the step decides on the device: a 0/1 factor, no host read of sigmas
                 gate = run.gate(branch, plan, sigmas, q.dtype)
                 mask = gate if mask is None else mask * gate
+            if use_few_key_path(q, branch.prompt.positive.shape[1]):
+                kt, vh, bias = run.head_kv(branch, self.layer, q.device, q.dtype, heads)
+                out = add_few_key_branch(out, q, kt, vh, bias, heads, scale, roles, mask)
+                continue
+            ip_k, ip_v = run.kv(branch, self.layer, q.device, q.dtype)
+            index = run.row_index(roles, q.shape[0], q.device)
             out = add_image_branch(out, q, ip_k, ip_v, heads, scale, index, mask, image_attention, **kw)
         return out
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import NEGATIVE, POSITIVE
+from .attention import NEGATIVE, POSITIVE, per_head_kv
 from .masks import check_mask_batch, crop_to_area, mask_rows, resize_to_tokens
 
 log = logging.getLogger("ipadapter")
@@ -101,7 +101,7 @@ class RunState:
 
     def cached_tensors(self) -> list[torch.Tensor]:
         """Every tensor this run holds (for tests and memory accounting)."""
-        out = [t for pair in self._kv.values() for t in pair]
+        out = [t for held in self._kv.values() for t in held if t is not None]
         out += list(self._rows.values()) + list(self._masks.values()) + [g for _, g in self._gates.values()]
         return out
 
@@ -124,6 +124,14 @@ class RunState:
         hit = self._kv.get(key)
         if hit is None:
             hit = self._kv[key] = branch.image_kv(layer, device, dtype)
+        return hit
+
+    def head_kv(self, branch, layer, device, dtype, heads: int):
+        """K'/V' laid out per head for the few-key path (attention.add_few_key_branch)."""
+        key = (branch, layer.file_index, device, dtype, heads)
+        hit = self._kv.get(key)
+        if hit is None:
+            hit = self._kv[key] = per_head_kv(*self.kv(branch, layer, device, dtype), heads)
         return hit
 
     def gate(self, branch, plan: Plan, sigmas: torch.Tensor, dtype):

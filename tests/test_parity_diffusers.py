@@ -181,3 +181,35 @@ def test_masked_image_branch_matches_diffusers(adapter_file, parity):
         q, k, v = attn.to_q(x), attn.to_k(text), attn.to_v(text)
         got = attn.to_out[0](call(shipped_patch(ad, layer, pos, neg, 0.8, mask), q, k, v))
     parity("masked attention ip-adapter_sd15 λ=0.8", got, want, TOL)
+
+
+@pytest.mark.parametrize("tokens", [4, 16, 257])
+@pytest.mark.parametrize("masked", [False, True])
+def test_few_key_path_equals_sdpa_path_and_diffusers(adapter_file, tokens, masked, parity, monkeypatch):
+    """The explicit batched-matmul image branch (chosen on CPU for few keys) and the SDPA branch
+    give the same result, and both match diffusers' processor: chunks [1, 0], a mask or none."""
+    from ipadapter_ext.ip_adapter_core import patch as patch_mod
+
+    variant = {4: "ip-adapter_sd15", 16: "ip-adapter-plus_sd15", 257: "ip-adapter-full-face_sd15"}[tokens]
+    ad = load_adapter(adapter_file(variant), dtype=torch.float32)
+    layer = layers_for("sd15")[0]  # input 1: 320 channels, 32x32 tokens on a 32x32 latent
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 1024, layer.hidden, generator=gen)
+    text = torch.randn(2, 77, 768, generator=gen)
+    pos, neg = torch.randn(2, 1, tokens, 768, generator=gen)
+    mask = None
+    if masked:
+        mask = torch.zeros(1, 32, 32)
+        mask[:, :, :13] = 1.0
+    ipl = ad.model.layer(layer.file_index)
+    attn = _diffusers_layer(layer, 768, tokens, 0.6, ipl.to_k_ip.weight, ipl.to_v_ip.weight, gen)
+    got = {}
+    with torch.no_grad():
+        kw = dict(ip_adapter_masks=[mask.unsqueeze(0)]) if masked else {}
+        want = attn(x, encoder_hidden_states=(text, [torch.cat([neg, pos]).unsqueeze(1)]), **kw)
+        q, k, v = attn.to_q(x), attn.to_k(text), attn.to_v(text)
+        for few in (True, False):
+            monkeypatch.setattr(patch_mod, "use_few_key_path", lambda q_, n_, few=few: few)
+            got[few] = attn.to_out[0](call(shipped_patch(ad, layer, pos, neg, 0.6, mask), q, k, v))
+    assert rel_err(got[True], got[False]) < 2e-6
+    parity(f"few-key path {variant} {'masked ' if masked else ''}λ=0.6", got[True], want, TOL)
