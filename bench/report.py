@@ -124,9 +124,10 @@ def markdown(r) -> str:
               f"- {m['threads']} CPU thread(s): on a shared machine a parallel region waits for a core another "
               "process holds; `--threads 0` uses torch's default.",
               "- FLOP limit: matmul FLOPs of Q·K'ᵀ and P·V' over the 16 layers divided by the UNet step's "
-              "(torch.utils.flop_counter on the meta device); counted FLOPs of the patched calls agree: "
+              "(torch.utils.flop_counter on the meta device); FLOPs counted in the patched calls: "
               + ", ".join(f"{t} tokens {v['counted'] / v['formula']:.3f}×" for t, v in r["branch_flops"][32].items())
-              + " of the formula.", ""]
+              + " of the formula (1.000× through SDPA; on the few-key path the counter sees the keys padded to 16 "
+              "and does not count the in-place `baddbmm_` of P·V', so the ratio there is not a check).", ""]
     lines += ["## Targets", "", "- added fraction at 32×32 ≤ 0.5% (4, 16 tokens), ≤ 2.5% (257 tokens);",
               f"- two chained adapters plus clones hold ≤ {TARGET_GROWTH} adapter sizes.", ""]
     return "\n".join(lines)

@@ -55,8 +55,9 @@ def check_mask_batch(mask: torch.Tensor, latent_batch: int, what: str = "attn_ma
     if mask.shape[0] not in (1, latent_batch):
         raise IPAdapterError(
             f"{what}: the mask batch is {mask.shape[0]} but the latent batch being sampled is {latent_batch}; "
-            f"a mask batch must be 1 (the same mask for every image) or {latent_batch} (one mask per image). "
-            "Change the mask batch or the latent batch size.")
+            + ("a mask batch must be 1 here" if latent_batch == 1 else
+               f"a mask batch must be 1 (the same mask for every image) or {latent_batch} (one mask per image)")
+            + ". Change the mask batch or the latent batch size.")
 
 
 def mask_rows(mask: torch.Tensor, rows: int, latent_batch: int, window=None) -> torch.Tensor:

@@ -1,5 +1,9 @@
 """The random-weight model files load through ComfyUI's own loaders and run.
 
+These tests guard the fixtures (tests/host_models.py), not the extension: they are what lets the
+other host tests trust their random checkpoints, encoders and ControlNets. They exercise no code of
+ip_adapter_core or nodes and are not counted as its coverage.
+
 Host tests: skipped (loudly, see conftest) without ComfyUI. Once the cache is
 filled the tests take a few minutes on a 2-core CPU; those marked ``slow`` build
 full-size files (about 2, 0.7 and 3.7 GB, cached), and run in the default command too.

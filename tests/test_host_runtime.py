@@ -19,6 +19,13 @@ def sd15():
     return comfy_model("sd15")
 
 
+def left_half_mask():
+    """A 64×64 mask: the left half of the picture."""
+    m = torch.zeros(1, 64, 64)
+    m[:, :, :32] = 1.0
+    return m
+
+
 def conds(seed=0, n=2):
     g = torch.Generator().manual_seed(seed)
     return [[[torch.randn(1, 77, 768, generator=g), {}]] for _ in range(n)]
@@ -102,8 +109,7 @@ def test_mask_under_deep_shrink(sd15, adapter_file, factor):
 
     h = handle(adapter_file("ip-adapter_sd15"))
     shrunk = PatchModelAddDownscale.execute(sd15, 3, factor, 0.0, 1.0, True, "bicubic", "bicubic").result[0]
-    mask = torch.zeros(1, 64, 64)
-    mask[:, :, :32] = 1
+    mask = left_half_mask()
     out = sample(apply(shrunk, h, prompt(h), mask=mask), torch.zeros(1, 4, 18, 18), steps=1)
     assert torch.isfinite(out).all()
 
@@ -114,8 +120,7 @@ def test_call_path_makes_no_tensors_from_python_data_and_reads_nothing_back(sd15
     """After the first call of a layout, a call creates no tensor from Python lists/numbers and
     reads no tensor on the host (item/float/bool/tolist): on a GPU each would be a sync."""
     h = handle(adapter_file("ip-adapter_sd15"))
-    mask = torch.zeros(1, 64, 64)
-    mask[:, :, :32] = 1
+    mask = left_half_mask()
     model = apply(sd15, h, prompt(h, start=0.1, end=0.9), mask=mask)  # gated range + mask: every path
     spy = Spy(monkeypatch)
     sample(model, torch.zeros(1, 4, 16, 16), steps=1)
@@ -160,8 +165,7 @@ def test_no_cuda_sync_in_patched_layers_on_gpu(adapter_file):  # pragma: no cove
 
     model = comfy_model("sd15", device="cuda")
     h = handle(adapter_file("ip-adapter_sd15"))
-    mask = torch.zeros(1, 64, 64, device="cpu")
-    mask[:, :, :32] = 1
+    mask = left_half_mask()
     m = apply(model, h, prompt(h, start=0.1, end=0.9), mask=mask)
     import comfy.model_management as mm
 
@@ -382,8 +386,7 @@ def test_area_cond_call_gets_the_mask_of_its_area(sd15, adapter_file, monkeypatc
     from ipadapter_ext.ip_adapter_core import run_state
 
     h = handle(adapter_file("ip-adapter_sd15"))
-    mask = torch.zeros(1, 64, 64)
-    mask[:, :, :32] = 1.0
+    mask = left_half_mask()
     model = apply(sd15, h, prompt(h), mask=mask)
     got = []
     real = run_state.RunState.mask
