@@ -42,8 +42,10 @@ def _unpickling_detail(e: Exception) -> str:
     (e.g. 'Unsupported global: GLOBAL posix.system'), without its terminal colour codes."""
     lines = [re.sub(r"\x1b\[[0-9;]*m", "", l).strip() for l in str(e).splitlines()]
     for line in lines:
-        if "Unsupported" in line or "WeightsUnpickler error" in line:
-            return line.split("WeightsUnpickler error:")[-1].strip()
+        # torch goes on to suggest allow-listing the global: not advice to pass on for an untrusted file
+        hit = re.search(r"Unsupported (global|operand).*?(?= was not|$)", line)
+        if hit:
+            return hit.group(0).strip()
     return next((l for l in lines if l), type(e).__name__)
 
 
