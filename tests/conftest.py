@@ -4,6 +4,7 @@ without it, and the parity table and the soak test's lines printed at the end.""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from package_alias import REPO_ROOT, install  # noqa: E402,F401  (REPO_ROOT: use
 install()
 from ipadapter_ext.ip_adapter_core import host  # noqa: E402
 
-HOST = host.add_to_sys_path(cpu=True)
+# ComfyUI runs on the CPU in the tests (CI has no GPU); IPADAPTER_TEST_GPU=1 on a CUDA machine lets it
+# use the GPU, for the checks that only mean something there (tests/test_host_runtime.py: sync check).
+HOST = host.add_to_sys_path(cpu=os.environ.get("IPADAPTER_TEST_GPU") != "1")
 HOST_MISSING = (
     "ComfyUI host not found, host tests skipped. Searched " + host.describe_search()
     + ". Set COMFYUI_PATH or see README.md (Tests)."
