@@ -67,7 +67,7 @@ def load_pickle(path, kind: str = "IP-Adapter file", mmap: bool = False):
         detail = _unpickling_detail(e)
         raise IPAdapterFileError(
             path, "holds Python objects other than tensors (a pickle can run code), so it was "
-            f"refused without being executed. Detail: {detail}",
+            f"refused without being executed. Detail: {detail}.",
             "Use the .safetensors release of this file, or one from the official source.", kind) from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise IPAdapterFileError(path, f"is a damaged PyTorch file ({type(e).__name__}: {e}).",

@@ -119,3 +119,14 @@ def write_adapter(directory: Path, variant: str, fmt: str = "safetensors", seed:
     """Write a random ``variant`` adapter into ``directory``; returns the path."""
     name = name or f"{variant}.{fmt}"
     return write_sections(adapter_sections(variant, seed, dtype, only_layer), Path(directory) / name, fmt)
+
+
+class CodeRunningPickle:
+    """Unpickling this creates the file ``marker``: the proof that a pickle's code ran.
+    ``CodeRunningPickle(path)`` in a dict saved with torch.save makes a malicious model file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from adapter_files import VARIANTS, adapter_sections, write_adapter, write_sections
+from adapter_files import VARIANTS, CodeRunningPickle, adapter_sections, write_adapter, write_sections
 from ipadapter_ext.ip_adapter_core import config as C
 from ipadapter_ext.ip_adapter_core.adapter import load_adapter, read_adapter
 from ipadapter_ext.ip_adapter_core.errors import IPAdapterFileError
@@ -100,20 +100,10 @@ def test_refuses_incomplete_or_reshaped(tmp_path):
     refused(write_sections(s, tmp_path / "c.safetensors", "safetensors"), "unknown kind")
 
 
-class _Evil:
-    """Unpickling this would create a file: the proof that code ran."""
-
-    marker = None
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_pickle_with_code_is_refused_and_not_run(tmp_path):
     marker = tmp_path / "pwned"
-    _Evil.marker = str(marker)
     s = adapter_sections("ip-adapter_sd15")
-    s["image_proj"]["payload"] = _Evil()
+    s["image_proj"]["payload"] = CodeRunningPickle(marker)
     p = tmp_path / "evil.bin"
     torch.save(s, p)
     assert not marker.exists()

@@ -13,7 +13,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from adapter_files import SD15_HIDDEN
+from adapter_files import SD15_HIDDEN, CodeRunningPickle
 from ipadapter_ext.ip_adapter_core import config as cfgmod
 from ipadapter_ext.ip_adapter_core.clip_vision_files import NotAnEncoder, encoder_of_file
 from ipadapter_ext.ip_adapter_core.config import AdapterConfig, ResamplerConfig
@@ -202,20 +202,10 @@ def test_pickles_are_opened_weights_only_and_memory_mapped(tmp_path, monkeypatch
     assert calls == [{"map_location": "cpu", "weights_only": True, "mmap": True}]
 
 
-class _Evil:
-    """Unpickling this would create a file: the proof that code ran."""
-
-    marker = None
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_clip_vision_pickle_with_code_is_skipped_not_run(tmp_path):
     marker = tmp_path / "pwned"
-    _Evil.marker = str(marker)
     path = tmp_path / "evil.bin"
-    torch.save({**_clip_state("hf", H), "payload": _Evil()}, path)
+    torch.save({**_clip_state("hf", H), "payload": CodeRunningPickle(marker)}, path)
     with pytest.raises(NotAnEncoder, match="refused without being executed"):
         encoder_of_file(path)
     assert not marker.exists(), "reading the pickle executed its code"

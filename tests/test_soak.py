@@ -65,7 +65,7 @@ import adapter_files
 import conftest
 from soak_prompts import (BAD, BASE, CKPT, EVIL, GOOD, IMAGES, RANDOM_BYTES, SEED, SIZE, SOURCES, TRUNCATED,
                           WRONG_EMBEDS, build, plain_prompt, schedule)
-from adapter_files import adapter_sections, write_adapter
+from adapter_files import CodeRunningPickle, adapter_sections, write_adapter
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
@@ -79,14 +79,6 @@ RSS_GROWTH_MAX = 0.10
 
 
 # ---------------------------------------------------------------- files the server sees
-
-class _Code:
-    """Unpickling this creates a file: the proof that the pickle's code ran."""
-
-    marker = ""
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 def _wrong_shape_embeds(path: Path) -> Path:
@@ -132,9 +124,8 @@ def env(tmp_path_factory) -> Env:
     (adapters / TRUNCATED).write_bytes(data[: len(data) // 2])
     (adapters / RANDOM_BYTES).write_bytes(np.random.default_rng(5).bytes(64 * 1024))
     marker = root / "pickle_code_ran"
-    _Code.marker = str(marker)
     sections = adapter_sections("ip-adapter_sd15")
-    sections["image_proj"]["payload"] = _Code()
+    sections["image_proj"]["payload"] = CodeRunningPickle(marker)
     torch.save(sections, adapters / EVIL)
     assert not marker.exists()
     config = root / "models.yaml"
