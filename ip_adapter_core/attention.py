@@ -3,7 +3,7 @@
 Tensors use ComfyUI's attention calling convention: ``[batch, tokens, heads*dim_head]``
 with ``heads`` passed separately, so the same code runs with ComfyUI's optimized
 attention inside the host and with plain torch SDPA outside it. The image K'/V' may
-have another batch than Q: a small stack of token sets (positive, negative) and a
+have another batch than Q: a small stack of token sets (image, negative, zeros) and a
 per-row index (run_state.RunState.row_index) choose which set each row attends to.
 """
 from __future__ import annotations
@@ -11,7 +11,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-POSITIVE, NEGATIVE = 0, 1  # ComfyUI's cond_or_uncond codes, also our token-set indices
+POSITIVE, NEGATIVE = 0, 1  # ComfyUI's cond_or_uncond codes (the role of a chunk of the batch)
+# The token sets a branch's K'/V' stack holds; a route (schedules.py) picks one per role.
+IMAGE_SET, NEGATIVE_SET, ZERO_SET = 0, 1, 2
+
+# Where λ enters (the popular extension's "embeds scaling"): on the output (the paper), or on K' and
+# V' inside the attention, optionally with its penalty of the layer width C over 1280.
+V_ONLY, K_V, K_V_PENALTY, K_MEAN_V_PENALTY = "V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty"
+SCALING_MODES = (V_ONLY, K_V, K_V_PENALTY, K_MEAN_V_PENALTY)
 
 
 def sdpa_attention(q, k, v, heads, mask=None, **_ignored):
@@ -28,6 +35,26 @@ def image_kv(to_k_ip, to_v_ip, tokens: torch.Tensor, dtype=None, device=None):
     with torch.no_grad():
         k, v = to_k_ip(tokens), to_v_ip(tokens)
     return k.to(device=device, dtype=dtype), v.to(device=device, dtype=dtype)
+
+
+def scale_kv(ip_k: torch.Tensor, ip_v: torch.Tensor, mode: str, w):
+    """K'/V' with λ inside the attention (every mode but V only). ``w`` is a number or a device
+    tensor that broadcasts ([1, 1, 1]); K'/V' are [S, T, C] with C the layer's width.
+
+    K+V multiplies both; the penalty modes first scale λ by C / 1280 (a quarter on SD1.5's 320-wide
+    layers); K+mean(V) scales only the mean of V' over the tokens, leaving what tells the tokens
+    apart. A λ of 0 gives K' = 0, so every token gets the same attention weight and the output is
+    the token mean of V': 0 for K+V, but not exactly 0 for K+mean(V), so a step outside the range is
+    switched off on the output, not through λ."""
+    if mode == K_V:
+        return ip_k * w, ip_v * w
+    w = w * (ip_k.shape[-1] / 1280.0)
+    if mode == K_V_PENALTY:
+        return ip_k * w, ip_v * w
+    if mode == K_MEAN_V_PENALTY:
+        mean = ip_v.mean(dim=1, keepdim=True)
+        return ip_k * w, (ip_v - mean) + mean * w
+    raise ValueError(f"no K'/V' scaling for mode {mode!r}")
 
 
 def select_rows(kv_sets: torch.Tensor, index: torch.Tensor | None, rows: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import add_few_key_branch, add_image_branch, image_kv, sdpa_attention, use_few_key_path
+from .attention import V_ONLY, add_few_key_branch, add_image_branch, image_kv, sdpa_attention, use_few_key_path
 from .config import FAMILY_BY_CROSS_DIM, FAMILY_NAMES
 from .embeds import ImagePrompt
 from .errors import IPAdapterMismatchError
@@ -62,14 +62,16 @@ class Branch:
     fallback_range: tuple[float, float] = (float("inf"), 0.0)
 
     def image_kv(self, layer: AttnLayer, device, dtype):
-        """K'/V' [2, T, hidden] of [positive; negative] tokens for one layer."""
+        """K'/V' [3, T, hidden] of the token sets [image; negative; zeros] for one layer (a route
+        picks one per row; the zero set gives K' = V' = 0: rows that receive nothing)."""
         ipl = self.adapter.model.layer(layer.file_index)
-        tokens = torch.cat([self.prompt.positive, self.prompt.negative])  # set 0 positive, 1 negative
+        tokens = torch.cat([self.prompt.positive, self.prompt.negative])  # sets IMAGE_SET, NEGATIVE_SET
         w = ipl.to_k_ip.weight
         # float32 in (manual_cast lifts the fp16 weights to it), the call's dtype out: the
         # same rounding as the reference, which converts the weights before use.
         compute = torch.float32 if getattr(ipl.to_k_ip, "comfy_cast_weights", False) else w.dtype
-        return image_kv(ipl.to_k_ip, ipl.to_v_ip, tokens.to(device=w.device, dtype=compute), dtype, device)
+        k, v = image_kv(ipl.to_k_ip, ipl.to_v_ip, tokens.to(device=w.device, dtype=compute), dtype, device)
+        return torch.cat([k, k.new_zeros(k[:1].shape)]), torch.cat([v, v.new_zeros(v[:1].shape)])
 
 
 class Attn2Patch:
@@ -103,20 +105,30 @@ class Attn2Patch:
                 continue
             if roles is None:
                 roles = run.roles(extra_options)
-            mask = run.mask(branch, extra_options, q.shape[1], q.shape[0], q.dtype, q.device)
-            sigmas = extra_options.get("sigmas")
-            if plan.mode != ALWAYS and sigmas is not None:
-                # the step decides on the device: a 0/1 factor, no host read of sigmas
-                gate = run.gate(branch, plan, sigmas, q.dtype)
-                mask = gate if mask is None else mask * gate
-            if use_few_key_path(q, branch.prompt.positive.shape[1]):
-                kt, vh, bias = run.head_kv(branch, self.layer, q.device, q.dtype, heads)
-                out = add_few_key_branch(out, q, kt, vh, bias, heads, scale, roles, mask)
-                continue
-            ip_k, ip_v = run.kv(branch, self.layer, q.device, q.dtype)
-            index = run.row_index(roles, q.shape[0], q.device)
-            out = add_image_branch(out, q, ip_k, ip_v, heads, scale, index, mask, image_attention, **kw)
+            out = self._add_branch(out, q, extra_options, run, branch, plan, scale, roles, image_attention, kw)
         return out
+
+    def _add_branch(self, out, q, extra_options, run, branch, plan, scale, roles, image_attention, kw):
+        """One image prompt's term. Everything per step is a device tensor (the range gate, λ of a
+        schedule); the route picks each chunk's token set; the scaling mode says where λ goes."""
+        heads, prompt = extra_options["n_heads"], branch.prompt
+        route = prompt.layer_route(self.layer.key)
+        sets = tuple(route[r] for r in roles)
+        mask = run.mask(branch, extra_options, q.shape[1], q.shape[0], q.dtype, q.device)
+        gate, lam = run.step_factors(branch, plan, extra_options.get("sigmas"), q.dtype)
+        if prompt.scaling == V_ONLY:
+            factor = _product(mask, gate, lam)  # λ on the output, as the paper
+            lam_in = None
+        else:
+            factor, lam_in = _product(mask, gate), scale if lam is None else lam * scale
+            scale = 1.0
+        few_keys = use_few_key_path(q, prompt.positive.shape[1])
+        if few_keys:
+            kt, vh, bias = run.head_kv(branch, self.layer, q.device, q.dtype, heads, prompt.scaling, lam_in)
+            return add_few_key_branch(out, q, kt, vh, bias, heads, scale, sets, factor)
+        ip_k, ip_v = run.kv(branch, self.layer, q.device, q.dtype, prompt.scaling, lam_in)
+        index = run.row_index(sets, q.shape[0], q.device)
+        return add_image_branch(out, q, ip_k, ip_v, heads, scale, index, factor, image_attention, **kw)
 
     # Shared by clones: the patch holds no run state and no tensors of its own. A foreign
     # patch chained under ours is copied the way it expects (its own __deepcopy__ or not).
@@ -141,6 +153,15 @@ class Attn2Patch:
         if self.previous is not None and hasattr(self.previous, "models"):
             seen += [m for m in self.previous.models() if m not in seen]
         return seen
+
+
+def _product(*factors):
+    """The product of the per-token / per-step factors that are not None (None if none is)."""
+    out = None
+    for f in factors:
+        if f is not None:
+            out = f if out is None else out * f
+    return out
 
 
 def model_family(model) -> str:

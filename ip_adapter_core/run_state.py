@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import NEGATIVE, POSITIVE, per_head_kv
+from .attention import NEGATIVE, POSITIVE, V_ONLY, per_head_kv, scale_kv
 from .masks import check_mask_batch, crop_to_area, mask_rows, resize_to_tokens
 
 log = logging.getLogger("ipadapter")
@@ -69,6 +69,8 @@ class RunState:
         self._rows: dict = {}
         self._masks: dict = {}
         self._gates: dict = {}
+        self._lams: dict = {}
+        self._lam_tables: dict = {}
 
     # ------------------------------------------------------------ construction
 
@@ -95,7 +97,7 @@ class RunState:
 
     def free(self) -> None:
         """Drop every cached tensor (the run is over)."""
-        for d in (self._plans, self._kv, self._rows, self._masks, self._gates):
+        for d in (self._plans, self._kv, self._rows, self._masks, self._gates, self._lams, self._lam_tables):
             d.clear()
         self._conds = self._chunk_info = None
 
@@ -103,6 +105,7 @@ class RunState:
         """Every tensor this run holds (for tests and memory accounting)."""
         out = [t for held in self._kv.values() for t in held if t is not None]
         out += list(self._rows.values()) + list(self._masks.values()) + [g for _, g in self._gates.values()]
+        out += [t for _, t in self._lams.values()] + [t for held in self._lam_tables.values() for t in held]
         return out
 
     # ------------------------------------------------------------ per branch
@@ -118,21 +121,43 @@ class RunState:
             plan = self._plans[branch] = plan_range(start, end, self.schedule if self.model_sampling else None)
         return plan
 
-    def kv(self, branch, layer, device, dtype):
-        """K'/V' of the branch's token sets [positive; negative] for one layer."""
+    def kv(self, branch, layer, device, dtype, scaling=V_ONLY, w=None):
+        """K'/V' of the branch's token sets [image; negative; zeros] for one layer; for the modes
+        with λ inside the attention, scaled by ``w`` (cached when it is a number, made per call
+        when it is a step's λ on the device)."""
         key = (branch, layer.file_index, device, dtype)
         hit = self._kv.get(key)
         if hit is None:
             hit = self._kv[key] = branch.image_kv(layer, device, dtype)
-        return hit
+        if scaling == V_ONLY:
+            return hit
+        if isinstance(w, torch.Tensor):
+            return scale_kv(*hit, scaling, w)
+        skey = key + (scaling, w)
+        scaled = self._kv.get(skey)
+        if scaled is None:
+            scaled = self._kv[skey] = scale_kv(*hit, scaling, w)
+        return scaled
 
-    def head_kv(self, branch, layer, device, dtype, heads: int):
+    def head_kv(self, branch, layer, device, dtype, heads: int, scaling=V_ONLY, w=None):
         """K'/V' laid out per head for the few-key path (attention.add_few_key_branch)."""
-        key = (branch, layer.file_index, device, dtype, heads)
+        if isinstance(w, torch.Tensor):
+            return per_head_kv(*self.kv(branch, layer, device, dtype, scaling, w), heads)
+        key = (branch, layer.file_index, device, dtype, heads, scaling, w)
         hit = self._kv.get(key)
         if hit is None:
-            hit = self._kv[key] = per_head_kv(*self.kv(branch, layer, device, dtype), heads)
+            hit = self._kv[key] = per_head_kv(*self.kv(branch, layer, device, dtype, scaling, w), heads)
         return hit
+
+    def step_factors(self, branch, plan: Plan, sigmas, dtype):
+        """(range gate, λ of the step) as [1, 1, 1] device tensors, each None when it is constant
+        over the run (no gate needed; λ not scheduled)."""
+        gate = lam = None
+        if sigmas is not None and plan.mode != ALWAYS:
+            gate = self.gate(branch, plan, sigmas, dtype)
+        if branch.prompt.time_varying():
+            lam = self.step_lambda(branch, sigmas, dtype)
+        return gate, lam
 
     def gate(self, branch, plan: Plan, sigmas: torch.Tensor, dtype):
         """1 where the step's sigma is in the branch's range, else 0, as a device tensor: the
@@ -144,6 +169,52 @@ class RunState:
         g = ((s <= plan.sigma_start) & (s >= plan.sigma_end)).to(dtype).reshape(1, 1, 1)
         self._gates[(branch, dtype)] = (sigmas, g)
         return g
+
+    def step_lambda(self, branch, sigmas, dtype):
+        """λ of the sampling step being evaluated, looked up on the device (no sync): the table
+        holds λ per step, indexed by the step whose start sigma is the smallest at or above the
+        call's sigma, so a multi-stage sampler's intermediate evaluations get their step's λ.
+        Computed once per model evaluation."""
+        last = self._lams.get((branch, dtype))
+        if last is not None and last[0] is sigmas:
+            return last[1]
+        device = sigmas.device if sigmas is not None else torch.device("cpu")
+        tkey = (branch, device)
+        table = self._lam_tables.get(tkey)
+        if table is None:
+            table = self._lam_tables[tkey] = self._lambda_table(branch, device)
+        step_sigmas, values = table
+        if sigmas is None or values.shape[0] == 1:
+            lam = values[:1]
+        else:
+            s = sigmas.detach().amax().reshape(1).to(step_sigmas.dtype)
+            pos = torch.searchsorted(step_sigmas, s).clamp_(max=values.shape[0] - 1)
+            lam = values.index_select(0, pos)
+        lam = lam.to(dtype).reshape(1, 1, 1)
+        self._lams[(branch, dtype)] = (sigmas, lam)
+        return lam
+
+    def lambda_per_step(self, branch) -> list[float]:
+        """λ at each step of this run's schedule (step i starts at schedule[i]); outside a
+        sampler, the one value used for every call (the schedule's start)."""
+        prompt = branch.prompt
+        steps = (self.schedule or [])[:-1]
+        if not steps or self.model_sampling is None:
+            return [prompt.schedule.value(0.0, prompt.weight)]
+        plan = self.plan(branch)
+        inside = [i for i, s in enumerate(steps) if plan.sigma_end <= s <= plan.sigma_start]
+        first, last = (inside[0], inside[-1]) if inside else (0, len(steps) - 1)
+        span = max(1, last - first)
+        return [prompt.schedule.value((i - first) / span, prompt.weight) for i in range(len(steps))]
+
+    def _lambda_table(self, branch, device):
+        """(step start sigmas ascending, λ in the same order), on ``device``, once per run."""
+        values = self.lambda_per_step(branch)
+        steps = (self.schedule or [])[:len(values)]
+        if len(steps) != len(values):
+            steps = [0.0] * len(values)
+        return (torch.tensor(steps[::-1], dtype=torch.float64).to(device),
+                torch.tensor(values[::-1], dtype=torch.float32).to(device))
 
     # ------------------------------------------------------------ per call layout
 
