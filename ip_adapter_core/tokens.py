@@ -1,12 +1,17 @@
 """CLIP vision features -> positive and negative image tokens, as the reference makes them."""
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Sequence
+
 import torch
 
 from .config import PENULTIMATE, UNCOND_PROJECT_ZEROS, AdapterConfig
 from .errors import IPAdapterError
 
-COMBINE_MODES = ("concat", "average")
+# The popular extension's names and order (cubiq/ComfyUI_IPAdapter_plus), so workflows translate.
+COMBINE_MODES = ("concat", "add", "subtract", "average", "norm average", "max", "min")
 
 
 def check_features(config: AdapterConfig, features: torch.Tensor, what: str = "image_features") -> None:
@@ -20,26 +25,95 @@ def check_features(config: AdapterConfig, features: torch.Tensor, what: str = "i
             f"{tuple(features.shape)}. Load the {config.encoder} CLIP vision model for this adapter.")
 
 
-def combine(features: torch.Tensor, mode: str) -> torch.Tensor:
-    """Several images -> one image prompt: ``concat`` keeps every image's tokens
-    (N images give N×T tokens, as diffusers does with a list of images); ``average``
-    projects the mean CLIP feature."""
-    if mode == "average":
-        return features.mean(dim=0, keepdim=True)
+def combine(features: torch.Tensor, mode: str, weights: Sequence[float] | None = None,
+            what: str = "image_features") -> torch.Tensor:
+    """Several images [n, ...] -> the features to project: ``concat`` keeps every image
+    (N images give N×T tokens, as diffusers does with a list of images); the other modes
+    reduce over the images to one [1, ...] feature. ``weights`` (one per image) multiply
+    each image's features first, as the popular extension's encoder weight does."""
+    if mode not in COMBINE_MODES:
+        raise IPAdapterError(f"combine: expected one of {COMBINE_MODES}, got {mode!r}.")
+    n = features.shape[0]
+    if weights is not None:
+        check_weights(weights, n, what)
+        if any(w != 1.0 for w in weights):
+            shape = (n,) + (1,) * (features.ndim - 1)
+            features = features * torch.tensor(weights, dtype=features.dtype, device=features.device).view(shape)
     if mode == "concat":
         return features
-    raise IPAdapterError(f"combine: expected one of {COMBINE_MODES}, got {mode!r}")
+    if mode == "subtract" and n < 2:
+        raise IPAdapterError(f"combine: 'subtract' takes the first image minus the mean of the others, so it "
+                             f"needs 2 or more images; {what} has {n}. Give more images or choose another mode.")
+    if n == 1:
+        # As the popular extension: one image is projected as it is. Only 'norm average' would
+        # change it otherwise (f / |f| over one image is its elementwise sign).
+        return features
+    return _REDUCE[mode](features)
+
+
+def _norm_average(f: torch.Tensor) -> torch.Tensor:
+    # The popular extension's formula, kept exactly: the norm is taken over the IMAGE dimension,
+    # elementwise (each feature entry divided by its norm across the images), not per image.
+    # The clamp only turns 0/0 (an entry zero in every image) into 0 instead of NaN tokens.
+    norm = torch.norm(f, dim=0, keepdim=True).clamp_min(torch.finfo(f.dtype).tiny)
+    return (f / norm).mean(dim=0, keepdim=True)
+
+
+_REDUCE = {
+    "add": lambda f: f.sum(dim=0, keepdim=True),
+    "subtract": lambda f: f[:1] - f[1:].mean(dim=0, keepdim=True),
+    "average": lambda f: f.mean(dim=0, keepdim=True),
+    "norm average": _norm_average,
+    "max": lambda f: f.amax(dim=0, keepdim=True),
+    "min": lambda f: f.amin(dim=0, keepdim=True),
+}
+
+
+def check_weights(weights: Sequence[float], n: int, what: str = "image_features") -> None:
+    """Refuse per-image weights that are not ``n`` finite numbers."""
+    found = ", ".join(f"{w:g}" if isinstance(w, (int, float)) else repr(w) for w in weights) or "none"
+    if len(weights) != n:
+        raise IPAdapterError(f"image_weights: expected {n} weight(s), one per image of {what} in order; found "
+                             f"{len(weights)} ({found}). Give {n} comma-separated numbers, or leave it empty "
+                             "to weigh every image 1.")
+    if not all(isinstance(w, (int, float)) and math.isfinite(w) for w in weights):
+        raise IPAdapterError(f"image_weights: every weight must be a finite number; found {found}. Use numbers "
+                             "such as 1.0 or 0.5.")
+
+
+def parse_image_weights(text: str, n: int) -> list[float]:
+    """``"1.0, 0.5, 0.8"`` -> one float per image (commas, semicolons or spaces between them);
+    empty text weighs every image 1."""
+    parts = [p for p in re.split(r"[,;\s]+", text or "") if p]
+    if not parts:
+        return [1.0] * n
+    weights = []
+    for p in parts:
+        try:
+            weights.append(float(p))
+        except ValueError:
+            raise IPAdapterError(f"image_weights: cannot read {p!r} as a number; write one number per image "
+                                 "separated by commas, e.g. '1.0, 0.5'.") from None
+    check_weights(weights, n)
+    return weights
 
 
 def project(image_proj: torch.nn.Module, config: AdapterConfig, features: torch.Tensor,
             negative_features: torch.Tensor | None = None, zero_image_features: torch.Tensor | None = None,
-            mode: str = "concat", dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+            mode: str = "concat", dtype=torch.float32,
+            weights: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (positive, negative) image tokens, each [1, tokens, cross_dim].
 
     Without ``negative_features`` the negative follows the reference: for linear
     adapters the projection of zero ``image_embeds``; for the hidden-state variants
     the projection of the encoder's output for an all-zero normalised image
     (``zero_image_features``), one per positive image.
+
+    ``mode`` and ``weights`` (one per positive image) combine the positive images (see
+    ``combine``); the negative is never weighted. In concat the negatives stay one per
+    image; in every other mode they are averaged. That equals the popular extension
+    when all negatives are the same (the default zeros / zero image); for a batch of
+    distinct negative images it silently takes the first one, we take their mean.
     """
     check_features(config, features)
     n = features.shape[0]
@@ -60,7 +134,8 @@ def project(image_proj: torch.nn.Module, config: AdapterConfig, features: torch.
                              "images; give one negative or one per image.")
     negative_features = negative_features.expand(n, *negative_features.shape[1:])
 
-    both = torch.cat([combine(features, mode), combine(negative_features, mode)])
+    neg_mode = "concat" if mode == "concat" else "average"
+    both = torch.cat([combine(features, mode, weights), combine(negative_features, neg_mode, what="negative_features")])
     weight = next(image_proj.parameters())
     # Released files are fp16. Layers that cast their weights to the input (comfy.ops
     # manual_cast, in the host) compute in float32 like the reference does after loading;

@@ -9,7 +9,7 @@ from .config import IMAGE_EMBEDS
 from .embeds import ImagePrompt
 from .errors import IPAdapterError
 from .loader import check_encoder, zero_image_features
-from .tokens import project
+from .tokens import parse_image_weights, project
 
 CROP_MODES = ("center", "squash", "pad")
 ZERO_IMAGE_ATTR = "ipadapter_zero_image_penultimate"
@@ -61,11 +61,14 @@ def encode(clip_vision, image: torch.Tensor, crop: str = "center", mask: torch.T
     return out
 
 
-def image_prompt(adapter, image_features, combine: str = "concat", negative_features=None, clip_vision=None):
+def image_prompt(adapter, image_features, combine: str = "concat", negative_features=None, clip_vision=None,
+                 weights=None):
     """CLIP_VISION_OUTPUT(s) -> an ImagePrompt of ``adapter`` (an AdapterHandle).
 
     The zero-image features for plus/full-face negatives come from our encode output, or
     are computed with ``clip_vision`` when the features came from ComfyUI's own encoder.
+    ``weights``: one multiplier per image, or the node's ``image_weights`` text (parsed
+    here, where the number of images is known); None weighs every image 1.
     """
     cfg = adapter.config
     feats = _feature(image_features, cfg.feature, "image_features")
@@ -74,7 +77,9 @@ def image_prompt(adapter, image_features, combine: str = "concat", negative_feat
     if zero is None and clip_vision is not None and cfg.feature != IMAGE_EMBEDS:
         check_encoder(cfg, clip_vision)
         zero = zero_image_features(clip_vision)
-    pos, negative = project(adapter.model.image_proj, cfg, feats, neg, zero, combine)
+    if isinstance(weights, str):
+        weights = parse_image_weights(weights, feats.shape[0])
+    pos, negative = project(adapter.model.image_proj, cfg, feats, neg, zero, combine, weights=weights)
     return ImagePrompt(pos, negative, cfg, adapter.path)
 
 

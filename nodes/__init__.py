@@ -4,12 +4,14 @@ from typing_extensions import override
 from comfy_api.latest import ComfyExtension, io
 
 from .apply import IPAApply, IPAApplySimple
+from .combine import IPACombineEmbeds, IPACombineFeatures
 from .embeds_files import IPALoadEmbeds, IPASaveEmbeds
-from .image_prompt import IPAEncodeImage, IPAProject, IPAWeight
+from .image_prompt import IPAEncodeImage, IPAProject
 from .loaders import IPACLIPVisionLoader, IPALoader
+from .weight import IPASchedule, IPAWeight
 
-NODES = [IPALoader, IPACLIPVisionLoader, IPAEncodeImage, IPAProject, IPAWeight, IPAApply, IPAApplySimple,
-         IPASaveEmbeds, IPALoadEmbeds]
+NODES = [IPALoader, IPACLIPVisionLoader, IPAEncodeImage, IPAProject, IPAWeight, IPASchedule, IPAApply,
+         IPAApplySimple, IPASaveEmbeds, IPALoadEmbeds, IPACombineFeatures, IPACombineEmbeds]
 
 
 class IPAdapterExtension(ComfyExtension):

@@ -1,11 +1,12 @@
 """Apply nodes: add an image prompt to a model's cross-attention (on a clone)."""
 from comfy_api.latest import io
 
+from ..ip_adapter_core.attention import SCALING_MODES, V_ONLY
 from ..ip_adapter_core.loader import check_encoder
 from ..ip_adapter_core.masks import check_mask
 from ..ip_adapter_core.patch import apply_image_prompt
 from ..ip_adapter_core.vision import encode, image_prompt
-from .types import CATEGORY, IPAEmbeds, IPAModel, range_inputs, weight_inputs
+from .types import CATEGORY, IPAEmbeds, IPAModel, range_inputs, weight_inputs, weight_type_inputs
 
 
 class IPAApply(io.ComfyNode):
@@ -42,11 +43,16 @@ class IPAApplySimple(io.ComfyNode):
                 io.Image.Input("image", tooltip="Reference image(s); several are concatenated."),
                 *weight_inputs(),
                 *range_inputs(),
+                *weight_type_inputs(),  # after the older inputs: saved workflows list widget values by position
+                io.Combo.Input("embeds_scaling", optional=True, options=list(SCALING_MODES), default=V_ONLY,
+                               tooltip="Where λ acts (see IP-Adapter Weight); V only is the paper's."),
             ],
             outputs=[io.Model.Output()])
 
     @classmethod
-    def execute(cls, model, ipadapter, clip_vision, image, weight, start_at, end_at) -> io.NodeOutput:
+    def execute(cls, model, ipadapter, clip_vision, image, weight, start_at, end_at, weight_type="linear",
+                embeds_scaling=V_ONLY) -> io.NodeOutput:
         check_encoder(ipadapter.config, clip_vision)
         prompt = image_prompt(ipadapter, encode(clip_vision, image, "center"))
-        return io.NodeOutput(apply_image_prompt(model, ipadapter, prompt.weighted(weight, "all", "", start_at, end_at)))
+        prompt = prompt.weighted(weight, "all", "", start_at, end_at, weight_type, embeds_scaling)
+        return io.NodeOutput(apply_image_prompt(model, ipadapter, prompt))

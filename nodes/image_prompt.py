@@ -1,10 +1,9 @@
-"""Encode -> project -> weight: turning images into an IP-Adapter image prompt."""
+"""Encode -> project: turning images into an IP-Adapter image prompt."""
 from comfy_api.latest import io
 
-from ..ip_adapter_core.embeds import BLOCK_CHOICES
 from ..ip_adapter_core.tokens import COMBINE_MODES
 from ..ip_adapter_core.vision import CROP_MODES, encode, image_prompt
-from .types import CATEGORY, IPAEmbeds, IPAModel, range_inputs, weight_inputs
+from .types import CATEGORY, IPAEmbeds, IPAModel
 
 
 class IPAEncodeImage(io.ComfyNode):
@@ -40,41 +39,24 @@ class IPAProject(io.ComfyNode):
                 io.ClipVisionOutput.Input("image_features",
                                           tooltip="From IP-Adapter Encode Image or ComfyUI's CLIP Vision Encode."),
                 io.Combo.Input("combine", options=list(COMBINE_MODES), default="concat",
-                               tooltip="Several images: concat keeps each image's tokens; average projects "
-                                       "their mean feature."),
+                               tooltip="Several images: concat keeps each image's tokens; the others project one "
+                                       "combined feature: add (sum), subtract (first minus the mean of the rest), "
+                                       "average, norm average (each entry divided by its norm over the images), "
+                                       "max, min (elementwise). The negative is averaged in those modes."),
                 io.ClipVisionOutput.Input("negative_features", optional=True,
                                           tooltip="Features of a negative image; without it the reference rule "
                                                   "is used (zero features, or an all-zero image)."),
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="Only needed for plus/full-face adapters when image_features come "
                                             "from ComfyUI's CLIP Vision Encode: makes the zero-image negative."),
+                io.String.Input("image_weights", default="", optional=True,
+                                tooltip="One multiplier per image, in batch order, applied to its features before "
+                                        "combining, e.g. '1.0, 0.5, 0.8'. Empty: every image 1."),
             ],
             outputs=[IPAEmbeds.Output(display_name="embeds")])
 
     @classmethod
-    def execute(cls, ipadapter, image_features, combine, negative_features=None, clip_vision=None) -> io.NodeOutput:
-        return io.NodeOutput(image_prompt(ipadapter, image_features, combine, negative_features, clip_vision))
-
-
-class IPAWeight(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="IPAWeight", display_name="IP-Adapter Weight (λ)", category=CATEGORY,
-            description="How strongly, where in the UNet, and when during sampling the image prompt acts.",
-            inputs=[
-                IPAEmbeds.Input("embeds", tooltip="From IP-Adapter Project."),
-                *weight_inputs(),
-                io.Combo.Input("blocks", options=list(BLOCK_CHOICES), default="all",
-                               tooltip="Which cross-attention blocks get the image: style / composition are "
-                                       "InstantStyle's SDXL blocks (structural analogues on SD1.5)."),
-                io.String.Input("custom_blocks", default="", multiline=False,
-                                tooltip="With blocks = custom: e.g. 'input 8 = 1, output 1 = 0.5, output 1:3 = 0' "
-                                        "(block, number, optional transformer index); others get 0."),
-                *range_inputs(),
-            ],
-            outputs=[IPAEmbeds.Output(display_name="embeds")])
-
-    @classmethod
-    def execute(cls, embeds, weight, blocks, custom_blocks, start_at, end_at) -> io.NodeOutput:
-        return io.NodeOutput(embeds.weighted(weight, blocks, custom_blocks, start_at, end_at))
+    def execute(cls, ipadapter, image_features, combine, negative_features=None, clip_vision=None,
+                image_weights="") -> io.NodeOutput:
+        return io.NodeOutput(image_prompt(ipadapter, image_features, combine, negative_features, clip_vision,
+                                          weights=image_weights or ""))

@@ -2,6 +2,8 @@
 so they cannot be wired to a look-alike type from another IP-Adapter extension."""
 from comfy_api.latest import io
 
+from ..ip_adapter_core.schedules import WEIGHT_TYPES
+
 IPAModel = io.Custom("IPA_MODEL")
 IPAEmbeds = io.Custom("IPA_EMBEDS")
 CATEGORY = "ipadapter"
@@ -18,3 +20,11 @@ def range_inputs() -> list:
                            tooltip="Fraction of sampling at which the image prompt starts."),
             io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.01,
                            tooltip="Fraction of sampling at which it stops.")]
+
+
+def weight_type_inputs() -> list:
+    """Optional: API-format prompts written before it existed stay valid (linear)."""
+    return [io.Combo.Input("weight_type", optional=True, options=list(WEIGHT_TYPES), default="linear",
+                           tooltip="λ per block, with ComfyUI_IPAdapter_plus's names: curves over the blocks "
+                                   "(ease ...), weak/strong kinds of block, or the style / composition blocks "
+                                   "(precise: the image also goes to the negative elsewhere). README lists each.")]

@@ -15,7 +15,8 @@ NODE_NAMES = {"IPALoader": "IP-Adapter Loader", "IPACLIPVisionLoader": "IP-Adapt
               "IPAEncodeImage": "IP-Adapter Encode Image", "IPAProject": "IP-Adapter Project",
               "IPAWeight": "IP-Adapter Weight (λ)", "IPAApply": "IP-Adapter Apply",
               "IPAApplySimple": "IP-Adapter (all-in-one)", "IPASaveEmbeds": "IP-Adapter Save Embeds",
-              "IPALoadEmbeds": "IP-Adapter Load Embeds"}
+              "IPALoadEmbeds": "IP-Adapter Load Embeds", "IPASchedule": "IP-Adapter λ Schedule",
+              "IPACombineFeatures": "IP-Adapter Combine Features", "IPACombineEmbeds": "IP-Adapter Combine Embeds"}
 
 
 def test_nodes_load_in_comfyui_with_display_names():
@@ -75,7 +76,8 @@ def features(cfg, n=1, seed=0):
 
 
 def prompt(h, weight=1.0, blocks="all", custom="", start=0.0, end=1.0, seed=0):
-    from ipadapter_ext.nodes.image_prompt import IPAProject, IPAWeight
+    from ipadapter_ext.nodes.image_prompt import IPAProject
+    from ipadapter_ext.nodes.weight import IPAWeight
 
     emb = IPAProject.execute(h, features(h.config, seed=seed), "concat").result[0]
     return IPAWeight.execute(emb, weight, blocks, custom, start, end).result[0]

@@ -193,7 +193,8 @@ def ours_patched(pair: Pair, path, lam, feats):
     """The model a workflow gets: load -> IPAProject -> IPAWeight -> IPAApply."""
     from ipadapter_ext.ip_adapter_core.loader import load_adapter_handle
     from ipadapter_ext.nodes.apply import IPAApply
-    from ipadapter_ext.nodes.image_prompt import IPAProject, IPAWeight
+    from ipadapter_ext.nodes.image_prompt import IPAProject
+    from ipadapter_ext.nodes.weight import IPAWeight
 
     handle = load_adapter_handle(path)
     embeds = IPAProject.execute(handle, feats, "concat").result[0]
