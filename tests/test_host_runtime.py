@@ -116,12 +116,22 @@ def test_mask_under_deep_shrink(sd15, adapter_file, factor):
 
 # ---------------------------------------------------------------- 3. the call path builds nothing from Python data
 
-def test_call_path_makes_no_tensors_from_python_data_and_reads_nothing_back(sd15, adapter_file, monkeypatch):
+@pytest.mark.parametrize("variant", ["linear", "precise, K+mean(V), λ schedule"])
+def test_call_path_makes_no_tensors_from_python_data_and_reads_nothing_back(sd15, adapter_file, monkeypatch,
+                                                                            variant):
     """After the first call of a layout, a call creates no tensor from Python lists/numbers and
-    reads no tensor on the host (item/float/bool/tolist): on a GPU each would be a sync."""
+    reads no tensor on the host (item/float/bool/tolist): on a GPU each would be a sync. Also with
+    a routed weight type, λ inside the attention and λ looked up per step."""
+    from ipadapter_ext.nodes.weight import IPASchedule, IPAWeight
+
     h = handle(adapter_file("ip-adapter_sd15"))
     mask = left_half_mask()
-    model = apply(sd15, h, prompt(h, start=0.1, end=0.9), mask=mask)  # gated range + mask: every path
+    p = prompt(h, start=0.1, end=0.9)
+    if variant != "linear":
+        p = IPAWeight.execute(p, 1.0, "all", "", 0.1, 0.9, "composition precise", "K+mean(V) w/ C penalty",
+                              1.0, 0.5).result[0]
+        p = IPASchedule.execute(p, "linear", 0.2, "").result[0]
+    model = apply(sd15, h, p, mask=mask)  # gated range + mask: every path
     spy = Spy(monkeypatch)
     sample(model, torch.zeros(1, 4, 16, 16), steps=1)
     assert spy.calls
