@@ -8,8 +8,9 @@ from .models import VARIANTS
 TARGET_ADDED = {4: 0.005, 16: 0.005, 257: 0.025}
 TARGET_GROWTH = 2.1
 
-CANDIDATES = [("ours", "patch"), ("ours_mask", "patch, mask"), ("base", "straightforward"),
-              ("base_mask", "straightforward, mask")]
+CANDIDATES = [("ours", "patch"), ("ours_mask", "patch, mask"), ("ours_precise", "patch, composition precise"),
+              ("ours_schedule", "patch, λ schedule"), ("ours_kv", "patch, K+V w/ C penalty"),
+              ("base", "straightforward"), ("base_mask", "straightforward, mask")]
 
 
 def _table(header, rows) -> list[str]:
@@ -52,7 +53,9 @@ def markdown(r) -> str:
               "projected from the weights and the mask resized on every call, image attention through the "
               "host's optimized_attention (what the popular extension does); *mask* = a half-image mask. "
               "The 16 layers have 4 distinct shapes; one call per shape is timed and counted once per layer "
-              "of that shape (`--all-layers` times each layer).", ""]
+              "of that shape (`--all-layers` times each layer). *composition precise*: that weight type "
+              "(15 of the 16 layers route the image to the negative rows); *λ schedule*: λ from 0.8 to 0.2 over "
+              "the steps, looked up on the device per step; *K+V w/ C penalty*: λ inside the attention.", ""]
     header = ["tokens", "latent", "plain step s"] + [f"{label} ms (% step)" for _, label in CANDIDATES] + \
              ["FLOP limit", "target"]
     lines += _table(header, summary_rows(r))

@@ -60,10 +60,21 @@ class Bench:
     def candidates(self, tokens: int, latent: int) -> dict:
         from ipadapter_ext.ip_adapter_core.patch import apply_image_prompt
 
+        from ipadapter_ext.ip_adapter_core.schedules import make_schedule
+
         h, p, mask = self.handles[tokens], self.prompts[tokens], models.image_mask(latent)
         ours = layers.attn2_patches(apply_image_prompt(self.model, h, p))
         ours_mask = layers.attn2_patches(apply_image_prompt(self.model, h, p, mask))
+        # issue 9's controls, each on all 16 layers: composition precise routes 15 of them (the
+        # image to the negative rows); the schedule looks λ up on the device per step; K+V puts λ
+        # into K'/V' (cached per run, as λ is constant)
+        precise = p.weighted(p.weight, weight_type="composition precise")
+        sched = p.scheduled(make_schedule("linear", 0.2))
+        kv = p.weighted(p.weight, scaling="K+V w/ C penalty")
         return {"ours": ours, "ours_mask": ours_mask,
+                "ours_precise": layers.attn2_patches(apply_image_prompt(self.model, h, precise)),
+                "ours_schedule": layers.attn2_patches(apply_image_prompt(self.model, h, sched)),
+                "ours_kv": layers.attn2_patches(apply_image_prompt(self.model, h, kv)),
                 "base": baseline.straightforward_patches(h, p),
                 "base_mask": baseline.straightforward_patches(h, p, mask)}
 
