@@ -12,7 +12,6 @@ from ..models import TorchOps, build_projection
 from .config import AdapterConfig, detect_config
 from .errors import IPAdapterFileError
 from .files import read_flat_state_dict, split_sections
-from .layers import layers_for
 
 log = logging.getLogger("ipadapter")
 
@@ -35,7 +34,7 @@ class IPAdapterModel(torch.nn.Module):
         self.image_proj = build_projection(config, operations, device=device, dtype=dtype)
         self.ip_adapter = torch.nn.ModuleDict({
             str(layer.file_index): IPLayer(config.cross_dim, layer.hidden, operations, device, dtype)
-            for layer in layers_for(config.family)})
+            for layer in config.layers})
 
     def layer(self, file_index: int) -> IPLayer:
         return self.ip_adapter[str(file_index)]

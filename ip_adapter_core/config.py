@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import IPAdapterFileError
-from .layers import layers_for
+from .layers import base_channels, layers_of_width
 
 FAMILY_BY_CROSS_DIM = {768: "sd15", 2048: "sdxl"}
 FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
@@ -73,9 +73,21 @@ class AdapterConfig:
     resampler: ResamplerConfig | None = None
 
     @property
+    def model_channels(self) -> int:
+        """Base width of the UNet the adapter is for (its first layer's width): 320 for the
+        released UNets."""
+        return base_channels(self.family, self.layer_hidden[0])
+
+    @property
+    def layers(self):
+        """The adapter's layers (ComfyUI key, file index, width), derived from the UNet shape."""
+        return layers_of_width(self.family, self.model_channels)
+
+    @property
     def name(self) -> str:
         kind = {"linear": "base", "resampler": "plus", "mlp": "full-face"}[self.projection]
-        return f"{FAMILY_NAMES[self.family]} {kind} ({self.num_tokens} tokens, {self.encoder} {self.feature})"
+        width = "" if self.model_channels == 320 else f", {self.model_channels}-channel UNet"
+        return f"{FAMILY_NAMES[self.family]} {kind} ({self.num_tokens} tokens, {self.encoder} {self.feature}{width})"
 
 
 def _refuse_foreign(path, sections, rest, flat_keys) -> None:
@@ -165,7 +177,14 @@ def detect_config(sections: dict[str, dict[str, torch.Tensor]], path="<state dic
 
 
 def _layer_widths(ipa, family, cross_dim, path) -> tuple[int, ...]:
-    expected = layers_for(family)
+    """The layer widths in file order, checked against the family's UNet structure at the width of
+    the file's first layer (320 for the released UNets; narrower UNets of the same structure keep
+    their own, so their adapters load like any other)."""
+    first = ipa.get("1.to_k_ip.weight")
+    ok = isinstance(first, torch.Tensor) and first.ndim == 2 and first.shape[0] > 0
+    channels = base_channels(family, int(first.shape[0])) if ok else 320
+    expected = layers_of_width(family, channels)
+    unet = f"{FAMILY_NAMES[family]} UNet" + ("" if channels == 320 else f" of {channels} base channels")
     want = {f"{l.file_index}.{p}.weight" for l in expected for p in ("to_k_ip", "to_v_ip")}
     have = set(ipa)
     if have != want:
@@ -180,7 +199,7 @@ def _layer_widths(ipa, family, cross_dim, path) -> tuple[int, ...]:
             shape = tuple(ipa[f"{layer.file_index}.{p}.weight"].shape)
             if shape != (layer.hidden, cross_dim):
                 raise IPAdapterFileError(path, f"layer {layer.file_index} {p} has shape {shape}; the "
-                                         f"{FAMILY_NAMES[family]} UNet needs {(layer.hidden, cross_dim)}.",
+                                         f"{unet} needs {(layer.hidden, cross_dim)}.",
                                          "The file is damaged or made for another model.")
         widths.append(layer.hidden)
     return tuple(widths)

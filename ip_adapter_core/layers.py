@@ -11,6 +11,7 @@ against the UNet that ComfyUI itself builds.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -86,9 +87,31 @@ SDXL_UNET = MappingProxyType(dict(
     transformer_depth=(0, 0, 2, 2, 10, 10), transformer_depth_output=(0, 0, 0, 2, 2, 2, 10, 10, 10),
     transformer_depth_middle=10))
 
+STANDARD_UNETS = MappingProxyType({"sd15": SD15_UNET, "sdxl": SDXL_UNET})
+
+
+@functools.lru_cache(maxsize=None)
+def layers_of_width(family: str, model_channels: int) -> tuple[AttnLayer, ...]:
+    """The attn2 layers of a UNet with the structure of ``family`` and ``model_channels`` base
+    channels: the released UNets at 320, and narrower ones of the same structure (test and
+    training UNets) at their own width, so their adapters need no special case."""
+    try:
+        cfg = STANDARD_UNETS[family]
+    except KeyError:
+        raise ValueError(f"unknown base-model family {family!r}; expected one of {sorted(STANDARD_UNETS)}") from None
+    return derive_layers({**cfg, "model_channels": int(model_channels)})
+
+
+def base_channels(family: str, first_hidden: int) -> int:
+    """model_channels of a ``family`` UNet whose first attn2 layer (file index 1) is ``first_hidden``
+    wide: SD1.5's first attention level has the base width, SDXL's twice it."""
+    std = layers_of_width(family, 320)[0].hidden
+    return first_hidden * 320 // std
+
+
 LAYERS: MappingProxyType = MappingProxyType({
-    "sd15": derive_layers(SD15_UNET),
-    "sdxl": derive_layers(SDXL_UNET),
+    "sd15": layers_of_width("sd15", 320),
+    "sdxl": layers_of_width("sdxl", 320),
 })
 
 # Named groups of ComfyUI blocks. InstantStyle (arXiv 2404.02733) found that for SDXL
@@ -115,14 +138,16 @@ def layers_for(family: str) -> tuple[AttnLayer, ...]:
         raise ValueError(f"unknown base-model family {family!r}; expected one of {sorted(LAYERS)}") from None
 
 
-def layout_difference(unet_config: dict, family: str) -> str | None:
-    """Why a UNet's cross-attention layers differ from those ``family``'s adapters are made
-    for (a short description), or None when every key, width and head count matches."""
+def layout_difference(unet_config: dict, family_or_layers) -> str | None:
+    """Why a UNet's cross-attention layers differ from those an adapter is made for (a family's
+    standard table, or the adapter's own layers), as a short description; None when every key
+    and width matches."""
     try:
-        have = {l.key: (l.hidden, l.heads) for l in derive_layers(unet_config)}
+        have = {l.key: l.hidden for l in derive_layers(unet_config)}
     except (KeyError, TypeError, IndexError) as e:  # a config of another kind of UNet
         return f"its configuration does not describe a UNet of this kind ({type(e).__name__}: {e})"
-    want = {l.key: (l.hidden, l.heads) for l in layers_for(family)}
+    wanted = layers_for(family_or_layers) if isinstance(family_or_layers, str) else family_or_layers
+    want = {l.key: l.hidden for l in wanted}
     if have == want:
         return None
     missing = sorted(set(want) - set(have))
@@ -135,5 +160,5 @@ def layout_difference(unet_config: dict, family: str) -> str | None:
         parts.append(f"extra {extra[:3]}{' ...' if len(extra) > 3 else ''}")
     if other:
         k = other[0]
-        parts.append(f"{len(other)} of another width, e.g. {k}: {have[k][0]} channels, adapter {want[k][0]}")
+        parts.append(f"{len(other)} of another width, e.g. {k}: {have[k]} channels, adapter {want[k]}")
     return "; ".join(parts)

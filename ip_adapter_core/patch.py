@@ -23,7 +23,7 @@ from .attention import V_ONLY, add_few_key_branch, add_image_branch, image_kv, s
 from .config import FAMILY_BY_CROSS_DIM, FAMILY_NAMES
 from .embeds import ImagePrompt
 from .errors import IPAdapterMismatchError
-from .layers import AttnLayer, layers_for, layout_difference
+from .layers import AttnLayer, layout_difference
 from .run_state import ALWAYS, NEVER, RUN_KEY, RunState, register
 
 log = logging.getLogger("ipadapter")
@@ -181,12 +181,12 @@ def _unet_config(model) -> dict:
     return getattr(getattr(model.model, "model_config", None), "unet_config", {}) or {}
 
 
-def check_model_layers(model, family: str) -> None:
-    """Refuse a UNet of the family's width whose cross-attention layers are not where the
-    adapter's are (distilled SDXL models: SSD-1B, Vega, KOALA; other depths or widths)."""
-    diff = layout_difference(_unet_config(model), family)
+def check_model_layers(model, config) -> None:
+    """Refuse a UNet of the family's width whose cross-attention layers are not where (or not as
+    wide as) the adapter's are: distilled SDXL models (SSD-1B, Vega, KOALA), other depths or widths."""
+    diff = layout_difference(_unet_config(model), config.layers)
     if diff is not None:
-        name = FAMILY_NAMES[family]
+        name = FAMILY_NAMES[config.family]
         raise IPAdapterMismatchError(
             f"model: this {type(model.model).__name__} UNet reads {name}-width text but its layers differ "
             f"from the {name} UNet the adapter was trained for: {diff}. Distilled models (SSD-1B, Segmind "
@@ -222,7 +222,7 @@ def apply_image_prompt(model, adapter, prompt: ImagePrompt, mask: torch.Tensor |
         raise IPAdapterMismatchError(
             f"ipadapter: '{adapter.name}' is an {need} IP-Adapter but the model is {have}. "
             f"Use an {have} IP-Adapter file, or an {need} checkpoint.")
-    check_model_layers(model, family)
+    check_model_layers(model, cfg)
     check_prompt_for(adapter, prompt)
 
     # Resolved now only for UNet calls outside a sampler; a sampler run resolves it again
@@ -233,7 +233,7 @@ def apply_image_prompt(model, adapter, prompt: ImagePrompt, mask: torch.Tensor |
     out = model.clone()
     register(out)
     existing = out.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
-    for layer in layers_for(family):
+    for layer in cfg.layers:
         scale = prompt.layer_scale(layer.key)
         if scale == 0:
             continue  # a layer the prompt does not use costs nothing

@@ -92,3 +92,15 @@ def test_table_matches_comfyui_unet_and_key_conversion(family):
         assert m, cname
         block = {"input_blocks": "input", "middle_block": "middle", "output_blocks": "output"}[m.group(1)]
         assert (block, int(m.group(2) or 0), int(m.group(3))) == layer.key, (dname, cname)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_narrower_unets_of_the_same_structure_have_the_same_keys(family):
+    """Training and test UNets (e.g. 32 base channels) keep every key and file index; only the
+    widths scale, so their adapters are handled like any other."""
+    from ipadapter_ext.ip_adapter_core.layers import base_channels, layers_of_width
+
+    std, tiny = layers_of_width(family, 320), layers_of_width(family, 32)
+    assert [(l.key, l.file_index) for l in tiny] == [(l.key, l.file_index) for l in std]
+    assert [l.hidden * 10 for l in tiny] == [l.hidden for l in std]
+    assert base_channels(family, tiny[0].hidden) == 32 and base_channels(family, std[0].hidden) == 320
