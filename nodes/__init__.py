@@ -8,10 +8,12 @@ from .combine import IPACombineEmbeds, IPACombineFeatures
 from .embeds_files import IPALoadEmbeds, IPASaveEmbeds
 from .image_prompt import IPAEncodeImage, IPAProject
 from .loaders import IPACLIPVisionLoader, IPALoader
+from .training import IPASaveAdapterNode, IPATrainingSetNode, IPATrainNode
 from .weight import IPASchedule, IPAWeight
 
 NODES = [IPALoader, IPACLIPVisionLoader, IPAEncodeImage, IPAProject, IPAWeight, IPASchedule, IPAApply,
-         IPAApplySimple, IPASaveEmbeds, IPALoadEmbeds, IPACombineFeatures, IPACombineEmbeds]
+         IPAApplySimple, IPASaveEmbeds, IPALoadEmbeds, IPACombineFeatures, IPACombineEmbeds,
+         IPATrainingSetNode, IPATrainNode, IPASaveAdapterNode]
 
 
 class IPAdapterExtension(ComfyExtension):

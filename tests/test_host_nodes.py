@@ -16,7 +16,9 @@ NODE_NAMES = {"IPALoader": "IP-Adapter Loader", "IPACLIPVisionLoader": "IP-Adapt
               "IPAWeight": "IP-Adapter Weight (λ)", "IPAApply": "IP-Adapter Apply",
               "IPAApplySimple": "IP-Adapter (all-in-one)", "IPASaveEmbeds": "IP-Adapter Save Embeds",
               "IPALoadEmbeds": "IP-Adapter Load Embeds", "IPASchedule": "IP-Adapter λ Schedule",
-              "IPACombineFeatures": "IP-Adapter Combine Features", "IPACombineEmbeds": "IP-Adapter Combine Embeds"}
+              "IPACombineFeatures": "IP-Adapter Combine Features", "IPACombineEmbeds": "IP-Adapter Combine Embeds",
+              "IPATrainingSet": "IP-Adapter Training Set", "IPATrain": "IP-Adapter Train",
+              "IPASaveAdapter": "IP-Adapter Save"}
 
 
 def test_nodes_load_in_comfyui_with_display_names():

@@ -1,0 +1,223 @@
+"""Training an adapter inside ComfyUI on the host's own UNet (host side).
+
+The loop is this module's, not the host's LoRA trainer (comfy_extras/nodes_train.py), whose habits
+would be wrong here: it takes the loss on x0 and noises with a continuous σ while the UNet sees a
+rounded t (we noise with DDPM's ᾱ_t at an integer t and take the loss on ε, as the reference); at
+batch > 1 it runs every caption over every row (each row here gets its own caption); its gradient
+checkpointing reruns blocks with the one mutable ``transformer_options``, so a replace patch
+recomputed in backward sees another block's key (ours snapshots the options per block, and our
+patches hold their layer instead of reading the key); frozen loader weights are inference tensors
+that cannot be saved for backward (ours are swapped for normal copies for the run and put back);
+the loader casts patches with ``.to(dtype)`` (ours ignore it, so trainable weights stay float32).
+
+What the host gives: the UNet (loaded with its memory manager), ProgressBar (so the editor shows
+progress and Cancel stops the run between steps), and the LOSS_MAP its loss-graph node draws.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from . import drop, noise
+
+log = logging.getLogger("ipadapter")
+
+TOKENS_KEY = "ipadapter_train_tokens"  # in transformer_options: the batch's image tokens [B, T, C]
+
+
+class TrainAttn2:
+    """attn2 during training: the host's text attention plus the image branch with the batch's own
+    tokens (one image per row), through the trainable K'/V' of this layer."""
+
+    def __init__(self, ip_layer):
+        self.ip_layer = ip_layer
+
+    def __call__(self, q, k, v, extra):
+        import comfy.ldm.modules.attention as A
+
+        heads = extra["n_heads"]
+        out = A.optimized_attention(q, k, v, heads, attn_precision=extra.get("attn_precision"),
+                                    transformer_options=extra)
+        tokens = extra[TOKENS_KEY]
+        ip_k = self.ip_layer.to_k_ip(tokens).to(q.dtype)
+        ip_v = self.ip_layer.to_v_ip(tokens).to(q.dtype)
+        return out + A.attention_pytorch(q, ip_k, ip_v, heads)
+
+    def to(self, *args, **kwargs):
+        # ComfyUI casts patches to the UNet's dtype when it loads a model: trainable weights stay float32
+        return self
+
+
+@dataclass
+class TrainingSet:
+    """What the dataset node computes once (socket type IPA_TRAINING_SET), all on the CPU."""
+
+    latents: torch.Tensor            # [N, 4, h, w], the model's latent space (process_in applied)
+    conds: torch.Tensor              # [N, 77, C] per-image caption cond
+    pooled: torch.Tensor | None      # [N, P] SDXL pooled text, else None
+    empty_cond: torch.Tensor         # [1, 77, C] the empty caption
+    empty_pooled: torch.Tensor | None
+    image_embeds: torch.Tensor       # [N, E] CLIP image_embeds
+    penultimate: torch.Tensor        # [N, 257, H] CLIP penultimate hidden states
+    zero_penultimate: torch.Tensor   # [1, 257, H] the encoder's output for an all-zero normalised image
+    encoder: str                     # which CLIP vision model made the features
+    size: tuple[int, int]            # image height, width in pixels
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    def normal_copy(self) -> "TrainingSet":
+        """A copy whose tensors can take part in autograd (call outside inference_mode)."""
+        import dataclasses
+
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).clone() for f in dataclasses.fields(self)
+                                            if isinstance(getattr(self, f.name), torch.Tensor)})
+
+    def features(self, config):
+        """(features [N, ...], the dropped value [1, ...]) for an adapter of ``config``."""
+        if config.feature == "image_embeds":
+            return self.image_embeds, torch.zeros_like(self.image_embeds[:1])
+        return self.penultimate, self.zero_penultimate
+
+
+@contextlib.contextmanager
+def trainable_weights(module: torch.nn.Module):
+    """Swap inference-mode parameters and buffers (ComfyUI loads models under inference_mode) for
+    normal copies for the duration, so autograd can save them for backward; the module's own
+    tensors are put back afterwards, so the model given to the node is left as it was."""
+    swapped = []
+    with torch.inference_mode(False):
+        for m in module.modules():
+            for store in (m._parameters, m._buffers):
+                for name, t in list(store.items()):
+                    if t is not None and t.is_inference():
+                        copy = t.clone()
+                        store[name] = torch.nn.Parameter(copy, requires_grad=False) if store is m._parameters \
+                            else copy
+                        swapped.append((store, name, t))
+    try:
+        yield
+    finally:
+        for store, name, t in swapped:
+            store[name] = t
+
+
+@contextlib.contextmanager
+def checkpointed_blocks(diffusion_model, enabled: bool):
+    """Gradient checkpointing per transformer block. Each call keeps a snapshot of its
+    transformer_options, so the recomputation in backward runs with this block's own entries, not
+    those the shared dict holds by then."""
+    if not enabled:
+        yield
+        return
+    from comfy.ldm.modules.attention import BasicTransformerBlock
+
+    wrapped = []
+    for m in diffusion_model.modules():
+        if isinstance(m, BasicTransformerBlock):
+            original = m.forward
+
+            def forward(x, context=None, transformer_options={}, _f=original):  # noqa: B006 - host signature
+                snapshot = dict(transformer_options)
+                return torch.utils.checkpoint.checkpoint(_f, x, context, snapshot, use_reentrant=False)
+
+            m.forward = forward
+            wrapped.append(m)
+    try:
+        yield
+    finally:
+        for m in wrapped:
+            del m.forward  # back to the class's method
+
+
+def adm(base_model, pooled: torch.Tensor | None, size: tuple[int, int]):
+    """SDXL's vector cond (pooled text + size/crop embeddings) for a batch; None for SD1.5."""
+    if pooled is None or not getattr(base_model, "adm_channels", 0):
+        return None
+    h, w = size
+    rows = [base_model.encode_adm(pooled_output=p[None], width=w, height=h, crop_w=0, crop_h=0,
+                                  target_width=w, target_height=h) for p in pooled]
+    return torch.cat(rows)
+
+
+@dataclass
+class TrainSettings:
+    steps: int = 100
+    batch_size: int = 1
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    drop_rates: tuple[float, float, float] = drop.DEFAULT_RATES
+    seed: int = 0
+    gradient_checkpointing: bool = False
+
+
+def predict_eps(model_patcher, adapter, x_t, t, cond, features, pooled=None, size=(512, 512)):
+    """The UNet's ε prediction for noised latents ``x_t`` at integer timesteps ``t``, each row with
+    its own caption cond and image features, through the trainable adapter."""
+    base = model_patcher.model
+    dm = base.diffusion_model
+    weight = next(dm.parameters())
+    device, dtype = weight.device, weight.dtype
+    tokens = adapter.image_proj(features.to(device, torch.float32))
+    to = {"patches_replace": {"attn2": {l.key: TrainAttn2(adapter.layer(l.file_index)) for l in adapter.config.layers}},
+          TOKENS_KEY: tokens}
+    y = adm(base, pooled, size)
+    return dm(x_t.to(device, dtype), t.to(device).float(), context=cond.to(device, dtype),
+              y=None if y is None else y.to(device, dtype), transformer_options=to)
+
+
+def train_step(model_patcher, adapter, data: TrainingSet, index: torch.Tensor, gen: torch.Generator,
+               settings: TrainSettings, acp: torch.Tensor) -> torch.Tensor:
+    """One batch: noise, drops, prediction; returns the ε loss (the caller backpropagates)."""
+    n = index.shape[0]
+    x0 = model_patcher.model.process_latent_in(data.latents[index])  # the VAE's latents in the UNet's scale
+    eps = torch.randn(x0.shape, generator=gen)
+    t = noise.sample_timesteps(n, gen)
+    drop_image, drop_text = drop.draw(n, gen, *settings.drop_rates)
+    feats, dropped = data.features(adapter.config)
+    feats = drop.apply_drop(feats[index], dropped, drop_image)
+    cond = drop.apply_drop(data.conds[index], data.empty_cond, drop_text)
+    pooled = None if data.pooled is None else drop.apply_drop(data.pooled[index], data.empty_pooled, drop_text)
+    pred = predict_eps(model_patcher, adapter, noise.add_noise(x0, eps, t, acp), t, cond, feats, pooled, data.size)
+    return noise.eps_loss(pred, eps.to(pred.device))
+
+
+def train(model_patcher, adapter, data: TrainingSet, settings: TrainSettings, on_step=None) -> list[float]:
+    """Train ``adapter`` (float32, trainable) on ``data`` with the frozen UNet of ``model_patcher``;
+    returns the loss per step. ``on_step(step, loss)`` is called after each optimizer step; an
+    interrupt (ComfyUI's Cancel) raises between steps. The model is left as it was."""
+    import comfy.model_management as mm
+
+    mm.load_models_gpu([model_patcher], force_full_load=True)
+    dm = model_patcher.model.diffusion_model
+    device = next(dm.parameters()).device
+    adapter.to(device).train().requires_grad_(True)
+    params = list(adapter.parameters())
+    opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    gen = torch.Generator().manual_seed(settings.seed)
+    acp = noise.alphas_cumprod()
+    losses = []
+    frozen = [p.requires_grad for p in dm.parameters()]
+    with torch.inference_mode(False), torch.enable_grad(), trainable_weights(dm), \
+            checkpointed_blocks(dm, settings.gradient_checkpointing):
+        data = data.normal_copy()  # the dataset node's tensors are inference tensors too
+        dm.requires_grad_(False)
+        try:
+            for step in range(settings.steps):
+                mm.throw_exception_if_processing_interrupted()
+                index = torch.randint(0, len(data), (settings.batch_size,), generator=gen)
+                loss = train_step(model_patcher, adapter, data, index, gen, settings, acp)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
+                if on_step is not None:
+                    on_step(step, losses[-1])
+        finally:
+            for p, r in zip(dm.parameters(), frozen):
+                p.requires_grad_(r)
+    adapter.eval().requires_grad_(False)
+    return losses
