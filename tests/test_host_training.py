@@ -175,3 +175,55 @@ def test_saved_file_loads_and_applies(tiny, training_set, tmp_path, monkeypatch)
     embeds = IPAProject.execute(h, features(h.config), "concat").result[0]
     patched = IPAApply.execute(tiny[0], h, embeds).result[0]
     assert len(attn2(patched)) == 16
+
+
+def test_comfy_training_step_equals_the_diffusers_step(parity):
+    """The node's step (ComfyUI's UNet, our training patch) against the script's (diffusers' UNet, our
+    processors), on the same tiny UNet weights, adapter weights, x_t, t, captions and features: loss
+    and every adapter gradient. tests/test_training_core.py checks the diffusers step against an
+    independent transcription of the reference's, so this pins the node to the reference too."""
+    import copy
+
+    from unet_configs import sd15_config
+
+    from conftest import rel_err
+    from ipadapter_ext.ip_adapter_core.training import noise
+    from ipadapter_ext.ip_adapter_core.training.adapter_init import diffusers_text_kv, new_adapter, new_config
+    from ipadapter_ext.ip_adapter_core.training.comfy_train import predict_eps
+    from ipadapter_ext.ip_adapter_core.training.diffusers_unet import install_processors, predict_noise
+    from diffusers import UNet2DConditionModel
+
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.utils
+
+    from host_models import _model_config
+
+    # diffusers' tiny UNet with ComfyUI's GroupNorm of 32 groups, so both compute the same function
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**dict(sd15_config(10), norm_num_groups=32)).eval().requires_grad_(False)
+    model_config = _model_config(False, 32)
+    model_config.set_inference_dtype(torch.float32, None)
+    base = model_config.get_model({}, device="meta")
+    key_map = comfy.utils.unet_to_diffusers(model_config.unet_config)
+    base.diffusion_model.load_state_dict({key_map[k]: v for k, v in unet.state_dict().items()}, strict=True,
+                                         assign=True)
+    model = comfy.model_patcher.ModelPatcher(base.eval(), load_device=mm.get_torch_device(),
+                                             offload_device=mm.unet_offload_device())
+    cfg = new_config("sd15", "resampler", model_channels=32)
+    ours = new_adapter(cfg, diffusers_text_kv(unet), seed=1)
+    theirs = copy.deepcopy(ours)
+    install_processors(unet, theirs)
+    g = torch.Generator().manual_seed(4)
+    x0, eps = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 4, 16, 16, generator=g)
+    t = torch.tensor([17, 803])
+    cond, feats = torch.randn(2, 77, 768, generator=g), torch.randn(2, 257, 1280, generator=g)
+    x_t = noise.add_noise(x0, eps, t, noise.alphas_cumprod())
+    loss_c = noise.eps_loss(predict_eps(model, ours, x_t, t, cond, feats), eps)
+    loss_d = noise.eps_loss(predict_noise(unet, theirs, x_t, t, cond, feats), eps)
+    loss_c.backward()
+    loss_d.backward()
+    parity("train step node vs diffusers loss", loss_c.detach(), loss_d.detach(), 1e-5)
+    named = dict(theirs.named_parameters())
+    worst = max(rel_err(p.grad, named[n].grad) for n, p in ours.named_parameters())
+    parity("train step node vs diffusers grads (max)", worst, None, 1e-5)
