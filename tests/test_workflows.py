@@ -7,8 +7,10 @@ The server is a subprocess (``scripts/comfy_server.py``): ``main.py --cpu --list
 models folder of symlinks, under the README's file names, to random-weight files of the real shapes
 (tests/host_models.py: SD1.5 and SDXL checkpoints, OpenCLIP ViT-H/14, SD1.5 ControlNet; tests/adapter_files.py:
 IP-Adapter files). Input images are the repository's ``workflows/input/*.png`` scaled to SIZE×SIZE. Each
-workflow runs with KSampler steps = STEPS and EmptyLatentImage SIZE×SIZE, then once more with every λ
-(IPAWeight / IPAApplySimple ``weight``) set to 0: it must finish, save an image, and the two images differ.
+workflow runs with KSampler steps = STEPS and EmptyLatentImage (and ImageScale) SIZE×SIZE, IP-Adapter Train
+with TRAIN_STEPS steps, then once more with every λ (IPAWeight / IPAApplySimple ``weight``) set to 0: it must
+finish, save one image in the output folder, and the two images differ. The λ = 0 rerun must take the training
+set and the trained adapter from ComfyUI's cache (the server's ``execution_cached`` message), not train again.
 
 What ran for SDXL (07_sdxl_style_composition): the workflow file unchanged (CheckpointLoaderSimple with a
 real-shape random SDXL checkpoint: 2.6 B UNet parameters, CLIP-L and CLIP-G, VAE; fp16 file of 6.9 GB; the
@@ -52,6 +54,8 @@ SDXL_FLAGS = ("--fp8_e4m3fn-unet",)
 SDXL_MIN_FREE_GB = 8.0
 RUN_ORDER = [n for n in WORKFLOWS if n not in SDXL] + [n for n in WORKFLOWS if n in SDXL]  # one switch
 LAMBDA_NODES = {"IPAWeight", "IPAApplySimple"}
+TRAIN_STEPS = 2  # IPATrain steps in the runs (the file says 200)
+TRAIN_NODES = {"IPATrainingSet", "IPATrain"}  # upstream of λ: the λ = 0 rerun must take them from ComfyUI's cache
 WIDGET_PY_TYPES = {"INT": int, "FLOAT": (int, float), "BOOLEAN": bool, "STRING": str}
 # input name -> (models subfolder, {file name in the workflows -> how to make a random file of that kind})
 MODEL_INPUTS = {
@@ -244,21 +248,27 @@ def small(prompt: dict, weight: float | None = None, steps: int = STEPS) -> dict
     for node in prompt.values():
         if node["class_type"] == "KSampler":
             node["inputs"]["steps"] = steps
-        if node["class_type"] == "EmptyLatentImage":
+        if node["class_type"] in ("EmptyLatentImage", "ImageScale"):
             node["inputs"].update(width=SIZE, height=SIZE)
+        if node["class_type"] == "IPATrain":
+            node["inputs"]["steps"] = TRAIN_STEPS
         if weight is not None and node["class_type"] in LAMBDA_NODES:
             node["inputs"]["weight"] = weight
     return prompt
 
 
-def _run(server, prompt) -> tuple[np.ndarray, float]:
+def _run(server, prompt) -> tuple[np.ndarray, float, set[str]]:
+    """The one image the prompt saved in the output folder (previews, such as Plot Loss Graph's, go to
+    temp and are not counted), the seconds it took, and the ids of the nodes ComfyUI took from its cache."""
     start = time.perf_counter()
     entry = server.run(prompt, timeout=3600)
-    images = comfy_server.images_of(entry)
+    images = [i for i in comfy_server.images_of(entry) if i.get("type", "output") == "output"]
     assert len(images) == 1, images
     path = server.output_dir / images[0]["subfolder"] / images[0]["filename"]
     assert path.is_file(), path
-    return np.asarray(Image.open(path).convert("RGB")), time.perf_counter() - start
+    cached = {str(n) for kind, data in entry.get("status", {}).get("messages", []) if kind == "execution_cached"
+              for n in data.get("nodes", [])}
+    return np.asarray(Image.open(path).convert("RGB")), time.perf_counter() - start, cached
 
 
 @pytest.mark.host
@@ -270,10 +280,12 @@ def test_workflow_runs_and_the_image_prompt_acts(name, servers, record_property)
     server = servers.get("sdxl" if name in SDXL else "sd15")
     try:
         steps = SDXL_STEPS if name in SDXL else STEPS
-        image, t1 = _run(server, small(prompt, steps=steps))
-        zero, t0 = _run(server, small(prompt, weight=0.0, steps=steps))
+        image, t1, _ = _run(server, small(prompt, steps=steps))
+        zero, t0, cached = _run(server, small(prompt, weight=0.0, steps=steps))
     except comfy_server.ComfyError as e:
         pytest.fail(f"{name}: {e}\n--- server log ---\n{server.log_tail()}")
+    trained = {k for k, n in prompt.items() if n["class_type"] in TRAIN_NODES}
+    assert trained <= cached, f"{name}: the λ = 0 rerun trained again (nodes {sorted(trained - cached)} not cached)"
     assert image.shape == zero.shape == (SIZE, SIZE, 3)
     diff = float(np.abs(image.astype(np.int16) - zero).mean())
     log.info("workflow %s: %.1f s, then %.1f s with λ = 0 (ComfyUI's cache reruns only what changed); "
