@@ -184,32 +184,15 @@ def test_comfy_training_step_equals_the_diffusers_step(parity):
     independent transcription of the reference's, so this pins the node to the reference too."""
     import copy
 
-    from unet_configs import sd15_config
+    from unet_pairs import tiny_sd15_pair
 
     from conftest import rel_err
     from ipadapter_ext.ip_adapter_core.training import noise
     from ipadapter_ext.ip_adapter_core.training.adapter_init import diffusers_text_kv, new_adapter, new_config
     from ipadapter_ext.ip_adapter_core.training.comfy_train import predict_eps
     from ipadapter_ext.ip_adapter_core.training.diffusers_unet import install_processors, predict_noise
-    from diffusers import UNet2DConditionModel
 
-    import comfy.model_management as mm
-    import comfy.model_patcher
-    import comfy.utils
-
-    from host_models import _model_config
-
-    # diffusers' tiny UNet with ComfyUI's GroupNorm of 32 groups, so both compute the same function
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(**dict(sd15_config(10), norm_num_groups=32)).eval().requires_grad_(False)
-    model_config = _model_config(False, 32)
-    model_config.set_inference_dtype(torch.float32, None)
-    base = model_config.get_model({}, device="meta")
-    key_map = comfy.utils.unet_to_diffusers(model_config.unet_config)
-    base.diffusion_model.load_state_dict({key_map[k]: v for k, v in unet.state_dict().items()}, strict=True,
-                                         assign=True)
-    model = comfy.model_patcher.ModelPatcher(base.eval(), load_device=mm.get_torch_device(),
-                                             offload_device=mm.unet_offload_device())
+    unet, model = tiny_sd15_pair(seed=0)
     cfg = new_config("sd15", "resampler", model_channels=32)
     ours = new_adapter(cfg, diffusers_text_kv(unet), seed=1)
     theirs = copy.deepcopy(ours)

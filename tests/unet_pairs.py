@@ -134,6 +134,38 @@ def comfy_model_sharing(unet):
                                             offload_device=mm.unet_offload_device())
 
 
+def tiny_sd15_pair(seed: int = 0):
+    """(diffusers UNet, ComfyUI ModelPatcher on the same tensors) of the real SD1.5 structure at 32
+    base channels, float32. ComfyUI's ``unet_config_from_diffusers_unet`` only knows 320-channel
+    configs, so ComfyUI's side takes the config it detects for the suite's tiny checkpoint
+    (host_models.unet_config; TinySD15); diffusers' side uses ComfyUI's 32 norm groups (sd15_config(10)
+    alone gives 16), so both compute the same function."""
+    import comfy.model_detection
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.utils
+    from diffusers import UNet2DConditionModel
+
+    from host_models import register_tiny_model_configs, unet_config
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**{**sd15_config(10), "norm_num_groups": 32}).eval().requires_grad_(False)
+    register_tiny_model_configs()
+    model_config = comfy.model_detection.model_config_from_unet_config(unet_config(False, 32))
+    assert model_config is not None and type(model_config).__name__ == "TinySD15", model_config
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({}, device="meta")
+    sd = unet.state_dict()
+    key_map = comfy.utils.unet_to_diffusers(model_config.unet_config)
+    missing = sorted(set(sd) - set(key_map))
+    assert not missing, f"diffusers keys without a ComfyUI name: {missing[:5]}"
+    model.diffusion_model.load_state_dict({key_map[k]: v for k, v in sd.items()}, strict=True, assign=True)
+    assert model.diffusion_model.input_blocks[0][0].weight.data_ptr() == unet.conv_in.weight.data_ptr()
+    patcher = comfy.model_patcher.ModelPatcher(model.eval(), load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+    return unet, patcher
+
+
 def small_clip_vision(seed: int = 0):
     """A CLIP vision encoder with ViT-H/14's output widths (1280 hidden, 1024 projection,
     257 tokens at 224 px) and few layers: feature *shapes* are what the adapters need."""
