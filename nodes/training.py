@@ -6,7 +6,7 @@ from comfy_api.latest import io
 from ..ip_adapter_core.training import drop
 from ..ip_adapter_core.training.adapter_init import VARIANT_NAMES
 from ..ip_adapter_core.training.comfy_session import adapter_for_model, make_training_set, save_trained, trained_handle
-from ..ip_adapter_core.training.comfy_train import TrainSettings, train
+from ..ip_adapter_core.training.comfy_train import COMPUTE_DTYPES, TrainSettings, train
 from ..ip_adapter_core.vision import CROP_MODES
 from .types import CATEGORY, IPAModel
 
@@ -71,20 +71,24 @@ class IPATrainNode(io.ComfyNode):
                 io.Boolean.Input("gradient_checkpointing", default=False,
                                  tooltip="Less memory, about a third more time."),
                 IPAModel.Input("ipadapter", optional=True, tooltip="Only to fine-tune: the adapter to start from."),
+                io.Combo.Input("compute_dtype", options=list(COMPUTE_DTYPES), default="float32", optional=True,
+                               tooltip="Precision of the UNet's forward and backward (autocast); the adapter's "
+                                       "weights and optimizer stay float32. bfloat16/float16 save memory on a GPU."),
             ],
             outputs=[IPAModel.Output(display_name="ipadapter"), LossMap.Output(display_name="loss"),
                      io.Int.Output(display_name="steps")])
 
     @classmethod
     def execute(cls, model, training_set, variant, steps, batch_size, learning_rate, weight_decay, image_drop,
-                text_drop, both_drop, seed, gradient_checkpointing, ipadapter=None) -> io.NodeOutput:
+                text_drop, both_drop, seed, gradient_checkpointing, ipadapter=None,
+                compute_dtype="float32") -> io.NodeOutput:
         import comfy.utils
 
         drop.check_rates(image_drop, text_drop, both_drop)
         adapter = adapter_for_model(model, training_set, None if variant == FINE_TUNE else VARIANT_NAMES[variant],
                                     ipadapter, seed)
         settings = TrainSettings(steps, batch_size, learning_rate, weight_decay, (image_drop, text_drop, both_drop),
-                                 seed, gradient_checkpointing)
+                                 seed, gradient_checkpointing, compute_dtype)
         bar = comfy.utils.ProgressBar(steps)
         losses = train(model, adapter, training_set, settings, on_step=lambda step, loss: bar.update(1))
         log.info("trained %s for %d steps: loss %.4f -> %.4f", adapter.config.name, steps, losses[0], losses[-1])

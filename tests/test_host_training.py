@@ -210,3 +210,13 @@ def test_comfy_training_step_equals_the_diffusers_step(parity):
     named = dict(theirs.named_parameters())
     worst = max(rel_err(p.grad, named[n].grad) for n, p in ours.named_parameters())
     parity("train step node vs diffusers grads (max)", worst, None, 1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_adapter_weights(tiny, training_set):
+    from ipadapter_ext.nodes.training import IPATrainNode
+
+    with torch.inference_mode():
+        handle, loss, _ = IPATrainNode.execute(tiny[0], training_set, "linear 4 tokens", 2, 2, 1e-3, 0.01, 0.05,
+                                               0.05, 0.05, 0, False, None, "bfloat16").result
+    assert all(torch.isfinite(torch.tensor(loss["loss"])))
+    assert {p.dtype for p in handle.model.parameters()} == {torch.float32}

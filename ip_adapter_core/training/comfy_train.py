@@ -25,6 +25,7 @@ from . import drop, noise
 
 log = logging.getLogger("ipadapter")
 
+COMPUTE_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TOKENS_KEY = "ipadapter_train_tokens"  # in transformer_options: the batch's image tokens [B, T, C]
 
 
@@ -165,6 +166,7 @@ class TrainSettings:
     drop_rates: tuple[float, float, float] = drop.DEFAULT_RATES
     seed: int = 0
     gradient_checkpointing: bool = False
+    compute_dtype: str = "float32"
 
 
 def predict_eps(model_patcher, adapter, x_t, t, cond, features, pooled=None, size=(512, 512)):
@@ -198,6 +200,14 @@ def train_step(model_patcher, adapter, data: TrainingSet, index: torch.Tensor, g
     return noise.eps_loss(pred, eps.to(pred.device))
 
 
+def _autocast(device, name: str):
+    """The UNet's forward in the chosen precision; float32 (the default) runs as loaded."""
+    dtype = COMPUTE_DTYPES[name]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 def train(model_patcher, adapter, data: TrainingSet, settings: TrainSettings, on_step=None) -> list[float]:
     """Train ``adapter`` (float32, trainable) on ``data`` with the frozen UNet of ``model_patcher``;
     returns the loss per step. ``on_step(step, loss)`` is called after each optimizer step; an
@@ -222,7 +232,8 @@ def train(model_patcher, adapter, data: TrainingSet, settings: TrainSettings, on
             for step in range(settings.steps):
                 mm.throw_exception_if_processing_interrupted()
                 index = torch.randint(0, len(data), (settings.batch_size,), generator=gen)
-                loss = train_step(model_patcher, adapter, data, index, gen, settings, acp)
+                with _autocast(device, settings.compute_dtype):
+                    loss = train_step(model_patcher, adapter, data, index, gen, settings, acp)
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
