@@ -25,7 +25,7 @@ case "$(uname -m)" in
 esac
 
 stamp_of() {
-  { echo "$TORCH"; cat "$REPO/requirements.txt" "$REPO/requirements-test.txt";
+  { echo "$TORCH"; cat "$REPO/requirements.txt" "$REPO/requirements-test.txt" "$REPO/requirements-train.txt";
     [ -n "$HOST" ] && cat "$HOST/requirements.txt"; } | sha256sum | cut -c1-16
 }
 
@@ -37,7 +37,7 @@ ensure_venv() {
   "$VENV/bin/python" -m pip install -q --upgrade pip >&2 || true
   # shellcheck disable=SC2086
   "$VENV/bin/python" -m pip install -q $TORCH >&2
-  local reqs=(-r "$REPO/requirements.txt" -r "$REPO/requirements-test.txt")
+  local reqs=(-r "$REPO/requirements.txt" -r "$REPO/requirements-test.txt" -r "$REPO/requirements-train.txt")
   if [ -n "$HOST" ]; then
     grep -v -E '^\s*(torch|torchvision|torchaudio)\s*$' "$HOST/requirements.txt" > "$VENV/.host-reqs.txt"
     reqs+=(-r "$VENV/.host-reqs.txt")
