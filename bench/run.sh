@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # One command for the benchmark (issue 5): sets up the environment like scripts/test.sh and
 # runs bench/run.py. Arguments go to run.py: --quick (smoke run, ~1 min on CPU),
-# --device cuda (where a GPU is present), --threads N, --sections layers,step,...
+# --device cuda (where a GPU is present), --threads N, --sections layers,step,...; --training for
+# the training-step benchmark (issue 10)
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 ensure_venv
 if [ -z "$HOST" ]; then host_missing_message; exit 1; fi
 export COMFYUI_PATH="$HOST"
 cd "$REPO"
+# --training: the training-step benchmark (bench/training.py: reference vs script vs node) instead
+if [ "${1:-}" = "--training" ]; then shift; exec "$VENV/bin/python" bench/training.py "$@"; fi
 exec "$VENV/bin/python" bench/run.py "$@"

@@ -8,7 +8,7 @@ float32, CPU):
 - node: what IP-Adapter Train runs per step (ComfyUI's UNet on the same weights, the training patch).
 
 Each runs in its own process, so its peak resident memory is its own: *peak RSS* is the process's
-maximum, *step growth* what the steps added over the set-up. Run: ``bash bench/training.sh``.
+maximum, *step growth* what the steps added over the set-up. Run: ``bash bench/run.sh --training``.
 """
 from __future__ import annotations
 
