@@ -9,9 +9,12 @@ from .config import IMAGE_EMBEDS
 from .embeds import ImagePrompt
 from .errors import IPAdapterError
 from .loader import check_encoder, zero_image_features
+from .references import CROP_POSITIONS, INTERPOLATIONS, prepare_reference
 from .tokens import parse_image_weights, project
 
 CROP_MODES = ("center", "squash", "pad")
+# "default": ComfyUI's encoder does the resizing (bicubic, antialiased), as before the options existed.
+ENCODE_INTERPOLATIONS = ("default",) + INTERPOLATIONS
 ZERO_IMAGE_ATTR = "ipadapter_zero_image_penultimate"
 
 
@@ -20,14 +23,23 @@ def _mean(clip_vision, image):
     return torch.tensor(mean, dtype=image.dtype, device=image.device)
 
 
-def prepare(clip_vision, image: torch.Tensor, crop: str, mask: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
+def prepare(clip_vision, image: torch.Tensor, crop: str, mask: torch.Tensor | None,
+            interpolation: str = "default", sharpening: float = 0.0) -> tuple[torch.Tensor, bool]:
     """Return (image, crop flag for ComfyUI's encode_image). Masked-out pixels and padding are
-    set to the encoder's mean colour, which normalises to zero: they carry no content."""
+    set to the encoder's mean colour, which normalises to zero: they carry no content.
+
+    With ``interpolation`` other than "default", a crop position of references.CROP_POSITIONS
+    outside CROP_MODES, or ``sharpening`` > 0, the (masked) image goes through
+    references.prepare_reference at the encoder's size ("default" resizes bicubic) and is
+    encoded as it is (crop flag False): the pixels IP-Adapter Prepare Reference shows."""
     if image.ndim != 4 or image.shape[0] == 0 or image.shape[-1] not in (3, 4):
         raise IPAdapterError(f"image: expected an IMAGE batch [images, height, width, 3] with at least "
                              f"one image; got shape {tuple(image.shape)}.")
-    if crop not in CROP_MODES:
-        raise IPAdapterError(f"crop: expected one of {CROP_MODES}, got {crop!r}.")
+    if interpolation not in ENCODE_INTERPOLATIONS:
+        raise IPAdapterError(f"interpolation: expected one of {ENCODE_INTERPOLATIONS}, got {interpolation!r}.")
+    if crop not in CROP_POSITIONS:
+        raise IPAdapterError(f"crop: expected one of {CROP_POSITIONS}, got {crop!r}.")
+    own = interpolation != "default" or sharpening != 0 or crop not in CROP_MODES
     image = image[..., :3]
     mean = _mean(clip_vision, image)
     if mask is not None:
@@ -39,6 +51,11 @@ def prepare(clip_vision, image: torch.Tensor, crop: str, mask: torch.Tensor | No
         m = F.interpolate(mask.unsqueeze(1).float(), size=image.shape[1:3], mode="bilinear",
                           align_corners=False).squeeze(1).unsqueeze(-1).to(image)
         image = image * m + mean * (1 - m)
+    if own:
+        size = getattr(clip_vision, "image_size", 224)
+        pixels = prepare_reference(image, size, "bicubic" if interpolation == "default" else interpolation,
+                                   crop, sharpening, mean=mean.tolist())
+        return pixels, False
     if crop == "pad":
         b, h, w, c = image.shape
         s = max(h, w)
@@ -49,10 +66,12 @@ def prepare(clip_vision, image: torch.Tensor, crop: str, mask: torch.Tensor | No
     return image, crop == "center"
 
 
-def encode(clip_vision, image: torch.Tensor, crop: str = "center", mask: torch.Tensor | None = None):
+def encode(clip_vision, image: torch.Tensor, crop: str = "center", mask: torch.Tensor | None = None,
+           interpolation: str = "default", sharpening: float = 0.0):
     """Encode images; the result is ComfyUI's CLIP_VISION_OUTPUT with the zero-image
-    penultimate states attached, so projection can build reference negatives."""
-    pixels, crop_flag = prepare(clip_vision, image, crop, mask)
+    penultimate states attached, so projection can build reference negatives. ``crop``,
+    ``interpolation``, ``sharpening``: see ``prepare``."""
+    pixels, crop_flag = prepare(clip_vision, image, crop, mask, interpolation, sharpening)
     # ComfyUI runs nodes under inference_mode; called from anywhere else, encode_image would
     # record an autograd graph through the whole encoder and keep its activations alive.
     with torch.no_grad():

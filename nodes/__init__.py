@@ -8,12 +8,15 @@ from .combine import IPACombineEmbeds, IPACombineFeatures
 from .embeds_files import IPALoadEmbeds, IPASaveEmbeds
 from .image_prompt import IPAEncodeImage, IPAProject
 from .loaders import IPACLIPVisionLoader, IPALoader
+from .presets import IPAUnifiedLoader
+from .references import IPANoiseNegative, IPAPrepareReference
 from .training import IPASaveAdapterNode, IPATrainingSetNode, IPATrainNode
 from .weight import IPASchedule, IPAWeight
 
 NODES = [IPALoader, IPACLIPVisionLoader, IPAEncodeImage, IPAProject, IPAWeight, IPASchedule, IPAApply,
          IPAApplySimple, IPASaveEmbeds, IPALoadEmbeds, IPACombineFeatures, IPACombineEmbeds,
-         IPATrainingSetNode, IPATrainNode, IPASaveAdapterNode]
+         IPATrainingSetNode, IPATrainNode, IPASaveAdapterNode, IPAUnifiedLoader,
+         IPAPrepareReference, IPANoiseNegative]
 
 
 class IPAdapterExtension(ComfyExtension):

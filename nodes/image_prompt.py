@@ -1,8 +1,10 @@
 """Encode -> project: turning images into an IP-Adapter image prompt."""
 from comfy_api.latest import io
 
+from ..ip_adapter_core.references import CROP_POSITIONS
 from ..ip_adapter_core.tokens import COMBINE_MODES
-from ..ip_adapter_core.vision import CROP_MODES, encode, image_prompt
+from ..ip_adapter_core.vision import ENCODE_INTERPOLATIONS, encode, image_prompt
+from .references import INTERPOLATION_TOOLTIP, SHARPENING_TOOLTIP
 from .types import CATEGORY, IPAEmbeds, IPAModel
 
 
@@ -15,17 +17,26 @@ class IPAEncodeImage(io.ComfyNode):
             inputs=[
                 io.ClipVision.Input("clip_vision", tooltip="The encoder the adapter needs (ViT-H/14 or ViT-bigG/14)."),
                 io.Image.Input("image", tooltip="Reference image(s); a batch gives several image prompts."),
-                io.Combo.Input("crop", options=list(CROP_MODES), default="center",
+                io.Combo.Input("crop", options=list(CROP_POSITIONS), default="center",
                                tooltip="center: resize the short side and crop the middle (as the reference); "
-                                       "squash: resize the whole image to a square; pad: letterbox to a square."),
+                                       "squash: resize the whole image to a square; pad: letterbox to a square; "
+                                       "top / bottom / left / right: keep the square of side min(width, height) "
+                                       "at that place."),
                 io.Mask.Input("mask", optional=True,
                               tooltip="Only the white part of the image is seen; the rest is blanked."),
+                io.Combo.Input("interpolation", options=list(ENCODE_INTERPOLATIONS), default="default",
+                               optional=True,
+                               tooltip="default: ComfyUI's encoder resizes (bicubic). Any other filter, a crop "
+                                       "of top / bottom / left / right, or sharpening: the image is first made "
+                                       "exactly as IP-Adapter Prepare Reference shows it. " + INTERPOLATION_TOOLTIP),
+                io.Float.Input("sharpening", default=0.0, min=0.0, max=1.0, step=0.05, optional=True,
+                               tooltip=SHARPENING_TOOLTIP),
             ],
             outputs=[io.ClipVisionOutput.Output(display_name="image_features")])
 
     @classmethod
-    def execute(cls, clip_vision, image, crop, mask=None) -> io.NodeOutput:
-        return io.NodeOutput(encode(clip_vision, image, crop, mask))
+    def execute(cls, clip_vision, image, crop, mask=None, interpolation="default", sharpening=0.0) -> io.NodeOutput:
+        return io.NodeOutput(encode(clip_vision, image, crop, mask, interpolation or "default", sharpening or 0.0))
 
 
 class IPAProject(io.ComfyNode):

@@ -18,7 +18,8 @@ NODE_NAMES = {"IPALoader": "IP-Adapter Loader", "IPACLIPVisionLoader": "IP-Adapt
               "IPALoadEmbeds": "IP-Adapter Load Embeds", "IPASchedule": "IP-Adapter λ Schedule",
               "IPACombineFeatures": "IP-Adapter Combine Features", "IPACombineEmbeds": "IP-Adapter Combine Embeds",
               "IPATrainingSet": "IP-Adapter Training Set", "IPATrain": "IP-Adapter Train",
-              "IPASaveAdapter": "IP-Adapter Save"}
+              "IPASaveAdapter": "IP-Adapter Save", "IPAUnifiedLoader": "IP-Adapter Preset Loader",
+              "IPAPrepareReference": "IP-Adapter Prepare Reference", "IPANoiseNegative": "IP-Adapter Noise Negative"}
 
 
 def test_nodes_load_in_comfyui_with_display_names():

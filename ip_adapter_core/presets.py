@@ -1,0 +1,241 @@
+"""Presets: the IP-Adapter and CLIP vision files for a common case, found by what they hold.
+
+The popular extension's unified loader matches file names, so a renamed file is not found
+and a misnamed one is loaded as the wrong kind. Here every file in the model folders
+(extra_model_paths.yaml included) is classified by its tensors (config.detect_config for
+adapters, clip_vision_files for encoders) and a preset is a test on the resulting
+AdapterConfig. Classifications are cached by (size, mtime_ns), so a re-scan costs one stat
+per file and a changed file is classified again.
+
+Two pairs of presets are the same network with different training, and no shape tells
+them apart: LIGHT and STANDARD on SD1.5 (ip-adapter_sd15_light is ip-adapter_sd15 trained
+to follow the text more), PLUS and PLUS FACE (plus-face is plus trained on face crops).
+Each of those presets accepts either file and takes the first by path, and says so in the
+log; the IP-Adapter Loader picks a given file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .clip_vision_files import encoder_of_file
+from .config import FAMILY_NAMES, VIT_BIGG, VIT_H, AdapterConfig, detect_config
+from .errors import IPAdapterError
+from .files import _flatten, load_pickle, sniff_format, split_sections
+from .loader import EXTENSIONS, FOLDER
+
+log = logging.getLogger("ipadapter")
+
+CLIP_VISION = "clip_vision"
+# comfy.clip_vision.load reads these (clip_vision_files sniffs which loader ComfyUI would use)
+ENCODER_EXTENSIONS = {".safetensors", ".sft", ".bin", ".pt", ".pth", ".ckpt"}
+HF = "https://huggingface.co/h94/IP-Adapter/resolve/main/"
+SAME_TENSORS = ("{a} and {b} files have the same tensors (only the training differs), so {preset} "
+                "takes either; to use a given file, load it with IP-Adapter Loader.")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    meaning: str                                # for the tooltip and the messages
+    accepts: Callable[[AdapterConfig], bool]    # the test on the file's variant
+    releases: dict[str, str]                    # family -> the h94/IP-Adapter file; absent: none
+    twin: str = ""                              # why several files may fit (same tensors)
+
+
+def _linear(encoder):
+    return lambda c: c.projection == "linear" and c.num_tokens == 4 and c.encoder == encoder
+
+
+def _plus(c: AdapterConfig) -> bool:
+    return c.projection == "resampler" and c.num_tokens == 16 and c.encoder == VIT_H
+
+
+def _full_face(c: AdapterConfig) -> bool:
+    return c.projection == "mlp" and c.num_tokens == 257 and c.encoder == VIT_H
+
+
+PRESETS = {p.name: p for p in (
+    Preset("LIGHT", "base adapter, ViT-H, 4 tokens, follows the text more (SD1.5 only)", _linear(VIT_H),
+           {"sd15": "models/ip-adapter_sd15_light.safetensors"},
+           SAME_TENSORS.format(a="Light", b="standard", preset="LIGHT")),
+    Preset("STANDARD", "base adapter, ViT-H, 4 tokens", _linear(VIT_H),
+           {"sd15": "models/ip-adapter_sd15.safetensors", "sdxl": "sdxl_models/ip-adapter_sdxl_vit-h.safetensors"},
+           SAME_TENSORS.format(a="Standard", b="light", preset="STANDARD")),
+    Preset("VIT-G", "base adapter, ViT-bigG, 4 tokens", _linear(VIT_BIGG),
+           {"sd15": "models/ip-adapter_sd15_vit-G.safetensors", "sdxl": "sdxl_models/ip-adapter_sdxl.safetensors"}),
+    Preset("PLUS", "plus adapter (Resampler), ViT-H, 16 tokens: closer to the image", _plus,
+           {"sd15": "models/ip-adapter-plus_sd15.safetensors",
+            "sdxl": "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors"},
+           SAME_TENSORS.format(a="Plus", b="plus-face", preset="PLUS")),
+    Preset("PLUS FACE", "plus adapter trained on faces (Resampler), ViT-H, 16 tokens", _plus,
+           {"sd15": "models/ip-adapter-plus-face_sd15.safetensors",
+            "sdxl": "sdxl_models/ip-adapter-plus-face_sdxl_vit-h.safetensors"},
+           SAME_TENSORS.format(a="Plus-face", b="plus", preset="PLUS FACE")),
+    Preset("FULL FACE", "full-face adapter (MLP), ViT-H, 257 tokens: portraits (SD1.5 only)", _full_face,
+           {"sd15": "models/ip-adapter-full-face_sd15.safetensors"}),
+)}
+
+# encoder -> (h94/IP-Adapter file, the name README.md gives it in models/clip_vision)
+ENCODER_RELEASES = {VIT_H: ("models/image_encoder/model.safetensors", "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"),
+                    VIT_BIGG: ("sdxl_models/image_encoder/model.safetensors",
+                               "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors")}
+
+
+@dataclass(frozen=True)
+class PresetFiles:
+    """What a preset resolved to: the adapter file, its variant, and the encoder file."""
+
+    preset: str
+    family: str
+    adapter: str
+    config: AdapterConfig
+    clip_vision: str
+
+
+# ---------------------------------------------------------------- classifying files
+
+def adapter_config_of_file(path) -> AdapterConfig:
+    """The variant of an IP-Adapter file from its keys and shapes, reading no weights where the
+    format allows (safetensors header; zip pickles memory-mapped; legacy pickles read whole)."""
+    path = Path(path)
+    fmt = sniff_format(path)  # the bytes decide, as when the file is loaded
+    if fmt == "safetensors":
+        flat = _safetensors_shapes(path)
+    else:
+        flat = _flatten(load_pickle(path, mmap=fmt == "zip-pickle"), path)
+    sections, rest = split_sections(flat)
+    return detect_config(sections, path, rest)
+
+
+def _safetensors_shapes(path: Path) -> dict[str, torch.Tensor]:
+    """Meta tensors of the header's shapes: detect_config reads shapes only."""
+    import safetensors
+
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that is not of the kind the folder is for; ``reason`` says why."""
+
+    reason: str
+
+
+_CACHE: dict[tuple[str, str], tuple[tuple[int, int], object]] = {}  # (kind, path) -> (stamp, result)
+
+
+def _classified(kind: str, path: str):
+    """The cached classification of ``path`` (an AdapterConfig, an encoder name or Skipped),
+    redone when the file's size or mtime changed. Never raises: a bad file is Skipped."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return Skipped(f"cannot be read ({e.strerror})")
+    stamp = (st.st_size, st.st_mtime_ns)
+    hit = _CACHE.get((kind, path))
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    classify = adapter_config_of_file if kind == FOLDER else encoder_of_file
+    try:
+        result = classify(path)
+    except Exception as e:  # any unreadable or foreign file: a scan must not fail on it
+        # the file's own error names the path; the listing names it already
+        result = Skipped(str(getattr(e, "problem", None) or e).rstrip("."))
+        log.debug("%s: skipped %s: %s", kind, path, e)
+    _CACHE[(kind, path)] = (stamp, result)
+    return result
+
+
+def folders(kind: str) -> list[str]:
+    """The folders ComfyUI has for ``kind`` (models/<kind> and extra_model_paths.yaml's)."""
+    import folder_paths
+
+    try:
+        return folder_paths.get_folder_paths(kind)
+    except KeyError:  # never registered: nothing to scan
+        return []
+
+
+def scan(kind: str) -> list[tuple[str, object]]:
+    """(path, classification) of every model file under the ``kind`` folders, sorted by path."""
+    extensions = EXTENSIONS if kind == FOLDER else ENCODER_EXTENSIONS
+    paths = set()
+    for root in folders(kind):
+        for dirpath, _, names in os.walk(root, followlinks=True):  # subfolders, as ComfyUI lists them
+            paths.update(os.path.abspath(os.path.join(dirpath, n)) for n in names
+                         if Path(n).suffix.lower() in extensions)
+    return [(p, _classified(kind, p)) for p in sorted(paths)]
+
+
+# ---------------------------------------------------------------- choosing files
+
+def preset_files(preset: str, family: str) -> PresetFiles:
+    """The adapter and CLIP vision files for ``preset`` on a ``family`` ('sd15'/'sdxl') model,
+    chosen by their tensors; the first by path where several fit. Raises IPAdapterError."""
+    p = PRESETS.get(preset)
+    if p is None:
+        raise IPAdapterError(f"preset: unknown preset '{preset}'; expected one of {', '.join(PRESETS)}.")
+    fam = FAMILY_NAMES[family]
+    if family not in p.releases:
+        others = [n for n, q in PRESETS.items() if family in q.releases]
+        raise IPAdapterError(f"preset {p.name}: there is no {fam} release of this preset ({p.meaning}). "
+                             f"For {fam} use one of: {', '.join(others)}.")
+    files = scan(FOLDER)
+    fits = [(path, c) for path, c in files
+            if isinstance(c, AdapterConfig) and c.family == family and p.accepts(c)]
+    if not fits:
+        raise IPAdapterError(_missing_adapter(p, family, files))
+    adapter, config = _pick(fits, f"preset {p.name} ({fam}) adapter", p.twin)
+    encoders = scan(CLIP_VISION)
+    found = [(path, e) for path, e in encoders if e == config.encoder]
+    if not found:
+        raise IPAdapterError(_missing_encoder(p, fam, adapter, config, encoders))
+    clip_vision, _ = _pick(found, f"preset {p.name} ({fam}) CLIP vision ({config.encoder})")
+    log.info("preset %s (%s): %s (%s) with CLIP vision %s", p.name, fam, adapter, config.name, clip_vision)
+    return PresetFiles(p.name, family, adapter, config, clip_vision)
+
+
+def _pick(fits: list, what: str, twin: str = ""):
+    """The first by path (``fits`` is sorted), saying which when there was a choice."""
+    if len(fits) > 1:
+        log.info("%s: %d files fit, using %s (first by path); also fit: %s.%s", what, len(fits), fits[0][0],
+                 ", ".join(path for path, _ in fits[1:]), f" {twin}" if twin else "")
+    return fits[0]
+
+
+def _listing(files, limit: int = 6) -> str:
+    """What each file found is, for a message: 'name: SD1.5 plus (...)' or 'name: skipped (why)'."""
+    if not files:
+        return "the folders hold no model files"
+    items = [f"{Path(path).name}: "
+             + (f"not used ({r.reason})" if isinstance(r, Skipped) else getattr(r, "name", r))
+             for path, r in files[:limit]]
+    more = f"; and {len(files) - limit} more" if len(files) > limit else ""
+    return "; ".join(items) + more
+
+
+def _searched(kind: str) -> str:
+    return ", ".join(folders(kind)) or f"none: no '{kind}' folder is registered"
+
+
+def _missing_adapter(p: Preset, family: str, files) -> str:
+    fam, release = FAMILY_NAMES[family], p.releases[family]
+    return (f"preset {p.name}: no {fam} IP-Adapter of this kind ({p.meaning}) found in models/{FOLDER} "
+            f"(searched: {_searched(FOLDER)}). Download {Path(release).name} from Hugging Face h94/IP-Adapter "
+            f"({HF}{release}) and put it in one of those folders; any file name works, files are recognised "
+            f"by their tensors. Found: {_listing(files)}.")
+
+
+def _missing_encoder(p: Preset, fam: str, adapter: str, config: AdapterConfig, files) -> str:
+    release, name = ENCODER_RELEASES[config.encoder]
+    return (f"preset {p.name} ({fam}): the adapter {Path(adapter).name} ({config.name}) needs the "
+            f"{config.encoder} CLIP vision model; none found in models/{CLIP_VISION} (searched: "
+            f"{_searched(CLIP_VISION)}). Download {release} from Hugging Face h94/IP-Adapter ({HF}{release}) "
+            f"and save it in one of those folders as {name} (any name works). Found: {_listing(files)}.")
