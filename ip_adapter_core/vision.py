@@ -67,16 +67,59 @@ def prepare(clip_vision, image: torch.Tensor, crop: str, mask: torch.Tensor | No
 
 
 def encode(clip_vision, image: torch.Tensor, crop: str = "center", mask: torch.Tensor | None = None,
-           interpolation: str = "default", sharpening: float = 0.0):
+           interpolation: str = "default", sharpening: float = 0.0, batch_size: int = 0):
     """Encode images; the result is ComfyUI's CLIP_VISION_OUTPUT with the zero-image
     penultimate states attached, so projection can build reference negatives. ``crop``,
-    ``interpolation``, ``sharpening``: see ``prepare``."""
+    ``interpolation``, ``sharpening``: see ``prepare``. ``batch_size``: see ``encode_batches``."""
     pixels, crop_flag = prepare(clip_vision, image, crop, mask, interpolation, sharpening)
-    # ComfyUI runs nodes under inference_mode; called from anywhere else, encode_image would
-    # record an autograd graph through the whole encoder and keep its activations alive.
-    with torch.no_grad():
-        out = clip_vision.encode_image(pixels, crop=crop_flag)
+    out = encode_batches(clip_vision, pixels, crop_flag, batch_size)
     out[ZERO_IMAGE_ATTR] = zero_image_features(clip_vision)
+    return out
+
+
+def encode_batches(clip_vision, pixels: torch.Tensor, crop_flag: bool, batch_size: int = 0):
+    """``clip_vision.encode_image`` over ``pixels`` in chunks of ``batch_size`` images (0, or a
+    size >= the batch: one call for all), so a long batch (video frames) never holds every
+    image's activations at once. Every tensor field of the CLIP_VISION_OUTPUT (image_embeds,
+    last_hidden_state, penultimate_hidden_states, all_hidden_states, mm_projected, ...) is
+    concatenated over the chunks; a field that is None stays None.
+
+    Before each chunk ComfyUI's interrupt flag is checked (Cancel stops a long encode with
+    InterruptProcessingException); with more than one chunk a ComfyUI progress bar over the
+    images advances by each chunk's size. The features equal the single call's up to
+    float rounding (matrix kernels may sum in another order for another batch size)."""
+    import comfy.model_management
+    import comfy.utils
+
+    batch_size = int(batch_size or 0)
+    if batch_size < 0:
+        raise IPAdapterError(f"encode_batch_size: expected 0 (all at once) or a positive number, got {batch_size}.")
+    total = pixels.shape[0]
+    size = total if batch_size == 0 else min(batch_size, total)
+    starts = range(0, total, size)
+    bar = comfy.utils.ProgressBar(total) if len(starts) > 1 else None
+    chunks = []
+    for start in starts:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        # ComfyUI runs nodes under inference_mode; called from anywhere else, encode_image would
+        # record an autograd graph through the whole encoder and keep its activations alive.
+        chunk = pixels[start:start + size]
+        with torch.no_grad():
+            chunks.append(clip_vision.encode_image(chunk, crop=crop_flag))
+        if bar is not None:
+            bar.update(chunk.shape[0])
+    if len(chunks) == 1:
+        return chunks[0]
+    return _concat_outputs(chunks)
+
+
+def _concat_outputs(chunks):
+    """One CLIP_VISION_OUTPUT from several: tensor fields concatenated along the batch."""
+    out = type(chunks[0])()
+    for key, value in vars(chunks[0]).items():
+        if torch.is_tensor(value) and value.ndim > 0:
+            value = torch.cat([getattr(c, key) for c in chunks], dim=0)
+        out[key] = value
     return out
 
 

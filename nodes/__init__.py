@@ -10,13 +10,14 @@ from .image_prompt import IPAEncodeImage, IPAProject
 from .loaders import IPACLIPVisionLoader, IPALoader
 from .presets import IPAUnifiedLoader
 from .references import IPANoiseNegative, IPAPrepareReference
+from .tiles import IPAApplyTiled, IPAEncodeEnhanced
 from .training import IPASaveAdapterNode, IPATrainingSetNode, IPATrainNode
 from .weight import IPASchedule, IPAWeight
 
 NODES = [IPALoader, IPACLIPVisionLoader, IPAEncodeImage, IPAProject, IPAWeight, IPASchedule, IPAApply,
          IPAApplySimple, IPASaveEmbeds, IPALoadEmbeds, IPACombineFeatures, IPACombineEmbeds,
          IPATrainingSetNode, IPATrainNode, IPASaveAdapterNode, IPAUnifiedLoader,
-         IPAPrepareReference, IPANoiseNegative]
+         IPAPrepareReference, IPANoiseNegative, IPAEncodeEnhanced, IPAApplyTiled]
 
 
 class IPAdapterExtension(ComfyExtension):

@@ -31,12 +31,19 @@ class IPAEncodeImage(io.ComfyNode):
                                        "exactly as IP-Adapter Prepare Reference shows it. " + INTERPOLATION_TOOLTIP),
                 io.Float.Input("sharpening", default=0.0, min=0.0, max=1.0, step=0.05, optional=True,
                                tooltip=SHARPENING_TOOLTIP),
+                io.Int.Input("encode_batch_size", default=0, min=0, max=4096, step=1, optional=True,
+                             tooltip="Images per encoder call; 0: all at once. A smaller number (e.g. 16) "
+                                     "encodes a long batch such as video frames without holding every "
+                                     "image's activations in memory at once, shows progress and can be "
+                                     "cancelled between calls. Same features either way."),
             ],
             outputs=[io.ClipVisionOutput.Output(display_name="image_features")])
 
     @classmethod
-    def execute(cls, clip_vision, image, crop, mask=None, interpolation="default", sharpening=0.0) -> io.NodeOutput:
-        return io.NodeOutput(encode(clip_vision, image, crop, mask, interpolation or "default", sharpening or 0.0))
+    def execute(cls, clip_vision, image, crop, mask=None, interpolation="default", sharpening=0.0,
+                encode_batch_size=0) -> io.NodeOutput:
+        return io.NodeOutput(encode(clip_vision, image, crop, mask, interpolation or "default", sharpening or 0.0,
+                                    batch_size=encode_batch_size or 0))
 
 
 class IPAProject(io.ComfyNode):

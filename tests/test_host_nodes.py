@@ -19,7 +19,8 @@ NODE_NAMES = {"IPALoader": "IP-Adapter Loader", "IPACLIPVisionLoader": "IP-Adapt
               "IPACombineFeatures": "IP-Adapter Combine Features", "IPACombineEmbeds": "IP-Adapter Combine Embeds",
               "IPATrainingSet": "IP-Adapter Training Set", "IPATrain": "IP-Adapter Train",
               "IPASaveAdapter": "IP-Adapter Save", "IPAUnifiedLoader": "IP-Adapter Preset Loader",
-              "IPAPrepareReference": "IP-Adapter Prepare Reference", "IPANoiseNegative": "IP-Adapter Noise Negative"}
+              "IPAPrepareReference": "IP-Adapter Prepare Reference", "IPANoiseNegative": "IP-Adapter Noise Negative",
+              "IPAApplyTiled": "IP-Adapter Tiled", "IPAEncodeEnhanced": "IP-Adapter Encode (Enhanced)"}
 
 
 def test_nodes_load_in_comfyui_with_display_names():

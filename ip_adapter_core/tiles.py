@@ -1,0 +1,168 @@
+"""Tiles of a reference image: the square tiles that cover a reference of any aspect ratio,
+the masks that confine each tile's image prompt to where it lies, and the "enhancer" that
+mixes whole-image CLIP features with those of a grid of cells. Geometry and mixing are
+pure tensor functions; ``encode_tiles`` and ``enhanced_features`` call the encoder."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .errors import IPAdapterError
+
+FEATURE_KEYS = ("image_embeds", "penultimate_hidden_states", "last_hidden_state")
+MAX_ENHANCE_TILES = 16
+PLACEMENTS = ("where the tile lies", "everywhere")
+
+
+def _offsets(length: int, side: int) -> list[int]:
+    """n = ceil(length / side) starts, evenly spread from 0 to length - side: start_i =
+    round(i·(length - side) / (n - 1)), halves rounded up (integer arithmetic, exact)."""
+    n = math.ceil(length / side)
+    if n == 1:
+        return [0]
+    span = length - side
+    return [(2 * i * span + (n - 1)) // (2 * (n - 1)) for i in range(n)]
+
+
+def tile_grid(height: int, width: int, tile: int = 0) -> list[tuple[int, int, int, int]]:
+    """Square tiles covering an ``height×width`` image, as boxes (y0, x0, y1, x1), rows
+    top to bottom, each row left to right.
+
+    The side is s = min(height, width), or ``tile`` pixels when 0 < tile < that. Along each
+    axis of length L there are n = ceil(L / s) tiles starting at round(i·(L - s)/(n - 1)):
+    the first touches one edge, the last the other, neighbours overlap by the same amount
+    (±1 pixel of rounding), (n·s - L)/(n - 1) on average. A square image with the default
+    side is one tile, the whole image."""
+    if height < 1 or width < 1:
+        raise IPAdapterError(f"image: expected a picture of at least 1×1 pixels; got {height}×{width}.")
+    if tile < 0:
+        raise IPAdapterError(f"tile_size: expected 0 (the short side) or a number of pixels; got {tile}.")
+    s = min(height, width) if tile == 0 else min(tile, height, width)
+    return [(y, x, y + s, x + s) for y in _offsets(height, s) for x in _offsets(width, s)]
+
+
+def tile_masks(boxes, height: int, width: int) -> torch.Tensor:
+    """[n, height, width] masks, one per box: 1/c inside the box where c tiles cover the
+    pixel, 0 outside. Where tiles overlap they share the pixel evenly; every covered pixel's
+    masks sum to exactly 1 for c = 1, 2, 4 (else to 1 within float rounding)."""
+    inside = torch.zeros(len(boxes), height, width)
+    for i, (y0, x0, y1, x1) in enumerate(boxes):
+        inside[i, y0:y1, x0:x1] = 1.0
+    count = inside.sum(0, keepdim=True)
+    return inside / count.clamp_min(1.0)
+
+
+def fit_masks(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Masks in reference coordinates -> the picture's ``height×width``: stretched (bilinear,
+    align_corners=False), so a tile covering the left third of the reference covers the left
+    third of the picture whatever the two aspect ratios. Bilinear weights sum to 1, so masks
+    that partition the reference still sum to 1 (within float rounding). The attention patch
+    does the same stretch to each call's token grid, so masks need not be fitted first."""
+    if masks.shape[-2:] == (height, width):
+        return masks
+    return F.interpolate(masks.unsqueeze(1).float(), size=(height, width), mode="bilinear",
+                         align_corners=False).squeeze(1)
+
+
+def cut_tiles(image: torch.Tensor, boxes) -> list[torch.Tensor]:
+    """IMAGE [B, H, W, C] -> one [B, s, s, C] crop per box."""
+    return [image[:, y0:y1, x0:x1] for (y0, x0, y1, x1) in boxes]
+
+
+def tiled_prompts(adapter, clip_vision, image: torch.Tensor, placement: str, tile: int = 0):
+    """(prompts, masks per prompt, tile crops, all tile masks) for a tiled reference.
+
+    Each tile is encoded whole ("squash" of a square crop: a plain resize to the encoder's
+    size, nothing cut off) and projected. "where the tile lies": one prompt per tile with its
+    mask [1, H, W] (None when one tile covers the image: exactly the untiled prompt).
+    "everywhere": one prompt of all tiles' tokens (tile-major, the batch's images within
+    each tile), no mask."""
+    from .vision import encode, image_prompt
+
+    if placement not in PLACEMENTS:
+        raise IPAdapterError(f"placement: expected one of {PLACEMENTS}, got {placement!r}.")
+    _check_image(image)
+    boxes = tile_grid(image.shape[1], image.shape[2], tile)
+    crops = cut_tiles(image[..., :3], boxes)
+    masks = tile_masks(boxes, image.shape[1], image.shape[2])
+    if placement == "everywhere":
+        return [image_prompt(adapter, encode(clip_vision, torch.cat(crops), "squash"))], [None], crops, masks
+    prompts = [image_prompt(adapter, encode(clip_vision, c, "squash")) for c in crops]
+    regions = [None] if len(boxes) == 1 else [masks[i:i + 1] for i in range(len(boxes))]
+    return prompts, regions, crops, masks
+
+
+# ----------------------------------------------------------------------------- enhancer
+
+def enhance_cells(image: torch.Tensor, tiles: int) -> torch.Tensor:
+    """IMAGE [B, H, W, C] -> [B·tiles², H//tiles, W//tiles, C]: a tiles×tiles grid of cells,
+    image-major, rows then columns; the last H mod tiles rows and W mod tiles columns are
+    left out (as ComfyUI_IPAdapter_plus's split_tiles)."""
+    b, h, w, c = image.shape
+    ch, cw = h // tiles, w // tiles
+    if ch < 1 or cw < 1:
+        raise IPAdapterError(f"enhance_tiles: {tiles}×{tiles} cells do not fit a {h}×{w} image; use at most "
+                             f"{min(h, w, MAX_ENHANCE_TILES)} tiles.")
+    x = image[:, :ch * tiles, :cw * tiles].reshape(b, tiles, ch, tiles, cw, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(b * tiles * tiles, ch, cw, c)
+
+
+def merge_cells(features: torch.Tensor, tiles: int, key: str) -> torch.Tensor:
+    """Features of the cells [B·tiles², ...] -> one feature per image [B, ...].
+
+    Vectors (image_embeds): the mean over the cells. Token states [.., 1 + g², D] (class
+    token, then a g×g patch grid): the class token is the cells' mean; the patch grids are
+    laid side by side as the cells lie (a (tiles·g)×(tiles·g) grid) and average-pooled back
+    to g×g (each token the mean of a tiles×tiles block), as the popular extension's
+    merge_hiddenstates."""
+    n = tiles * tiles
+    f = features.reshape(-1, n, *features.shape[1:])
+    if features.ndim == 2:
+        return f.mean(1)
+    b, _, t, d = f.shape
+    g = math.isqrt(t - 1)
+    if g * g != t - 1:
+        raise IPAdapterError(f"{key}: expected a class token and a square patch grid; got {t} tokens.")
+    cls_token = f[:, :, :1].mean(1)
+    grid = f[:, :, 1:].reshape(b, tiles, tiles, g, g, d).permute(0, 5, 1, 3, 2, 4)
+    pooled = F.adaptive_avg_pool2d(grid.reshape(b, d, tiles * g, tiles * g), (g, g))
+    return torch.cat([cls_token, pooled.flatten(2).transpose(1, 2)], dim=1)
+
+
+def mix_features(whole, cells, tiles: int, ratio: float):
+    """f = (1 - ratio)·whole + ratio·merge_cells(cells) for each FEATURE_KEYS tensor that
+    both outputs hold, in float32; ``whole`` is changed in place and returned (its other
+    entries, the zero-image features among them, kept)."""
+    for key in FEATURE_KEYS:
+        w, c = getattr(whole, key, None), getattr(cells, key, None)
+        if w is None or c is None:
+            continue
+        merged = merge_cells(c.float(), tiles, key).to(w.device)
+        whole[key] = (1.0 - ratio) * w.float() + ratio * merged
+    return whole
+
+
+def enhanced_features(clip_vision, image: torch.Tensor, tiles: int = 2, ratio: float = 0.5):
+    """The whole images' features (centre crop) mixed with those of a tiles×tiles grid of
+    cells (each centre-cropped), see ``mix_features``. ratio 0 or tiles 1 is the plain encode,
+    bit for bit (the cells are not encoded)."""
+    from .vision import encode
+
+    _check_image(image)
+    if not 1 <= tiles <= MAX_ENHANCE_TILES:
+        raise IPAdapterError(f"enhance_tiles: expected 1..{MAX_ENHANCE_TILES}; got {tiles}.")
+    if not (0.0 <= ratio <= 1.0):
+        raise IPAdapterError(f"enhance_ratio: expected 0..1; got {ratio}.")
+    whole = encode(clip_vision, image, "center")
+    if ratio == 0 or tiles == 1:
+        return whole
+    cells = encode(clip_vision, enhance_cells(image[..., :3], tiles), "center")
+    return mix_features(whole, cells, tiles, ratio)
+
+
+def _check_image(image):
+    if image.ndim != 4 or image.shape[0] == 0 or image.shape[-1] not in (3, 4) or 0 in image.shape[1:3]:
+        raise IPAdapterError(f"image: expected an IMAGE batch [images, height, width, 3] with at least one "
+                             f"image; got shape {tuple(image.shape)}.")
