@@ -37,9 +37,11 @@ def image_kv(to_k_ip, to_v_ip, tokens: torch.Tensor, dtype=None, device=None):
     return k.to(device=device, dtype=dtype), v.to(device=device, dtype=dtype)
 
 
-def scale_kv(ip_k: torch.Tensor, ip_v: torch.Tensor, mode: str, w):
+def scale_kv(ip_k: torch.Tensor, ip_v: torch.Tensor, mode: str, w, penalty: bool = True):
     """K'/V' with λ inside the attention (every mode but V only). ``w`` is a number or a device
-    tensor that broadcasts ([1, 1, 1]); K'/V' are [S, T, C] with C the layer's width.
+    tensor that broadcasts ([1, 1, 1], or [rows, 1, 1] for rows of K'/V'); K'/V' are [S, T, C]
+    with C the layer's width. ``penalty=False`` leaves out the C / 1280 factor: for a further
+    multiplier of K'/V' already scaled with it (each mode composes: scaling by a then b = by a·b).
 
     K+V multiplies both; the penalty modes first scale λ by C / 1280 (a quarter on SD1.5's 320-wide
     layers); K+mean(V) scales only the mean of V' over the tokens, leaving what tells the tokens
@@ -48,7 +50,8 @@ def scale_kv(ip_k: torch.Tensor, ip_v: torch.Tensor, mode: str, w):
     switched off on the output, not through λ."""
     if mode == K_V:
         return ip_k * w, ip_v * w
-    w = w * (ip_k.shape[-1] / 1280.0)
+    if penalty:
+        w = w * (ip_k.shape[-1] / 1280.0)
     if mode == K_V_PENALTY:
         return ip_k * w, ip_v * w
     if mode == K_MEAN_V_PENALTY:

@@ -84,17 +84,31 @@ def combine_prompts(inputs: list[tuple[str, ImagePrompt, float]], method: str) -
         if any(_differs(getattr(p, k), v) for k, v in _weighting_defaults().items()):
             log.warning("%s: its weighting (IP-Adapter Weight) is dropped by combining; weight the combined "
                         "embeds instead", name)
+    frames = _frame_count([(name, p) for name, p, _ in inputs])
     like = dict(device=first.positive.device, dtype=first.positive.dtype)
-    pos = [p.positive.to(**like) for _, p, _ in inputs]
-    neg = [p.negative.to(**like) for _, p, _ in inputs]
+    # [frames, tokens, C] each (a one-frame prompt serves every frame of one-per-frame prompts)
+    pos = [p.positive.to(**like).expand(frames, -1, -1) for _, p, _ in inputs]
+    neg = [p.negative.to(**like).expand(frames, -1, -1) for _, p, _ in inputs]
     if method == "concat":
         positive = torch.cat([w * t if w != 1.0 else t for w, t in zip(weights, pos)], dim=1)
         negative = torch.cat(neg, dim=1)
     else:
         _check_token_counts(method, [name for name, _, _ in inputs], pos)
-        positive = combine(torch.cat(pos), method, weights, what="the connected embeds")
-        negative = combine(torch.cat(neg), "average", what="the connected embeds")
-    return replace(first, positive=positive, negative=negative, **_weighting_defaults())
+        # over the prompts, frame by frame: [prompts, frames, tokens, C] -> [frames, tokens, C]
+        positive = combine(torch.stack(pos), method, weights, what="the connected embeds")[0]
+        negative = combine(torch.stack(neg), "average", what="the connected embeds")[0]
+    return replace(first, positive=positive.contiguous(), negative=negative.contiguous(), **_weighting_defaults())
+
+
+def _frame_count(prompts: list[tuple[str, ImagePrompt]]) -> int:
+    """The frames of the combined prompt: one-per-frame prompts must agree; one-frame prompts join all."""
+    counts = {name: p.positive.shape[0] for name, p in prompts}
+    many = {n for n in counts.values() if n > 1}
+    if len(many) > 1:
+        raise IPAdapterError("embeds: one-per-frame prompts of different lengths cannot be combined frame by "
+                             f"frame ({', '.join(f'{k}: {v} frames' for k, v in counts.items())}). Project the "
+                             "same number of images for each, or a single image for a prompt shared by all.")
+    return many.pop() if many else 1
 
 
 def _check_same_adapter(first_name: str, first: ImagePrompt, name: str, p: ImagePrompt) -> None:

@@ -11,6 +11,7 @@ import torch
 from .attention import SCALING_MODES, V_ONLY
 from .config import AdapterConfig
 from .errors import IPAdapterError
+from .frames import FrameSpec
 from .layers import BLOCK_PRESETS, layers_for
 from .schedules import DEFAULT_ROUTE, TimeSchedule, layer_table
 
@@ -24,12 +25,13 @@ class ImagePrompt:
     ``layer_weights`` maps ComfyUI attn2 keys to a multiplier of ``weight`` (the weight type's
     factor times the ``blocks`` choice's); ``None`` means every layer at 1. ``layer_routes`` maps
     the keys where the precise weight types route token sets differently (schedules.py).
-    ``schedule`` makes λ change over the sampling range. Immutable: nodes derive new prompts
-    with ``replace``.
+    ``schedule`` makes λ change over the sampling range. A prompt of N token sets (projected one
+    per frame) gives frame f of a latent batch the image ``frames`` assigns it (frame i = image i
+    by default) and a λ multiplier per frame. Immutable: nodes derive new prompts with ``replace``.
     """
 
-    positive: torch.Tensor            # [1, tokens, cross_dim]
-    negative: torch.Tensor            # [1, tokens, cross_dim]
+    positive: torch.Tensor            # [1, tokens, cross_dim]; [N, ...] one per frame (frames.py)
+    negative: torch.Tensor            # the same shape
     config: AdapterConfig
     adapter_path: str = ""
     weight: float = 1.0
@@ -40,6 +42,14 @@ class ImagePrompt:
     layer_routes: MappingProxyType | None = field(default=None)
     scaling: str = V_ONLY
     schedule: TimeSchedule | None = None
+    frames: FrameSpec | None = None   # how frames share images and λ (None: frame i = image i)
+
+    def animated(self) -> bool:
+        """Whether the rows of a batch get their own token sets or λ (one per frame prompts)."""
+        return self.frames is not None or self.positive.shape[0] > 1
+
+    def frame_spec(self) -> FrameSpec:
+        return self.frames if self.frames is not None else FrameSpec()
 
     def time_varying(self) -> bool:
         """Whether λ changes over the sampling range (then the run looks it up per step)."""

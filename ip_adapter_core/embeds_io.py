@@ -73,12 +73,16 @@ def _check_tokens(tensors, config: AdapterConfig, path) -> None:
     lengths = {}
     for name in ("positive", "negative"):
         t = tensors[name]
-        if t.ndim != 3 or t.shape[0] != 1 or t.shape[2] != config.cross_dim:
-            _refuse(path, f"'{name}' must be shaped [1, tokens, {config.cross_dim}] (the cross-attention "
-                          f"width of its {config.name} adapter); found {list(t.shape)}.")
+        if t.ndim != 3 or t.shape[0] < 1 or t.shape[2] != config.cross_dim:
+            _refuse(path, f"'{name}' must be shaped [frames, tokens, {config.cross_dim}] (frames 1, or one "
+                          f"per frame; {config.cross_dim} the cross-attention width of its {config.name} "
+                          f"adapter); found {list(t.shape)}.")
         if not t.is_floating_point():
             _refuse(path, f"'{name}' must hold floating-point tokens; found {t.dtype}.")
         lengths[name] = t.shape[1]
+    if tensors["positive"].shape[0] != tensors["negative"].shape[0]:
+        _refuse(path, f"'positive' holds {tensors['positive'].shape[0]} frames but 'negative' "
+                      f"{tensors['negative'].shape[0]}; they must match.")
     tokens = lengths["positive"]
     if tokens != lengths["negative"]:
         _refuse(path, f"'positive' has {tokens} tokens but 'negative' has {lengths['negative']}; they must match.")

@@ -60,17 +60,38 @@ def check_mask_batch(mask: torch.Tensor, latent_batch: int, what: str = "attn_ma
             + ". Change the mask batch or the latent batch size.")
 
 
-def mask_rows(mask: torch.Tensor, rows: int, latent_batch: int, window=None) -> torch.Tensor:
+def call_window(extra_options) -> tuple[int, ...] | None:
+    """The latent frames an attention call covers when the sampler evaluates a sub-batch: ComfyUI's
+    context windows (``context_window.index_list``) or AnimateDiff-Evolved's (``ad_params["sub_idxs"]``);
+    None for a call of the whole batch."""
+    index = getattr(extra_options.get("context_window"), "index_list", None)
+    if index is None:
+        ad = extra_options.get("ad_params")
+        index = ad.get("sub_idxs") if isinstance(ad, dict) else None
+    return tuple(int(i) for i in index) if index is not None else None
+
+
+def chunk_frames(rows: int, latent_batch: int, window: tuple[int, ...] | None = None,
+                 what: str = "attn_mask") -> list[int] | None:
+    """The frames (latent batch indices) of a chunk of ``rows`` images: None when the chunk is the
+    whole batch, else the frames of the context window (``call_window``) it covers."""
+    if rows == latent_batch:
+        return None
+    if window is not None and len(window) == rows and max(window) < latent_batch:
+        return list(window)
+    raise IPAdapterError(
+        f"{what}: a call covers {rows} of the {latent_batch} latent images and no context window says "
+        f"which" + ("; give a mask of batch 1 to use the same mask for every image." if what == "attn_mask"
+                    else "; sample the whole batch at once, or use ComfyUI's context-window nodes."))
+
+
+def mask_rows(mask: torch.Tensor, rows: int, window: tuple[int, ...] | None = None) -> torch.Tensor:
     """The mask rows for one chunk of ``rows`` images: all of them, or the frames of a
     context window (ComfyUI's sub-batches) when the chunk is shorter than the latent batch."""
     if mask.shape[0] == 1 or rows == mask.shape[0]:
         return mask
-    index = getattr(window, "index_list", None)
-    if index is not None and len(index) == rows and max(index) < mask.shape[0]:
-        return mask[list(index)]
-    raise IPAdapterError(
-        f"attn_mask: a call covers {rows} of the {latent_batch} latent images and no context window says "
-        f"which; give a mask of batch 1 to use the same mask for every image.")
+    frames = chunk_frames(rows, mask.shape[0], window)  # a mask batch > 1 is the latent batch (prepare)
+    return mask if frames is None else mask[frames]
 
 
 def crop_to_area(mask: torch.Tensor, latent_hw: tuple[int, int], area) -> torch.Tensor:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import V_ONLY, add_few_key_branch, add_image_branch, image_kv, sdpa_attention, use_few_key_path
+from .attention import (V_ONLY, add_few_key_branch, add_image_branch, image_kv, scale_kv, sdpa_attention,
+                        use_few_key_path)
 from .config import FAMILY_BY_CROSS_DIM, FAMILY_NAMES
 from .embeds import ImagePrompt
 from .errors import IPAdapterMismatchError
@@ -122,6 +123,8 @@ class Attn2Patch:
         else:
             factor, lam_in = _product(mask, gate), scale if lam is None else lam * scale
             scale = 1.0
+        if prompt.animated():
+            return self._add_frames(out, q, extra_options, run, branch, scale, sets, factor, lam_in, image_attention, kw)
         few_keys = use_few_key_path(q, prompt.positive.shape[1])
         if few_keys:
             kt, vh, bias = run.head_kv(branch, self.layer, q.device, q.dtype, heads, prompt.scaling, lam_in)
@@ -129,6 +132,21 @@ class Attn2Patch:
         ip_k, ip_v = run.kv(branch, self.layer, q.device, q.dtype, prompt.scaling, lam_in)
         index = run.row_index(sets, q.shape[0], q.device)
         return add_image_branch(out, q, ip_k, ip_v, heads, scale, index, factor, image_attention, **kw)
+
+    def _add_frames(self, out, q, extra_options, run, branch, scale, sets, factor, lam_in, image_attention, kw):
+        """A prompt with one token set per frame: each row attends to its frame's image (two
+        images, each with its share, on the frames of a cross-fade) with its frame's λ multiplier:
+        on the output (V only), or on K'/V' of that row (λ inside the attention)."""
+        heads, scaling = extra_options["n_heads"], branch.prompt.scaling
+        ip_k, ip_v = run.kv(branch, self.layer, q.device, q.dtype, scaling, lam_in)
+        for index, w in run.frame_tracks(branch, sets, extra_options, q.shape[0], q.dtype, q.device):
+            if scaling == V_ONLY or w is None:
+                out = add_image_branch(out, q, ip_k, ip_v, heads, scale, index, _product(factor, w),
+                                       image_attention, **kw)
+            else:
+                k, v = scale_kv(ip_k.index_select(0, index), ip_v.index_select(0, index), scaling, w, penalty=False)
+                out = add_image_branch(out, q, k, v, heads, scale, None, factor, image_attention, **kw)
+        return out
 
     # Shared by clones: the patch holds no run state and no tensors of its own. A foreign
     # patch chained under ours is copied the way it expects (its own __deepcopy__ or not).

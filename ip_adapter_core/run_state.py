@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import NEGATIVE, POSITIVE, V_ONLY, per_head_kv, scale_kv
-from .masks import check_mask_batch, crop_to_area, mask_rows, resize_to_tokens
+from .attention import NEGATIVE, POSITIVE, V_ONLY, ZERO_SET, per_head_kv, scale_kv
+from .frames import plan_frames, row_tracks
+from .masks import call_window, check_mask_batch, chunk_frames, crop_to_area, mask_rows, resize_to_tokens
 
 log = logging.getLogger("ipadapter")
 
@@ -61,6 +62,9 @@ class RunState:
         self.model_sampling = model_sampling
         self.schedule = schedule
         self.latent_shape = tuple(latent_shape) if latent_shape is not None else None
+        # frames of the latent batch; None outside a sampler, where a call's shape includes its
+        # cond/uncond chunks: each chunk is then taken as the whole batch
+        self.frames = self.latent_shape[0] if self.latent_shape else None
         # the guider's conds (name -> list) or a callable returning them, read at the first call
         self._conds = conds
         self._chunk_info = None          # uuid -> (role, area)
@@ -71,13 +75,17 @@ class RunState:
         self._gates: dict = {}
         self._lams: dict = {}
         self._lam_tables: dict = {}
+        self._frame_plans: dict = {}
+        self._tracks: dict = {}
 
     # ------------------------------------------------------------ construction
 
     @classmethod
     def ad_hoc(cls, extra_options) -> "RunState":
         shape = extra_options.get("original_shape")
-        return cls(latent_shape=tuple(shape) if shape is not None else None)
+        run = cls(latent_shape=tuple(shape) if shape is not None else None)
+        run.frames = None
+        return run
 
     @classmethod
     def for_sampling(cls, model_patcher, sigmas: torch.Tensor, latent_shape, conds=None) -> "RunState":
@@ -93,11 +101,14 @@ class RunState:
             if branch.mask is not None and self.latent_shape is not None:
                 check_mask_batch(branch.mask, self.latent_shape[0])
             self.plan(branch)
+            if branch.prompt.animated() and self.frames:
+                self.frame_plan(branch)  # its warnings (images without frames, short lists) before step 1
         return self
 
     def free(self) -> None:
         """Drop every cached tensor (the run is over)."""
-        for d in (self._plans, self._kv, self._rows, self._masks, self._gates, self._lams, self._lam_tables):
+        for d in (self._plans, self._kv, self._rows, self._masks, self._gates, self._lams, self._lam_tables,
+                  self._frame_plans, self._tracks):
             d.clear()
         self._conds = self._chunk_info = None
 
@@ -106,6 +117,7 @@ class RunState:
         out = [t for held in self._kv.values() for t in held if t is not None]
         out += list(self._rows.values()) + list(self._masks.values()) + [g for _, g in self._gates.values()]
         out += [t for _, t in self._lams.values()] + [t for held in self._lam_tables.values() for t in held]
+        out += [t for tracks in self._tracks.values() for track in tracks for t in track if t is not None]
         return out
 
     # ------------------------------------------------------------ per branch
@@ -263,6 +275,32 @@ class RunState:
             hit = self._rows[key] = codes.repeat_interleave(rows // len(roles)).to(device)
         return hit
 
+    def frame_plan(self, branch, per_chunk: int = 1):
+        """The branch's frames resolved on this run's latent batch (one per frame prompts)."""
+        plan = self._frame_plans.get(branch)
+        if plan is None:
+            frames = self.frames or per_chunk
+            prompt = branch.prompt
+            plan = self._frame_plans[branch] = plan_frames(prompt.frame_spec(), prompt.positive.shape[0], frames)
+        return plan
+
+    def frame_tracks(self, branch, sets: tuple[int, ...], extra_options, rows: int, dtype, device):
+        """Per track (one; two where images cross-fade): (token-set index [rows], λ multiplier
+        [rows, 1, 1] or None) for a call whose chunks use token sets ``sets``; the rows of a
+        context window get the frames the window covers. Cached per layout."""
+        window = call_window(extra_options)
+        key = (branch, sets, rows, window, dtype, device)
+        hit = self._tracks.get(key)
+        if hit is None:
+            per_chunk = rows // len(sets)
+            plan = self.frame_plan(branch, per_chunk)
+            frames = chunk_frames(per_chunk, plan.frames, window, what="embeds (one per frame)")
+            hit = self._tracks[key] = [
+                (torch.tensor(index, dtype=torch.long).to(device),
+                 None if w is None else torch.tensor(w, dtype=dtype).reshape(-1, 1, 1).to(device))
+                for index, w in row_tracks(plan, sets, per_chunk, frames, branch.prompt.positive.shape[0], ZERO_SET)]
+        return hit
+
     def mask(self, branch, extra_options, n_tokens: int, rows: int, dtype, device):
         """The branch's mask on this call's token grid: [rows or 1, n_tokens, 1], or None."""
         if branch.mask is None:
@@ -270,9 +308,8 @@ class RunState:
         call_hw = tuple(extra_options["original_shape"][-2:])
         uuids = tuple(extra_options.get("uuids") or ())
         chunks = len(extra_options.get("cond_or_uncond") or (0,))
-        window = extra_options.get("context_window")
-        window_key = tuple(window.index_list) if window is not None and hasattr(window, "index_list") else None
-        key = (branch, call_hw, n_tokens, rows, uuids, window_key, dtype, device)
+        window = call_window(extra_options)
+        key = (branch, call_hw, n_tokens, rows, uuids, window, dtype, device)
         hit = self._masks.get(key)
         if hit is None:
             hit = self._masks[key] = self._build_mask(branch.mask, call_hw, uuids, chunks, window, n_tokens,
@@ -281,7 +318,6 @@ class RunState:
 
     def _build_mask(self, mask, call_hw, uuids, chunks, window, n_tokens, rows, dtype, device):
         latent_hw = tuple(self.latent_shape[-2:]) if self.latent_shape else call_hw
-        batch = self.latent_shape[0] if self.latent_shape else mask.shape[0]
         per_chunk = rows // chunks
         info = self._chunks()
         parts = []
@@ -290,7 +326,7 @@ class RunState:
             if area is None and call_hw != latent_hw:
                 # a cropped call whose area is unknown (outside a sampler): the whole mask, squeezed
                 log.debug("mask for a %s call of a %s latent without a known area", call_hw, latent_hw)
-            m = crop_to_area(mask_rows(mask, per_chunk, batch, window), latent_hw, area)
+            m = crop_to_area(mask_rows(mask, per_chunk, window), latent_hw, area)
             # built on the mask's own (host) device; one copy to the call's device at the end
             parts.append(resize_to_tokens(m, call_hw, n_tokens, dtype, m.device))
         if all(p.shape[0] == 1 for p in parts) and all(torch.equal(parts[0], p) for p in parts[1:]):

@@ -12,6 +12,9 @@ from .errors import IPAdapterError
 
 # The popular extension's names and order (cubiq/ComfyUI_IPAdapter_plus), so workflows translate.
 COMBINE_MODES = ("concat", "add", "subtract", "average", "norm average", "max", "min")
+# Projection only: every image its own token set, for frame i of a latent batch (frames.py).
+ONE_PER_FRAME = "one per frame"
+PROJECT_MODES = COMBINE_MODES + (ONE_PER_FRAME,)
 
 
 def check_features(config: AdapterConfig, features: torch.Tensor, what: str = "image_features") -> None:
@@ -102,7 +105,8 @@ def project(image_proj: torch.nn.Module, config: AdapterConfig, features: torch.
             negative_features: torch.Tensor | None = None, zero_image_features: torch.Tensor | None = None,
             mode: str = "concat", dtype=torch.float32,
             weights: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (positive, negative) image tokens, each [1, tokens, cross_dim].
+    """Return (positive, negative) image tokens, each [1, tokens, cross_dim] ([N, tokens, cross_dim]
+    in ONE_PER_FRAME mode: one token set per image, each with its own negative).
 
     Without ``negative_features`` the negative follows the reference: for linear
     adapters the projection of zero ``image_embeds``; for the hidden-state variants
@@ -134,6 +138,9 @@ def project(image_proj: torch.nn.Module, config: AdapterConfig, features: torch.
                              "images; give one negative or one per image.")
     negative_features = negative_features.expand(n, *negative_features.shape[1:])
 
+    per_frame = mode == ONE_PER_FRAME
+    if per_frame:
+        mode = "concat"
     neg_mode = "concat" if mode == "concat" else "average"
     both = torch.cat([combine(features, mode, weights), combine(negative_features, neg_mode, what="negative_features")])
     weight = next(image_proj.parameters())
@@ -144,5 +151,7 @@ def project(image_proj: torch.nn.Module, config: AdapterConfig, features: torch.
     with torch.no_grad():
         tokens = image_proj(both.to(device=weight.device, dtype=torch.float32 if casts else weight.dtype)).to(dtype)
     pos, neg = tokens.chunk(2)
+    if per_frame:
+        return pos, neg
     # concat: all images' tokens side by side in one prompt
     return pos.reshape(1, -1, pos.shape[-1]), neg.reshape(1, -1, neg.shape[-1])

@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension, io
 from .apply import IPAApply, IPAApplySimple
 from .combine import IPACombineEmbeds, IPACombineFeatures
 from .embeds_files import IPALoadEmbeds, IPASaveEmbeds
+from .frames import IPAFrames, IPAFrameWeights
 from .image_prompt import IPAEncodeImage, IPAProject
 from .loaders import IPACLIPVisionLoader, IPALoader
 from .presets import IPAUnifiedLoader
@@ -17,7 +18,7 @@ from .weight import IPASchedule, IPAWeight
 NODES = [IPALoader, IPACLIPVisionLoader, IPAEncodeImage, IPAProject, IPAWeight, IPASchedule, IPAApply,
          IPAApplySimple, IPASaveEmbeds, IPALoadEmbeds, IPACombineFeatures, IPACombineEmbeds,
          IPATrainingSetNode, IPATrainNode, IPASaveAdapterNode, IPAUnifiedLoader,
-         IPAPrepareReference, IPANoiseNegative, IPAEncodeEnhanced, IPAApplyTiled]
+         IPAPrepareReference, IPANoiseNegative, IPAEncodeEnhanced, IPAApplyTiled, IPAFrames, IPAFrameWeights]
 
 
 class IPAdapterExtension(ComfyExtension):

@@ -2,7 +2,7 @@
 from comfy_api.latest import io
 
 from ..ip_adapter_core.references import CROP_POSITIONS
-from ..ip_adapter_core.tokens import COMBINE_MODES
+from ..ip_adapter_core.tokens import PROJECT_MODES
 from ..ip_adapter_core.vision import ENCODE_INTERPOLATIONS, encode, image_prompt
 from .references import INTERPOLATION_TOOLTIP, SHARPENING_TOOLTIP
 from .types import CATEGORY, IPAEmbeds, IPAModel
@@ -56,11 +56,13 @@ class IPAProject(io.ComfyNode):
                 IPAModel.Input("ipadapter", tooltip="The adapter whose projection network to use."),
                 io.ClipVisionOutput.Input("image_features",
                                           tooltip="From IP-Adapter Encode Image or ComfyUI's CLIP Vision Encode."),
-                io.Combo.Input("combine", options=list(COMBINE_MODES), default="concat",
+                io.Combo.Input("combine", options=list(PROJECT_MODES), default="concat",
                                tooltip="Several images: concat keeps each image's tokens; the others project one "
                                        "combined feature: add (sum), subtract (first minus the mean of the rest), "
                                        "average, norm average (each entry divided by its norm over the images), "
-                                       "max, min (elementwise). The negative is averaged in those modes."),
+                                       "max, min (elementwise). The negative is averaged in those modes. "
+                                       "one per frame: image i is the prompt of frame i of the latent batch "
+                                       "(animation; see IP-Adapter Frames), each with its own negative."),
                 io.ClipVisionOutput.Input("negative_features", optional=True,
                                           tooltip="Features of a negative image; without it the reference rule "
                                                   "is used (zero features, or an all-zero image)."),

@@ -340,4 +340,5 @@ def test_schemas_input_order_and_tooltips():
         assert list(schema.inputs[0].options) == list(MODES)
     project_inputs = IPAProject.define_schema().inputs
     assert [i.id for i in project_inputs][-1] == "image_weights"
-    assert list(project_inputs[2].options) == list(MODES)
+    # the popular extension's modes in its order, then ours (projection only)
+    assert list(project_inputs[2].options) == list(MODES) + ["one per frame"]

@@ -75,7 +75,8 @@ def _edit(d, **changes):
 t4 = _tokens(4)
 MALFORMED = {  # name: (positive, negative, config, fragment of the message)
     "wrong ndim": (torch.zeros(4, 768), torch.zeros(4, 768), _cfg(), "found [4, 768]"),
-    "batch of two": (torch.zeros(2, 4, 768), torch.zeros(2, 4, 768), _cfg(), "[1, tokens, 768]"),
+    "frames differ": (torch.zeros(2, 4, 768), torch.zeros(3, 4, 768), _cfg(), "holds 2 frames but 'negative' 3"),
+    "no frames": (torch.zeros(0, 4, 768), torch.zeros(0, 4, 768), _cfg(), "[frames, tokens, 768]"),
     "wrong width": (torch.zeros(1, 4, 2048), torch.zeros(1, 4, 2048), _cfg(), "found [1, 4, 2048]"),
     "token count mismatch": (t4, _tokens(8), _cfg(), "'negative' has 8"),
     "not a multiple": (_tokens(6), _tokens(6), _cfg(), "positive multiple of that"),

@@ -116,30 +116,41 @@ def test_mask_under_deep_shrink(sd15, adapter_file, factor):
 
 # ---------------------------------------------------------------- 3. the call path builds nothing from Python data
 
-@pytest.mark.parametrize("variant", ["linear", "precise, K+mean(V), λ schedule"])
+@pytest.mark.parametrize("variant", ["linear", "precise, K+mean(V), λ schedule", "one per frame, cross-fade, K+V"])
 def test_call_path_makes_no_tensors_from_python_data_and_reads_nothing_back(sd15, adapter_file, monkeypatch,
                                                                             variant):
     """After the first call of a layout, a call creates no tensor from Python lists/numbers and
     reads no tensor on the host (item/float/bool/tolist): on a GPU each would be a sync. Also with
-    a routed weight type, λ inside the attention and λ looked up per step."""
+    a routed weight type, λ inside the attention and λ looked up per step, and with one image per
+    frame (two images cross-fading over 4 frames, λ per frame inside K'/V')."""
+    from ipadapter_ext.nodes.frames import IPAFrames
+    from ipadapter_ext.nodes.image_prompt import IPAProject
     from ipadapter_ext.nodes.weight import IPASchedule, IPAWeight
+
+    from test_host_nodes import features
 
     h = handle(adapter_file("ip-adapter_sd15"))
     mask = left_half_mask()
     p = prompt(h, start=0.1, end=0.9)
-    if variant != "linear":
+    frames = 1
+    if variant.startswith("one per frame"):
+        frames = 4
+        p = IPAProject.execute(h, features(h.config, n=2), "one per frame").result[0]
+        p = IPAFrames.execute(p, 2, 1, "ease in", [1.0, 0.5, 2.0, 0.7]).result[0]
+        p = IPAWeight.execute(p, 1.0, "all", "", 0.1, 0.9, "linear", "K+V").result[0]
+    elif variant != "linear":
         p = IPAWeight.execute(p, 1.0, "all", "", 0.1, 0.9, "composition precise", "K+mean(V) w/ C penalty",
                               1.0, 0.5).result[0]
         p = IPASchedule.execute(p, "linear", 0.2, "").result[0]
     model = apply(sd15, h, p, mask=mask)  # gated range + mask: every path
     spy = Spy(monkeypatch)
-    sample(model, torch.zeros(1, 4, 16, 16), steps=1)
+    sample(model, torch.zeros(frames, 4, 16, 16), steps=1)
     assert spy.calls
     # replay the run's calls with a run state made as the sampler's wrapper makes it: one pass
     # to fill the per-layout caches (as the first step does), then the checked pass
     from ipadapter_ext.ip_adapter_core.run_state import RUN_KEY, RunState
 
-    run = RunState.for_sampling(model, torch.tensor([14.6, 7.0, 0.0]), (1, 4, 16, 16))
+    run = RunState.for_sampling(model, torch.tensor([14.6, 7.0, 0.0]), (frames, 4, 16, 16))
     run.prepare({b for p in attn2(model).values() for b, _ in p.branches})
     calls = list(spy.calls)  # the spy keeps recording during the replay
     for patch, q, k, v, extra in calls:

@@ -145,26 +145,38 @@ def test_one_tile_equals_the_untiled_prompt(vit_h, sd15, adapter_file):
 
 
 @pytest.mark.host
-def test_two_tiles_where_they_lie_and_everywhere(vit_h, sd15, adapter_file):
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_two_tiles_where_they_lie_and_everywhere(vit_h, sd15, adapter_file, family):
+    """The same tiles, masks and per-tile prompts on every cross-attention layer of SD1.5 (16) and SDXL
+    (70; a UNet of the real SDXL layout on the meta device: applying needs no weights)."""
+    from test_host_runtime import _sdxl_family_model
+
+    from ipadapter_ext.ip_adapter_core.layers import layers_for
     from ipadapter_ext.ip_adapter_core.loader import load_adapter_handle
     from ipadapter_ext.ip_adapter_core.vision import encode, image_prompt
     from ipadapter_ext.nodes.tiles import IPAApplyTiled
 
-    h = load_adapter_handle(adapter_file("ip-adapter-plus_sd15"))
+    unet = sd15 if family == "sd15" else _sdxl_family_model()[0]
+    h = load_adapter_handle(adapter_file(f"ip-adapter-plus_{family}" + ("_vit-h" if family == "sdxl" else "")))
+    width = h.config.cross_dim
     image = torch.rand(1, 32, 64, 3, generator=torch.Generator().manual_seed(3))
-    model, crops, masks = IPAApplyTiled.execute(sd15, h, vit_h, image, 1.0, "where the tile lies").result
+    model, crops, masks = IPAApplyTiled.execute(unet, h, vit_h, image, 1.0, "where the tile lies").result
     assert torch.equal(crops, torch.cat([image[:, :, :32], image[:, :, 32:]]))
     assert masks.shape == (2, 32, 64) and masks[0, :, :32].eq(1).all() and masks[0, :, 32:].eq(0).all()
-    key = ("input", 1, 0)
-    branches = [b for b, _ in _attn2(model)[key].branches]
-    assert len(branches) == 2
-    for i, b in enumerate(branches):
-        assert torch.equal(b.mask, masks[i:i + 1])
-        want = image_prompt(h, encode(vit_h, crops[i:i + 1], "squash")).positive
-        assert torch.equal(b.prompt.positive, want)
-    one, _, _ = IPAApplyTiled.execute(sd15, h, vit_h, image, 1.0, "everywhere").result
+    patches = _attn2(model)
+    assert set(patches) == {l.key for l in layers_for(family)} and len(patches) == (16 if family == "sd15" else 70)
+    wants = [image_prompt(h, encode(vit_h, crops[i:i + 1], "squash")).positive for i in range(2)]
+    for key, patch in patches.items():
+        branches = [b for b, _ in patch.branches]
+        assert len(branches) == 2
+        for i, b in enumerate(branches):
+            assert torch.equal(b.mask, masks[i:i + 1])
+            assert torch.equal(b.prompt.positive, wants[i])
+    key = layers_for(family)[0].key
+    branches = [b for b, _ in patches[key].branches]
+    one, _, _ = IPAApplyTiled.execute(unet, h, vit_h, image, 1.0, "everywhere").result
     (b, _), = _attn2(one)[key].branches
-    assert b.mask is None and b.prompt.positive.shape == (1, 32, 768)
+    assert b.mask is None and b.prompt.positive.shape == (1, 32, width)
     both = torch.cat([x.prompt.positive for x in branches], dim=1)
     assert torch.allclose(b.prompt.positive, both, atol=1e-3)
 
