@@ -6,10 +6,11 @@ The server is a subprocess (``scripts/comfy_server.py``): ``main.py --cpu --list
 ``custom_nodes:`` entry), its input/output/temp/user folders in a temporary directory, and a temporary
 models folder of symlinks, under the README's file names, to random-weight files of the real shapes
 (tests/host_models.py: SD1.5 and SDXL checkpoints, OpenCLIP ViT-H/14, SD1.5 ControlNet; tests/adapter_files.py:
-IP-Adapter files). Input images are the repository's ``workflows/input/*.png`` scaled to SIZE×SIZE. Each
-workflow runs with KSampler steps = STEPS and EmptyLatentImage (and ImageScale) SIZE×SIZE, IP-Adapter Train
-with TRAIN_STEPS steps, then once more with every λ (IPAWeight / IPAApplySimple ``weight``) set to 0: it must
-finish, save one image in the output folder, and the two images differ. The λ = 0 rerun must take the training
+IP-Adapter files). Input images are the repository's ``workflows/input/*.png`` scaled to SIZE×SIZE (a
+non-square one to SIZE on its short side). Each workflow runs with KSampler steps = STEPS and EmptyLatentImage
+(and ImageScale) SIZE×SIZE, IP-Adapter Train with TRAIN_STEPS steps, then once more with every λ (IPAWeight /
+IPAApplySimple / IPAApplyTiled ``weight``) set to 0: it must finish, save one image per latent frame in the
+output folder, and the images differ on every frame. The λ = 0 rerun must take the training
 set and the trained adapter from ComfyUI's cache (the server's ``execution_cached`` message), not train again.
 
 What ran for SDXL (07_sdxl_style_composition): the workflow file unchanged (CheckpointLoaderSimple with a
@@ -53,7 +54,7 @@ SDXL_STEPS = 1  # one SDXL step (cond and uncond through all 70 patched layers) 
 SDXL_FLAGS = ("--fp8_e4m3fn-unet",)
 SDXL_MIN_FREE_GB = 8.0
 RUN_ORDER = [n for n in WORKFLOWS if n not in SDXL] + [n for n in WORKFLOWS if n in SDXL]  # one switch
-LAMBDA_NODES = {"IPAWeight", "IPAApplySimple"}
+LAMBDA_NODES = {"IPAWeight", "IPAApplySimple", "IPAApplyTiled"}
 TRAIN_STEPS = 2  # IPATrain steps in the runs (the file says 200)
 TRAIN_NODES = {"IPATrainingSet", "IPATrain"}  # upstream of λ: the λ = 0 rerun must take them from ComfyUI's cache
 WIDGET_PY_TYPES = {"INT": int, "FLOAT": (int, float), "BOOLEAN": bool, "STRING": str}
@@ -180,7 +181,10 @@ def servers(tmp_path_factory):
     for png in (REPO / "workflows" / "input").glob("*.png"):
         img = Image.open(png)
         nearest = img.mode == "L"  # masks stay hard-edged
-        img.resize((SIZE, SIZE), Image.NEAREST if nearest else Image.LANCZOS).save(root / "input" / png.name)
+        # square inputs to SIZE×SIZE; others keep their aspect ratio (the tiled workflow's wide reference)
+        size = (SIZE, SIZE) if img.width == img.height else (SIZE * img.width // min(img.size),
+                                                              SIZE * img.height // min(img.size))
+        img.resize(size, Image.NEAREST if nearest else Image.LANCZOS).save(root / "input" / png.name)
     s = Servers(root, config)
     yield s
     s.close()
@@ -257,18 +261,25 @@ def small(prompt: dict, weight: float | None = None, steps: int = STEPS) -> dict
     return prompt
 
 
+def _frames(prompt: dict) -> int:
+    """Images the prompt saves: the latent batch (one per frame in the animation workflow)."""
+    return max([n["inputs"]["batch_size"] for n in prompt.values() if n["class_type"] == "EmptyLatentImage"] or [1])
+
+
 def _run(server, prompt) -> tuple[np.ndarray, float, set[str]]:
-    """The one image the prompt saved in the output folder (previews, such as Plot Loss Graph's, go to
-    temp and are not counted), the seconds it took, and the ids of the nodes ComfyUI took from its cache."""
+    """The images the prompt saved in the output folder, one per latent frame, stacked (previews, such as
+    Plot Loss Graph's, go to temp and are not counted), the seconds it took, and the ids of the nodes
+    ComfyUI took from its cache."""
     start = time.perf_counter()
     entry = server.run(prompt, timeout=3600)
     images = [i for i in comfy_server.images_of(entry) if i.get("type", "output") == "output"]
-    assert len(images) == 1, images
-    path = server.output_dir / images[0]["subfolder"] / images[0]["filename"]
-    assert path.is_file(), path
+    assert len(images) == _frames(prompt), images
+    paths = [server.output_dir / i["subfolder"] / i["filename"] for i in images]
+    assert all(p.is_file() for p in paths), paths
     cached = {str(n) for kind, data in entry.get("status", {}).get("messages", []) if kind == "execution_cached"
               for n in data.get("nodes", [])}
-    return np.asarray(Image.open(path).convert("RGB")), time.perf_counter() - start, cached
+    stack = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+    return stack, time.perf_counter() - start, cached
 
 
 @pytest.mark.host
@@ -286,9 +297,10 @@ def test_workflow_runs_and_the_image_prompt_acts(name, servers, record_property)
         pytest.fail(f"{name}: {e}\n--- server log ---\n{server.log_tail()}")
     trained = {k for k, n in prompt.items() if n["class_type"] in TRAIN_NODES}
     assert trained <= cached, f"{name}: the λ = 0 rerun trained again (nodes {sorted(trained - cached)} not cached)"
-    assert image.shape == zero.shape == (SIZE, SIZE, 3)
+    assert image.shape == zero.shape == (_frames(prompt), SIZE, SIZE, 3)
     diff = float(np.abs(image.astype(np.int16) - zero).mean())
     log.info("workflow %s: %.1f s, then %.1f s with λ = 0 (ComfyUI's cache reruns only what changed); "
              "mean |difference| %.2f / 255", name, t1, t0, diff)
     record_property("seconds", round(t1 + t0, 1))
-    assert not np.array_equal(image, zero), f"{name}: the image prompt (λ > 0) changed nothing"
+    for f in range(image.shape[0]):  # on every frame
+        assert not np.array_equal(image[f], zero[f]), f"{name}: the image prompt (λ > 0) changed nothing on frame {f}"
