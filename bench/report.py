@@ -43,9 +43,21 @@ def markdown(r) -> str:
              f"{m['threads']} thread(s), attention `{m['attention']}` (image branch: "
              f"`{m.get('image_attention', m['attention'])}`), {m['cpu']}  ",
              f"Load average at start/end: {m['load_start']} / {m['load_end']}  ",
-             f"Total run time: {m['total_s'] / 60:.1f} min. SD1.5, random weights of the real shapes, {m.get('dtype', 'float32')}, "
-             f"batch 2 (cond_or_uncond {m['layout']}), λ={m['lambda']}.", ""]
-    lines += ["## Added time per step (per-layer medians summed over the 16 attn2 layers)", "",
+             f"Total run time: {m['total_s'] / 60:.1f} min. " + (
+                 f"SD1.5, random weights of the real shapes, {m.get('dtype', 'float32')}, batch 2 (cond_or_uncond "
+                 f"{m['layout']}), λ={m['lambda']}.  " if r.get("sums") else "No UNet section ran.  ")]
+    lines += [f"Sections: {m['sections']}.", ""] if "sections" in m else [""]
+    if r.get("sums"):
+        lines += _added_time_lines(r)
+    lines += _later_sections(r)
+    if r.get("sums"):  # the notes and targets are about the per-layer numbers
+        lines += _notes(r)
+    return "\n".join(lines)
+
+
+def _added_time_lines(r) -> list[str]:
+    m = r["meta"]
+    lines = ["## Added time per step (per-layer medians summed over the 16 attn2 layers)", "",
               "Per-layer: each layer's attn2 call replayed with the extra_options the host passed in a real "
               "step, timed against the unpatched `optimized_attention` call, interleaved "
               f"({m['rounds']} rounds), median of paired differences. Step: median plain UNet step "
@@ -80,6 +92,11 @@ def markdown(r) -> str:
         rows += [[label.format(**names)] + [f"{r['breakdown'][t][p] * 1e3:.3f} ({fmt_pct(r['breakdown'][t][p] / step)})"
                                             for t in toks] for p, label in parts]
         lines += _table(["part"] + [f"{t} tokens" for t in toks], rows)
+    return lines
+
+
+def _later_sections(r) -> list[str]:
+    lines = []
     s = r.get("step")
     if s:
         lines += ["## Whole step, for the record (interleaved, patched/plain per round)", "",
@@ -118,7 +135,52 @@ def markdown(r) -> str:
         lines += [f"ViT-H/14 encoder (random, fp16 file): load {e['load_s']:.1f} s; encode {e['images']} images "
                   f"of {e['size']}² through `vision.encode`: {e['seconds']:.1f} s = **{e['images_per_s']:.2f} "
                   f"images/s** (zero-image features: {e['zero_image_s']:.2f} s once per encoder, then cached).", ""]
-    lines += ["## Notes", "",
+    if r.get("encode_batches"):
+        lines += encode_batches_lines(r["encode_batches"])
+    return lines
+
+
+def encode_batches_lines(eb) -> list[str]:
+    """Issue 11: one encoder call for all frames against chunks, time, peak memory, equality."""
+    rows = []
+    for x in eb["rows"]:
+        first = x is eb["rows"][0]
+        high = x["high_water_bytes"] / 1e6
+        # Where the kernel's mark could not be reset and the encode did not raise it, it only bounds the peak.
+        high = f"{high:.0f}" if x["high_water_exact"] else f"≤ {high:.0f}"
+        mt = x["match"]
+        differ = ", ".join(k for k, f in mt.get("fields", {}).items() if f["max_abs_diff"] > 0)
+        match = "reference" if first else mt["verdict"] if not differ else (
+            f"{mt['verdict']} (in {differ}: max abs diff {mt['max_abs_diff']:.1e}, "
+            f"{mt['max_rel_diff']:.1e} of the field's largest magnitude)")
+        row = [x["batch_size"], x["calls"], f"{x['seconds']:.1f}", f"**{x['images_per_s']:.3f}**",
+               f"**{x['peak_bytes'] / 1e6:.0f}**", f"{x['peak_bytes'] / 1e6 / x['frames']:.1f}", high]
+        if "gpu_peak_bytes" in x:
+            row.append(f"{x['gpu_peak_bytes'] / 1e6:.0f}")
+        rows.append(row + [match])
+    gpu = ["GPU peak added MB"] if "gpu_peak_bytes" in eb["rows"][0] else []
+    r0, r1 = eb["rows"][0], eb["rows"][-1]
+    lines = [f"## Encode batches (issue 11): {eb['frames']} frames of {eb['size']}² through `vision.encode`", "",
+             f"`vision.encode(clip_vision, images, \"center\", batch_size=B)` on the random ViT-H/14, images "
+             f"[{eb['frames']}, {eb['size']}, {eb['size']}, 3] in 0..1 (the same seed, checked by hash). Each B runs "
+             "in a fresh process: load, a one-frame warm-up (model onto its device, zero-image features cached), "
+             "then one timed encode of all frames. *Peak added*: highest RSS during that encode (sampled every "
+             "2 ms) minus RSS just before it; the frames and the model are resident in both. *kernel check*: "
+             "the kernel's peak-RSS mark (VmHWM, reset just before the encode) after it minus the same RSS; it "
+             "sees peaks shorter than the sampler's 2 ms, so the two agree (to the kernel's approximate per-CPU "
+             "RSS counters, ~1 MB) unless the sampler missed one (≤: a mere bound where it could not be reset). "
+             "Features: every tensor field against B = 0's, torch.equal, else allclose "
+             "(rtol = atol = 1e-6), else *float rounding* where every difference is within 1e-5 of its field's "
+             "largest magnitude (float32 sums in another order for another batch size; other work differs by "
+             f"1e-3 and more), else DIFFERENT. Peak of B = {r1['batch_size']}: {r1['peak_bytes'] / max(r0['peak_bytes'], 1):.2f}× "
+             f"B = 0's; rate {r1['images_per_s'] / r0['images_per_s']:.2f}×.", ""]
+    return lines + _table(["batch_size", "encoder calls", "s", "images/s", "peak added MB", "per frame MB",
+                           "kernel check MB"] + gpu + ["features vs B = 0"], rows)
+
+
+def _notes(r) -> list[str]:
+    m = r["meta"]
+    lines = ["## Notes", "",
               f"- The step is ComfyUI's own: on CPU its `optimized_attention` is `{m['attention']}` unless ComfyUI "
               "is started with `--use-pytorch-cross-attention`; a faster host attention shortens the step and "
               "raises every fraction above. The patch's image attention here is "
@@ -133,10 +195,12 @@ def markdown(r) -> str:
               "and does not count the in-place `baddbmm_` of P·V', so the ratio there is not a check).", ""]
     lines += ["## Targets", "", "- added fraction at 32×32 ≤ 0.5% (4, 16 tokens), ≤ 2.5% (257 tokens);",
               f"- two chained adapters plus clones hold ≤ {TARGET_GROWTH} adapter sizes.", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def overhead_lines(r) -> list[str]:
+    if not r.get("sums"):
+        return []
     step = r["plain_step_s"][32]
     out = []
     for tokens, sums in r["sums"][32].items():

@@ -1,9 +1,12 @@
 """IP-Adapter benchmark (issue 5): what an image prompt costs per sampling step, against
 the arithmetic limit and a straightforward patch; memory of chained adapters and clones;
-load and encode times. Run through ``bash bench/run.sh [--quick] [--device cuda]``.
+load and encode times; encode batches (issue 11). Run through
+``bash bench/run.sh [--quick] [--device cuda] [--sections ...]``.
 
-Writes bench/results/<date>-<device>[-quick].md (and .json) and prints the table, then
-one ``OVERHEAD <variant> added=<fraction of step> limit=<fraction>`` line per variant.
+Writes bench/results/<date>-<device>[-quick][-<sections>].md (and .json; the sections suffix
+only when not all of them ran, so a partial run never overwrites a full one) and prints the
+table, then one ``OVERHEAD <variant> added=<fraction of step> limit=<fraction>`` line per
+variant (when the per-layer section ran).
 """
 from __future__ import annotations
 
@@ -31,7 +34,18 @@ if "ipadapter_ext" not in sys.modules:
     sys.modules["ipadapter_ext"] = _pkg
 
 log = logging.getLogger("bench")
-SECTIONS = ("layers", "step", "memory", "load")
+SECTIONS = ("layers", "step", "memory", "load", "encode")
+# Sections that need no UNet: asked for alone, they skip the UNet set-up and the per-layer
+# timing (minutes), which every other section builds on.
+UNET_FREE = {"load", "encode"}
+
+
+def sections_arg(text: str) -> list[str]:
+    names = [s for s in text.split(",") if s]
+    unknown = sorted(set(names) - set(SECTIONS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown section(s) {unknown}; choose from {','.join(SECTIONS)}")
+    return names
 
 
 def parse(argv):
@@ -42,12 +56,14 @@ def parse(argv):
                     help="UNet and activation dtype (float32 as the issue asks; float16 is usual on CUDA)")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads (default 1 on CPU, see sections.torch_threads; 0 = torch default)")
-    ap.add_argument("--sections", default=",".join(SECTIONS),
-                    help=f"comma-separated subset of {','.join(SECTIONS)} (layers always runs)")
+    ap.add_argument("--sections", type=sections_arg, default=list(SECTIONS),
+                    help=f"comma-separated subset of {','.join(SECTIONS)} (layers runs with any but load, encode)")
     ap.add_argument("--all-layers", action="store_true",
                     help="time all 16 layers one by one instead of one call per distinct shape")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("-v", "--verbose", action="store_true")
+    # Internal: one encode-batches configuration "B,N,SIZE,DIR" in this fresh process (bench/vision.py).
+    ap.add_argument("--encode-worker", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
@@ -80,6 +96,9 @@ def main(argv=None) -> int:
     comfy_root = setup_imports(args.device)
     import torch
 
+    if args.encode_worker:
+        return _encode_worker(args)
+
     if args.device == "cuda" and not torch.cuda.is_available():
         log.error("--device cuda: torch sees no CUDA device")
         return 2
@@ -91,7 +110,9 @@ def main(argv=None) -> int:
 
     plan = sections.Plan.quick() if args.quick else sections.Plan()
     plan.grouped = not args.all_layers
-    wanted = set(args.sections.split(",")) | {"layers"}
+    wanted = set(args.sections)
+    if wanted - UNET_FREE:
+        wanted.add("layers")
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
     results = sections.empty_results({
         "date": datetime.date.today().isoformat(), "device": args.device, "quick": args.quick,
@@ -101,32 +122,47 @@ def main(argv=None) -> int:
         "image_attention": breakdown.image_attention_names()["image"],
         "load_start": load_average(), "layout": CFG_LAYOUT, "lambda": LAMBDA,
         "rounds": ", ".join(f"{k}×{k}: {v}" for k, v in plan.layer_rounds.items()),
+        "sections": ",".join(s for s in SECTIONS if s in wanted),
     })
     results["meta"]["dtype"] = args.dtype
     b = sections.Bench(args.device, plan, results, getattr(torch, args.dtype))
-    b.timed("set-up (FLOP count, UNet, capture step, adapters)", b.setup)
-    b.timed("per-layer timing", b.layers)
-    if "step" in wanted:
-        b.timed("whole steps", b.whole_step)
-    else:  # the per-layer fractions still need a plain step
-        b.timed("plain steps", lambda: _plain_only(b))
+    if "layers" in wanted:
+        b.timed("set-up (FLOP count, UNet, capture step, adapters)", b.setup)
+        b.timed("per-layer timing", b.layers)
+        if "step" in wanted:
+            b.timed("whole steps", b.whole_step)
+        else:  # the per-layer fractions still need a plain step
+            b.timed("plain steps", lambda: _plain_only(b))
     if "memory" in wanted:
         b.timed("memory", b.memory)
     b.release_unet()
     if "load" in wanted:
         b.timed("load and encode", b.loads)
+    if "encode" in wanted:
+        b.timed("encode batches", b.encode_batches)
     results["meta"]["load_end"] = load_average()
     results["meta"]["total_s"] = time.perf_counter() - t_start
 
     md = report.markdown(results)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"{results['meta']['date']}-{args.device}{'-quick' if args.quick else ''}"
+    if wanted != set(SECTIONS):  # a partial run gets its own file: it must not replace a full run's
+        stem += "-" + "-".join(s for s in SECTIONS if s in wanted)
     (args.out / f"{stem}.md").write_text(md)
     (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str))
     print(md)
     print(f"results: {args.out / (stem + '.md')}; total run time {results['meta']['total_s'] / 60:.1f} min")
     for line in report.overhead_lines(results):
         print(line)
+    return 0
+
+
+def _encode_worker(args) -> int:
+    from ipadapter_ext.bench import sections, vision
+
+    sections.torch_threads(args.threads, args.device)
+    b, n, size, out_dir = args.encode_worker.split(",", 3)
+    vision.encode_worker(int(b), int(n), int(size), Path(out_dir), args.device)
     return 0
 
 

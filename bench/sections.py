@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from . import baseline, breakdown, flops, layers, load, memory, models, step
+from . import baseline, breakdown, flops, layers, load, memory, models, step, vision
 from .models import VARIANTS
 
 log = logging.getLogger("bench")
@@ -24,12 +24,16 @@ class Plan:
     step64_runs: int = 3
     load_repeats: int = 5
     encode_images: int = 16
+    # encode batches (issue 11): frames of a video-length batch, and the chunk size compared with
+    # one call for all (the node's encode_batch_size)
+    encode_frames: int = 64
+    encode_batch: int = 8
     grouped: bool = True
 
     @classmethod
     def quick(cls):
         return cls(latents=(32,), layer_rounds={32: 9}, breakdown_rounds=5, step_rounds=1, step64_runs=0,
-                   load_repeats=1, encode_images=1)
+                   load_repeats=1, encode_images=1, encode_frames=4, encode_batch=2)
 
 
 class Bench:
@@ -146,6 +150,11 @@ class Bench:
     def loads(self):
         self.r["load"] = load.adapter_load_times(self.plan.load_repeats)
         self.r["encoder"] = load.encoder_numbers(self.plan.encode_images)
+
+    def encode_batches(self):
+        """batch_size 0 (one encoder call) against chunks of encode_batch, each in a fresh process."""
+        self.r["encode_batches"] = vision.encode_batches_numbers(
+            self.plan.encode_frames, (0, self.plan.encode_batch), self.device, torch.get_num_threads())
 
 
 def empty_results(meta: dict) -> dict:
