@@ -21,6 +21,7 @@ import torch
 
 from .attention import (V_ONLY, add_few_key_branch, add_image_branch, image_kv, scale_kv, sdpa_attention,
                         use_few_key_path)
+from .attention_map import RECORD_KEY
 from .config import FAMILY_BY_CROSS_DIM, FAMILY_NAMES
 from .embeds import ImagePrompt
 from .errors import IPAdapterMismatchError
@@ -97,6 +98,9 @@ class Attn2Patch:
         run = extra_options.get(RUN_KEY)
         if run is None:
             run = RunState.ad_hoc(extra_options)
+        # IP-Adapter Attention Map's recorder, only in the runs it makes (attention_map.py)
+        record = extra_options.get(RECORD_KEY)
+        text = out if record is not None and record.wants(extra_options) else None
         roles = None
         for branch, scale in self.branches:
             if scale == 0:
@@ -106,7 +110,10 @@ class Attn2Patch:
                 continue
             if roles is None:
                 roles = run.roles(extra_options)
-            out = self._add_branch(out, q, extra_options, run, branch, plan, scale, roles, image_attention, kw)
+            new = self._add_branch(out, q, extra_options, run, branch, plan, scale, roles, image_attention, kw)
+            if text is not None:
+                record.add(self.layer.key, branch, new - out, text, extra_options, roles)
+            out = new
         return out
 
     def _add_branch(self, out, q, extra_options, run, branch, plan, scale, roles, image_attention, kw):

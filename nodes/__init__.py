@@ -4,6 +4,7 @@ from typing_extensions import override
 from comfy_api.latest import ComfyExtension, io
 
 from .apply import IPAApply, IPAApplySimple
+from .attention_map import IPAAttentionMap
 from .combine import IPACombineEmbeds, IPACombineFeatures
 from .embeds_files import IPALoadEmbeds, IPASaveEmbeds
 from .frames import IPAFrames, IPAFrameWeights
@@ -18,7 +19,8 @@ from .weight import IPASchedule, IPAWeight
 NODES = [IPALoader, IPACLIPVisionLoader, IPAEncodeImage, IPAProject, IPAWeight, IPASchedule, IPAApply,
          IPAApplySimple, IPASaveEmbeds, IPALoadEmbeds, IPACombineFeatures, IPACombineEmbeds,
          IPATrainingSetNode, IPATrainNode, IPASaveAdapterNode, IPAUnifiedLoader,
-         IPAPrepareReference, IPANoiseNegative, IPAEncodeEnhanced, IPAApplyTiled, IPAFrames, IPAFrameWeights]
+         IPAPrepareReference, IPANoiseNegative, IPAEncodeEnhanced, IPAApplyTiled, IPAFrames, IPAFrameWeights,
+         IPAAttentionMap]
 
 
 class IPAdapterExtension(ComfyExtension):

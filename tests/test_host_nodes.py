@@ -21,7 +21,8 @@ NODE_NAMES = {"IPALoader": "IP-Adapter Loader", "IPACLIPVisionLoader": "IP-Adapt
               "IPASaveAdapter": "IP-Adapter Save", "IPAUnifiedLoader": "IP-Adapter Preset Loader",
               "IPAPrepareReference": "IP-Adapter Prepare Reference", "IPANoiseNegative": "IP-Adapter Noise Negative",
               "IPAApplyTiled": "IP-Adapter Tiled", "IPAEncodeEnhanced": "IP-Adapter Encode (Enhanced)",
-              "IPAFrames": "IP-Adapter Frames", "IPAFrameWeights": "IP-Adapter Frame Weights"}
+              "IPAFrames": "IP-Adapter Frames", "IPAFrameWeights": "IP-Adapter Frame Weights",
+              "IPAAttentionMap": "IP-Adapter Attention Map"}
 
 
 def test_nodes_load_in_comfyui_with_display_names():
