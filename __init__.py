@@ -13,9 +13,15 @@ except ImportError:  # pragma: no cover - depends on the host version
     raise
 
 from .ip_adapter_core.loader import register_model_folder
+from .ip_adapter_core.package_info import version
 from .nodes import IPAdapterExtension
 
 register_model_folder()
+log.info("IP-Adapter nodes %s", version())
+
+# The frontend reads node documentation from <WEB_DIRECTORY>/docs/<NodeId>.md (and <NodeId>/<locale>.md);
+# translations come from locales/<lang>/ next to this file, found by ComfyUI's custom node manager.
+WEB_DIRECTORY = "./web"
 
 
 async def comfy_entrypoint() -> IPAdapterExtension:
