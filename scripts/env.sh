@@ -46,6 +46,39 @@ ensure_venv() {
   echo "$stamp" > "$VENV/.stamp"
 }
 
+# The browser tests (tests/test_browser.py) drive Debian's Chromium through Playwright; Playwright's own
+# browser download is not used. Installed with apt where this user may (root, or sudo without a password).
+ensure_browser() {
+  # (and a CJK font, so the zh-locale screenshots show characters instead of boxes)
+  if [ -n "${IPADAPTER_CHROMIUM:-}" ] || { { command -v chromium || command -v chromium-browser; } >/dev/null 2>&1 \
+       && { ! command -v fc-list >/dev/null 2>&1 || [ -n "$(fc-list :lang=zh 2>/dev/null | head -1)" ]; }; }
+  then return 0; fi
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo="none"; fi
+  fi
+  if command -v apt-get >/dev/null 2>&1 && [ "$sudo" != "none" ]; then
+    echo "[env] installing Debian's chromium for the browser tests (apt-get; once)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get install -y -q chromium fonts-wqy-microhei >&2 \
+      || { $sudo apt-get update -q >&2 && $sudo apt-get install -y -q chromium fonts-wqy-microhei >&2; } || true
+  fi
+  command -v chromium >/dev/null 2>&1 \
+    || echo "[env] *** no Chromium could be installed: the browser tests will be SKIPPED (apt-get install chromium)" >&2
+}
+
+# comfy-cli (PyPI) validates pyproject.toml as the registry's publishing does (tests/test_registry.py). In a
+# venv of its own: its pinned dependencies must not move ComfyUI's.
+CLI_VENV="${IPADAPTER_CLI_VENV:-$HOME/.cache/comfyui-ipadapter/comfy-cli-venv}"
+ensure_registry_cli() {
+  if [ ! -x "$CLI_VENV/bin/comfy" ]; then
+    echo "[env] installing comfy-cli into $CLI_VENV (once)" >&2
+    { python3 -m venv "$CLI_VENV" && "$CLI_VENV/bin/python" -m pip install -q "comfy-cli==1.23.0" >&2; } \
+      || echo "[env] *** comfy-cli could not be installed: its registry validation test will be SKIPPED" >&2
+  fi
+  if [ -x "$CLI_VENV/bin/comfy" ]; then export IPADAPTER_COMFY_CLI="$CLI_VENV/bin/comfy"; fi
+}
+
 host_missing_message() {
   cat >&2 <<MSG
 [env] *** No ComfyUI host found. Searched: COMFYUI_PATH=${COMFYUI_PATH:-<unset>}, $REPO/../.., $HOME/ComfyUI.

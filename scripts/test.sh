@@ -3,6 +3,8 @@
 # Extra arguments go to pytest, e.g. scripts/test.sh -k parity
 source "$(dirname "$0")/env.sh"
 ensure_venv
+ensure_browser
+ensure_registry_cli
 [ -n "$HOST" ] && echo "[test] ComfyUI host: $HOST" >&2 || host_missing_message
 cd "$REPO"
 [ -n "$HOST" ] && export COMFYUI_PATH="$HOST"

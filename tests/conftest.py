@@ -80,7 +80,18 @@ def pytest_terminal_summary(terminalreporter):
 def pytest_configure(config):
     config.addinivalue_line("markers", "host: needs the real ComfyUI host")
     config.addinivalue_line("markers", "slow: builds full-size random models (minutes)")
+    config.addinivalue_line("markers", "browser: drives the real editor in Chromium (tests/test_browser.py)")
     logging.getLogger("ipadapter").setLevel(logging.DEBUG)
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory):
+    """The real ComfyUI servers of the workflow and browser tests, one at a time (workflow_servers.py)."""
+    from workflow_servers import make_servers
+
+    s = make_servers(tmp_path_factory.mktemp("workflows"))
+    yield s
+    s.close()
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -44,39 +43,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 import comfy_server  # noqa: E402
 import workflow_format as wf  # noqa: E402
+from workflow_servers import MODEL_INPUTS, SDXL, SIZE, WORKFLOWS, api, ui  # noqa: E402
 
 log = logging.getLogger("ipadapter.tests.workflows")
 
-WORKFLOWS = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
-SDXL = {"07_sdxl_style_composition"}
-SIZE, STEPS = 192, 2
+STEPS = 2
 SDXL_STEPS = 1  # one SDXL step (cond and uncond through all 70 patched layers) is ~50 s on a busy 2-core CPU
-SDXL_FLAGS = ("--fp8_e4m3fn-unet",)
-SDXL_MIN_FREE_GB = 8.0
 RUN_ORDER = [n for n in WORKFLOWS if n not in SDXL] + [n for n in WORKFLOWS if n in SDXL]  # one switch
 LAMBDA_NODES = {"IPAWeight", "IPAApplySimple", "IPAApplyTiled"}
 TRAIN_STEPS = 2  # IPATrain steps in the runs (the file says 200)
 TRAIN_NODES = {"IPATrainingSet", "IPATrain"}  # upstream of λ: the λ = 0 rerun must take them from ComfyUI's cache
 WIDGET_PY_TYPES = {"INT": int, "FLOAT": (int, float), "BOOLEAN": bool, "STRING": str}
-# input name -> (models subfolder, {file name in the workflows -> how to make a random file of that kind})
-MODEL_INPUTS = {
-    "ckpt_name": ("checkpoints", {"v1-5-pruned-emaonly.safetensors": ("sd15_checkpoint", False),
-                                  "sd_xl_base_1.0.safetensors": ("sdxl_checkpoint", False)}),
-    "control_net_name": ("controlnet", {"control_v11p_sd15_canny_fp16.safetensors": ("controlnet_sd15", False)}),
-    "clip_name": ("clip_vision", {"CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors": ("clip_vision_vit_h",)}),
-    "ipadapter_file": ("ipadapter", {f"{v}.safetensors": ("adapter", v) for v in
-                                     ("ip-adapter_sd15", "ip-adapter-plus_sd15", "ip-adapter_sdxl_vit-h")}),
-}
-
-
-def ui(name):
-    return wf.load(REPO / "workflows" / f"{name}.json")
-
-
-def api(name):
-    return wf.load(REPO / "workflows" / "api" / f"{name}.json")
-
-
 def test_every_workflow_has_a_twin_and_inputs():
     assert len(WORKFLOWS) >= 8, WORKFLOWS
     assert sorted(p.stem for p in (REPO / "workflows" / "api").glob("*.json")) == WORKFLOWS
@@ -108,86 +85,6 @@ def test_ui_file_is_well_formed(name):
         assert {"id", "type", "pos", "size", "inputs", "outputs", "widgets_values", "mode", "order"} <= set(n)
         for slot in n["inputs"]:
             assert slot["link"] is None or any(link[0] == slot["link"] for link in data["links"])
-
-
-# ---------------------------------------------------------------- a server with the models
-
-def _model_file(recipe, adapters: Path) -> Path:
-    import host_models  # noqa: PLC0415 - needs the host on sys.path (conftest)
-
-    if recipe[0] == "adapter":
-        from adapter_files import write_adapter  # noqa: PLC0415
-
-        return write_adapter(adapters, recipe[1])
-    return getattr(host_models, recipe[0])(*recipe[1:])
-
-
-class Servers:
-    """One ComfyUI server at a time (memory): SD1.5 workflows with defaults, SDXL with SDXL_FLAGS. The model
-    files a server's workflows need are linked (built, the first time) just before it starts."""
-
-    def __init__(self, root: Path, config: Path):
-        self.root, self.config, self.current, self.key = root, config, None, None
-
-    def get(self, key):
-        if self.key != key:
-            self.close()
-            if key == "sdxl":
-                free = _available_gb()
-                if free < SDXL_MIN_FREE_GB:
-                    pytest.skip(f"SDXL workflow needs ~{SDXL_MIN_FREE_GB} GB free memory, {free:.1f} GB available")
-            self._link_models([n for n in WORKFLOWS if (n in SDXL) == (key == "sdxl")])
-            work = self.root / key
-            shutil.copytree(self.root / "input", work / "input", dirs_exist_ok=True)
-            self.current = comfy_server.LocalServer(cpu=True, isolate=True, workdir=work,
-                                                    extra_model_paths=[self.config],
-                                                    extra_args=SDXL_FLAGS if key == "sdxl" else ())
-            self.key = key
-        return self.current
-
-    def _link_models(self, names):
-        models, adapters = self.root / "models", self.root / "adapter_files"
-        adapters.mkdir(exist_ok=True)
-        needed = {(k, v) for name in names for node in api(name).values()
-                  for k, v in node["inputs"].items() if k in MODEL_INPUTS}
-        for key, value in sorted(needed):
-            folder, recipes = MODEL_INPUTS[key]
-            link = models / folder / value
-            if not link.is_symlink():
-                link.parent.mkdir(parents=True, exist_ok=True)
-                link.symlink_to(_model_file(recipes[value], adapters))
-
-    def close(self):
-        if self.current is not None:
-            self.current.stop()
-            self.current, self.key = None, None
-
-
-def _available_gb() -> float:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) / 2**20
-    return float("inf")
-
-
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    root = tmp_path_factory.mktemp("workflows")
-    models = root / "models"
-    config = root / "models.yaml"
-    config.write_text("ipadapter_workflow_tests:\n  base_path: " + json.dumps(str(models)) + "\n"
-                      + "".join(f"  {f}: {f}\n" for f in ("checkpoints", "controlnet", "clip_vision", "ipadapter")))
-    (root / "input").mkdir()
-    for png in (REPO / "workflows" / "input").glob("*.png"):
-        img = Image.open(png)
-        nearest = img.mode == "L"  # masks stay hard-edged
-        # square inputs to SIZE×SIZE; others keep their aspect ratio (the tiled workflow's wide reference)
-        size = (SIZE, SIZE) if img.width == img.height else (SIZE * img.width // min(img.size),
-                                                              SIZE * img.height // min(img.size))
-        img.resize(size, Image.NEAREST if nearest else Image.LANCZOS).save(root / "input" / png.name)
-    s = Servers(root, config)
-    yield s
-    s.close()
 
 
 # ---------------------------------------------------------------- format checks against the server
@@ -256,6 +153,8 @@ def small(prompt: dict, weight: float | None = None, steps: int = STEPS) -> dict
             node["inputs"].update(width=SIZE, height=SIZE)
         if node["class_type"] == "IPATrain":
             node["inputs"]["steps"] = TRAIN_STEPS
+        if node["class_type"] == "IPAAttentionMap":  # maps the last of the STEPS steps
+            node["inputs"].update(steps=steps, step=steps - 1)
         if weight is not None and node["class_type"] in LAMBDA_NODES:
             node["inputs"]["weight"] = weight
     return prompt

@@ -1,0 +1,120 @@
+"""The ComfyUI servers the workflow and browser tests drive: one at a time (memory), SD1.5 workflows with
+ComfyUI's defaults, SDXL with SDXL_FLAGS; a models folder of symlinks, under the README's file names, to
+random-weight files of the real shapes (made the first time a server needs them); the repository's input
+images scaled to SIZE on their short side. Shared by the test session (conftest.py ``servers``)."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+import comfy_server  # noqa: E402
+import workflow_format as wf  # noqa: E402
+
+WORKFLOWS = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
+SDXL = {"07_sdxl_style_composition"}
+SIZE = 192  # the workflows' input images are scaled to it (their latents too, by the workflow tests)
+SDXL_FLAGS = ("--fp8_e4m3fn-unet",)
+SDXL_MIN_FREE_GB = 8.0
+# input name -> (models subfolder, {file name in the workflows -> how to make a random file of that kind})
+MODEL_INPUTS = {
+    "ckpt_name": ("checkpoints", {"v1-5-pruned-emaonly.safetensors": ("sd15_checkpoint", False),
+                                  "sd_xl_base_1.0.safetensors": ("sdxl_checkpoint", False)}),
+    "control_net_name": ("controlnet", {"control_v11p_sd15_canny_fp16.safetensors": ("controlnet_sd15", False)}),
+    "clip_name": ("clip_vision", {"CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors": ("clip_vision_vit_h",)}),
+    "ipadapter_file": ("ipadapter", {f"{v}.safetensors": ("adapter", v) for v in
+                                     ("ip-adapter_sd15", "ip-adapter-plus_sd15", "ip-adapter_sdxl_vit-h")}),
+}
+
+
+def ui(name):
+    return wf.load(REPO / "workflows" / f"{name}.json")
+
+
+def api(name):
+    return wf.load(REPO / "workflows" / "api" / f"{name}.json")
+
+
+def _model_file(recipe, adapters: Path) -> Path:
+    import host_models  # noqa: PLC0415 - needs the host on sys.path (conftest)
+
+    if recipe[0] == "adapter":
+        from adapter_files import write_adapter  # noqa: PLC0415
+
+        return write_adapter(adapters, recipe[1])
+    return getattr(host_models, recipe[0])(*recipe[1:])
+
+
+class Servers:
+    """One ComfyUI server at a time (memory): SD1.5 workflows with defaults, SDXL with SDXL_FLAGS. The model
+    files a server's workflows need are linked (built, the first time) just before it starts."""
+
+    def __init__(self, root: Path, config: Path):
+        self.root, self.config, self.current, self.key = root, config, None, None
+
+    def get(self, key, all_models: bool = False):
+        """The server for ``key`` ("sd15" or "sdxl"), started if needed; ``all_models``: every workflow's
+        model files are listed too (the browser tests open every workflow in one editor)."""
+        if all_models:
+            self._link_models(WORKFLOWS)
+        if self.key != key:
+            self.close()
+            if key == "sdxl":
+                free = _available_gb()
+                if free < SDXL_MIN_FREE_GB:
+                    pytest.skip(f"SDXL workflow needs ~{SDXL_MIN_FREE_GB} GB free memory, {free:.1f} GB available")
+            self._link_models([n for n in WORKFLOWS if (n in SDXL) == (key == "sdxl")])
+            work = self.root / key
+            shutil.copytree(self.root / "input", work / "input", dirs_exist_ok=True)
+            self.current = comfy_server.LocalServer(cpu=True, isolate=True, workdir=work,
+                                                    extra_model_paths=[self.config],
+                                                    extra_args=SDXL_FLAGS if key == "sdxl" else ())
+            self.key = key
+        return self.current
+
+    def _link_models(self, names):
+        models, adapters = self.root / "models", self.root / "adapter_files"
+        adapters.mkdir(exist_ok=True)
+        needed = {(k, v) for name in names for node in api(name).values()
+                  for k, v in node["inputs"].items() if k in MODEL_INPUTS}
+        for key, value in sorted(needed):
+            folder, recipes = MODEL_INPUTS[key]
+            link = models / folder / value
+            if not link.is_symlink():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(_model_file(recipes[value], adapters))
+
+    def close(self):
+        if self.current is not None:
+            self.current.stop()
+            self.current, self.key = None, None
+
+
+def _available_gb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 2**20
+    return float("inf")
+
+
+def make_servers(root: Path) -> "Servers":
+    """Servers over ``root``: a models folder (links made as servers need them), the input images scaled."""
+    models = root / "models"
+    config = root / "models.yaml"
+    config.write_text("ipadapter_workflow_tests:\n  base_path: " + json.dumps(str(models)) + "\n"
+                      + "".join(f"  {f}: {f}\n" for f in ("checkpoints", "controlnet", "clip_vision", "ipadapter")))
+    (root / "input").mkdir()
+    for png in (REPO / "workflows" / "input").glob("*.png"):
+        img = Image.open(png)
+        nearest = img.mode == "L"  # masks stay hard-edged
+        # square inputs to SIZE×SIZE; others keep their aspect ratio (the tiled workflow's wide reference)
+        size = (SIZE, SIZE) if img.width == img.height else (SIZE * img.width // min(img.size),
+                                                              SIZE * img.height // min(img.size))
+        img.resize(size, Image.NEAREST if nearest else Image.LANCZOS).save(root / "input" / png.name)
+    return Servers(root, config)
