@@ -10,8 +10,11 @@ per file and a changed file is classified again.
 Two pairs of presets are the same network with different training, and no shape tells
 them apart: LIGHT and STANDARD on SD1.5 (ip-adapter_sd15_light is ip-adapter_sd15 trained
 to follow the text more), PLUS and PLUS FACE (plus-face is plus trained on face crops).
-Each of those presets accepts either file and takes the first by path, and says so in the
-log; the IP-Adapter Loader picks a given file.
+Each of those presets accepts either file. Only among such same-tensor candidates does the
+file name count: LIGHT and PLUS FACE prefer a name with "light" / "face" in it, STANDARD and
+PLUS one without (so with h94's four files installed each preset gets its own); then the
+first by path. The log says which file was taken and why; the IP-Adapter Loader picks a
+given file.
 """
 from __future__ import annotations
 
@@ -46,6 +49,8 @@ class Preset:
     accepts: Callable[[AdapterConfig], bool]    # the test on the file's variant
     releases: dict[str, str]                    # family -> the h94/IP-Adapter file; absent: none
     twin: str = ""                              # why several files may fit (same tensors)
+    # among same-tensor files only: (word, wanted) - prefer names with (or without) the word
+    name_hint: tuple[str, bool] | None = None
 
 
 def _linear(encoder):
@@ -63,20 +68,20 @@ def _full_face(c: AdapterConfig) -> bool:
 PRESETS = {p.name: p for p in (
     Preset("LIGHT", "base adapter, ViT-H, 4 tokens, follows the text more (SD1.5 only)", _linear(VIT_H),
            {"sd15": "models/ip-adapter_sd15_light.safetensors"},
-           SAME_TENSORS.format(a="Light", b="standard", preset="LIGHT")),
+           SAME_TENSORS.format(a="Light", b="standard", preset="LIGHT"), ("light", True)),
     Preset("STANDARD", "base adapter, ViT-H, 4 tokens", _linear(VIT_H),
            {"sd15": "models/ip-adapter_sd15.safetensors", "sdxl": "sdxl_models/ip-adapter_sdxl_vit-h.safetensors"},
-           SAME_TENSORS.format(a="Standard", b="light", preset="STANDARD")),
+           SAME_TENSORS.format(a="Standard", b="light", preset="STANDARD"), ("light", False)),
     Preset("VIT-G", "base adapter, ViT-bigG, 4 tokens", _linear(VIT_BIGG),
            {"sd15": "models/ip-adapter_sd15_vit-G.safetensors", "sdxl": "sdxl_models/ip-adapter_sdxl.safetensors"}),
     Preset("PLUS", "plus adapter (Resampler), ViT-H, 16 tokens: closer to the image", _plus,
            {"sd15": "models/ip-adapter-plus_sd15.safetensors",
             "sdxl": "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors"},
-           SAME_TENSORS.format(a="Plus", b="plus-face", preset="PLUS")),
+           SAME_TENSORS.format(a="Plus", b="plus-face", preset="PLUS"), ("face", False)),
     Preset("PLUS FACE", "plus adapter trained on faces (Resampler), ViT-H, 16 tokens", _plus,
            {"sd15": "models/ip-adapter-plus-face_sd15.safetensors",
             "sdxl": "sdxl_models/ip-adapter-plus-face_sdxl_vit-h.safetensors"},
-           SAME_TENSORS.format(a="Plus-face", b="plus", preset="PLUS FACE")),
+           SAME_TENSORS.format(a="Plus-face", b="plus", preset="PLUS FACE"), ("face", True)),
     Preset("FULL FACE", "full-face adapter (MLP), ViT-H, 257 tokens: portraits (SD1.5 only)", _full_face,
            {"sd15": "models/ip-adapter-full-face_sd15.safetensors"}),
 )}
@@ -192,7 +197,9 @@ def preset_files(preset: str, family: str) -> PresetFiles:
             if isinstance(c, AdapterConfig) and c.family == family and p.accepts(c)]
     if not fits:
         raise IPAdapterError(_missing_adapter(p, family, files))
-    adapter, config = _pick(fits, f"preset {p.name} ({fam}) adapter", p.twin)
+    order = "first by path" if p.name_hint is None else \
+        f"a name {'with' if p.name_hint[1] else 'without'} '{p.name_hint[0]}' first, then by path"
+    adapter, config = _pick(_by_name_hint(fits, p.name_hint), f"preset {p.name} ({fam}) adapter", p.twin, order)
     encoders = scan(CLIP_VISION)
     found = [(path, e) for path, e in encoders if e == config.encoder]
     if not found:
@@ -202,10 +209,19 @@ def preset_files(preset: str, family: str) -> PresetFiles:
     return PresetFiles(p.name, family, adapter, config, clip_vision)
 
 
-def _pick(fits: list, what: str, twin: str = ""):
-    """The first by path (``fits`` is sorted), saying which when there was a choice."""
+def _by_name_hint(fits: list, hint: tuple[str, bool] | None) -> list:
+    """Same-tensor candidates with the preset's word in their file name (or without it, as the preset
+    wants) first, each group still by path; a file of another kind never got here (tensors decide)."""
+    if hint is None or len(fits) < 2:
+        return fits
+    word, wanted = hint
+    return sorted(fits, key=lambda f: (word in Path(f[0]).name.lower()) != wanted)  # stable: by path within
+
+
+def _pick(fits: list, what: str, twin: str = "", order: str = "first by path"):
+    """The first of ``fits`` (in ``order``), saying which when there was a choice."""
     if len(fits) > 1:
-        log.info("%s: %d files fit, using %s (first by path); also fit: %s.%s", what, len(fits), fits[0][0],
+        log.info("%s: %d files fit, using %s (%s); also fit: %s.%s", what, len(fits), fits[0][0], order,
                  ", ".join(path for path, _ in fits[1:]), f" {twin}" if twin else "")
     return fits[0]
 

@@ -220,6 +220,27 @@ def test_duplicates_pick_the_first_by_path_and_say_so(folders, presets, caplog):
     assert "load it with IP-Adapter Loader" in line  # standard and light: same tensors
 
 
+def test_same_tensor_presets_take_their_own_release_when_both_are_installed(tmp_path, library, presets,
+                                                                             monkeypatch, caplog):
+    """h94's light/standard and plus/plus-face files have the same tensors: with both installed under their
+    release names, each preset takes its own (the name decides only between same-tensor files; sorted by path
+    alone, PLUS got plus-face and LIGHT got standard)."""
+    ipa = tmp_path / "ipadapter"
+    files = {"ip-adapter_sd15.safetensors": "ip-adapter_sd15", "ip-adapter_sd15_light.safetensors": "ip-adapter_sd15",
+             "ip-adapter-plus_sd15.safetensors": "ip-adapter-plus_sd15",
+             "ip-adapter-plus-face_sd15.safetensors": "ip-adapter-plus_sd15",
+             "face_of_a_base.safetensors": "ip-adapter_sd15"}  # named 'face' but a base file: never PLUS FACE
+    for name, variant in files.items():
+        write_variant(ipa, name, variant)
+    point_folders(monkeypatch, [ipa], [library["clip_vision"]])
+    want = {"LIGHT": "ip-adapter_sd15_light.safetensors", "STANDARD": "face_of_a_base.safetensors",
+            "PLUS": "ip-adapter-plus_sd15.safetensors", "PLUS FACE": "ip-adapter-plus-face_sd15.safetensors"}
+    with caplog.at_level(logging.INFO, logger="ipadapter"):
+        got = {p: Path(presets.preset_files(p, SD15).adapter).name for p in want}
+    assert got == want  # STANDARD: no 'light' in either base name but the first by path
+    assert "a name with 'face' first, then by path" in caplog.text
+
+
 def test_duplicate_order_does_not_depend_on_folder_order(library, presets, monkeypatch):
     point_folders(monkeypatch, [library["main"], library["extra"]], [library["clip_vision"]])
     a = presets.preset_files("STANDARD", SD15).adapter
