@@ -9,8 +9,9 @@ from .types import CATEGORY, IPAModel
 
 PRESET_TOOLTIP = ("Which adapter to find in models/ipadapter, by its weights (file names do not matter): "
                   + "; ".join(f"{p.name} = {p.meaning}" for p in PRESETS.values())
-                  + ". LIGHT/STANDARD and PLUS/PLUS FACE files have the same tensors: each takes either "
-                    "(the first by path; the log says which).")
+                  + ". LIGHT/STANDARD and PLUS/PLUS FACE files have the same tensors: each takes either, "
+                    "preferring a name with (LIGHT, PLUS FACE) or without (STANDARD, PLUS) 'light' / 'face', "
+                    "then the first by path; the log says which.")
 
 
 class IPAUnifiedLoader(io.ComfyNode):
