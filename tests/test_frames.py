@@ -12,6 +12,8 @@ import torch
 from ipadapter_ext.ip_adapter_core import frames as F
 from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
 
+log = logging.getLogger("ipadapter.tests.frames")
+
 
 # ---------------------------------------------------------------- plans (pure)
 
@@ -198,6 +200,7 @@ def test_each_row_attends_to_its_frames_image_with_its_lambda(sd15, adapter_file
                     want[r:r + 1] += w * sdpa(q[r:r + 1], kk, vv, 5)
                 else:
                     want[r:r + 1] += sdpa(q[r:r + 1], kk * w * penalty, vv * w * penalty, 5)
+    log.info("per-row attention, %s, %s: max |difference| %.2e", case, scaling, float((got - want).abs().max()))
     assert torch.allclose(got, want, atol=2e-5), (got - want).abs().max()
     # a frame's rows really differ by image: frame 0 with frame 2's image is not the same row
     if case == "one per frame":
@@ -267,6 +270,8 @@ def rel(a, b):
 @pytest.mark.host
 def test_a_frame_batch_equals_each_frame_sampled_alone_with_its_image(frame_runs):
     whole, _, alone, _ = frame_runs
+    log.info("4-frame batch vs 4 single-frame runs: %.2e; frame 1 vs frame 0's single run: %.2e",
+             rel(whole, alone), rel(whole[1:2], alone[0:1]))
     assert rel(whole, alone) < 1e-5, rel(whole, alone)
     # and the images and λ matter: frame 1 is not what frame 0's image gives
     assert rel(whole[1:2], alone[0:1]) > 1e-2
@@ -278,6 +283,7 @@ def test_context_windows_give_each_window_its_frames_images(frame_runs):
     (2 frames × cond/uncond = 4 rows per call), and each frame still gets its own image and λ."""
     whole, windowed, alone, seen = frame_runs
     assert seen == {((0, 1), 4), ((2, 3), 4)}, seen
+    log.info("context windows of 2 vs single-frame runs: %.2e", rel(windowed, alone))
     assert rel(windowed, alone) < 1e-5, rel(windowed, alone)
 
 
