@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 POSITIVE, NEGATIVE = 0, 1  # ComfyUI's cond_or_uncond codes (the role of a chunk of the batch)
-# The token sets a branch's K'/V' stack holds; a route (schedules.py) picks one per role.
-IMAGE_SET, NEGATIVE_SET, ZERO_SET = 0, 1, 2
+# The token sets a branch's K'/V' stack holds; a route picks one per role. Defined with the routes in
+# schedules.py, which stays free of torch so that the workflow converter can read the layer tables.
+from .schedules import IMAGE_SET, NEGATIVE_SET, ZERO_SET  # noqa: E402,F401
 
 # Where λ enters (the popular extension's "embeds scaling"): on the output (the paper), or on K' and
 # V' inside the attention, optionally with its penalty of the layer width C over 1280.

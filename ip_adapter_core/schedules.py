@@ -26,7 +26,6 @@ import re
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from .attention import IMAGE_SET, NEGATIVE_SET, ZERO_SET
 from .errors import IPAdapterError
 from .layers import layers_for
 
@@ -34,7 +33,9 @@ WEIGHT_TYPES = ("linear", "ease in", "ease out", "ease in-out", "reverse in-out"
                 "weak middle", "strong middle", "style transfer", "composition", "strong style transfer",
                 "style and composition", "style transfer precise", "composition precise")
 
-# Which token set the positive and the negative rows of a batch attend to (attention.*_SET).
+# The token sets a branch's K'/V' stack holds (attention.py stacks them in this order).
+IMAGE_SET, NEGATIVE_SET, ZERO_SET = 0, 1, 2
+# Which token set the positive and the negative rows of a batch attend to (*_SET above).
 DEFAULT_ROUTE = (IMAGE_SET, NEGATIVE_SET)
 # The precise types' move: the image goes to the negative rows, the positive rows get zero tokens
 # (K' = V' = 0, so they receive nothing), so classifier-free guidance steers away from it there.

@@ -1,0 +1,242 @@
+"""Workflows of cubiq/ComfyUI_IPAdapter_plus → this extension's nodes, in both workflow formats.
+
+``convert(workflow)`` returns the converted workflow and a ``Report``: which nodes became which of
+ours, what differs, and which nodes stay as they are (FaceID, for example) and why. It is pure Python
+(no ComfyUI, no torch) so the editor's route, the command line (``scripts/convert_workflow.py``) and
+the tests share it. Nodes of other packs and the editor's own (notes, reroutes, primitives, groups)
+are kept as they are, with their links re-sourced where they came from a converted node.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .context import Ctx, Engine, Unconvertible
+from .graph import ConversionError, all_sources, check_format, read_api, read_ui, write_api, write_ui
+from .plus_nodes import NODES as THEIR_NODES
+from .rules import NOT_HERE, RULES
+
+__all__ = ["convert", "Report", "ConversionError", "THEIR_NODE_IDS", "FAMILIES"]
+
+THEIR_NODE_IDS = tuple(THEIR_NODES)
+FAMILIES = ("auto", "sd15", "sdxl")
+GLOBAL_NOTES = (
+    "the middle block is patched here (theirs never is, so pictures can differ slightly for weight types "
+    "that give it λ)",
+    "plus and full-face adapters without a negative image: the negative here is the reference's (zero "
+    "normalised pixels), theirs encodes a black image",
+)
+# Names the checkpoint, UNet or adapter files of a family usually carry.
+SDXL_NAMES = re.compile(r"xl|cosxl|pony|illustrious|noobai|playground|juggernaut.?x|proteus|sdxl", re.I)
+SD15_NAMES = re.compile(r"sd.?1\.?5|sd15|v1-5|1\.5|realistic.?vision|dreamshaper_8|juggernaut_reborn", re.I)
+MODEL_WIDGETS = {"CheckpointLoaderSimple": "ckpt_name", "CheckpointLoader": "ckpt_name",
+                 "UNETLoader": "unet_name", "ImageOnlyCheckpointLoader": "ckpt_name"}
+
+
+@dataclass
+class Report:
+    """What a conversion did, for the editor's notice and the command line."""
+
+    format: str
+    family: str | None
+    family_source: str
+    converted: list = field(default_factory=list)   # {"id", "type", "title", "to", "notes", "lost", "filled"}
+    kept: list = field(default_factory=list)        # {"id", "type", "reason"}
+    dropped: list = field(default_factory=list)     # {"node", "input", "why"}
+    subgraph_nodes: int = 0                         # their nodes inside subgraphs, left as they are
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.converted)
+
+    @property
+    def complete(self) -> bool:
+        return not self.kept and not self.dropped and not any(c["lost"] for c in self.converted) \
+            and not self.subgraph_nodes
+
+    def as_dict(self) -> dict:
+        return {"format": self.format, "family": self.family, "family_source": self.family_source,
+                "converted": self.converted, "kept": self.kept, "dropped": self.dropped,
+                "subgraph_nodes": self.subgraph_nodes, "complete": self.complete,
+                "notes": list(GLOBAL_NOTES) if self.converted else [], "summary": self.summary()}
+
+    def summary(self) -> str:
+        if not self.converted and not self.kept:
+            return "No ComfyUI_IPAdapter_plus nodes in this workflow."
+        made = sum(len(c["to"]) for c in self.converted)
+        text = (f"Converted {len(self.converted)} ComfyUI_IPAdapter_plus node(s) into {made} node(s) of this "
+                "extension.")
+        if self.kept:
+            names = ", ".join(sorted({k["type"] for k in self.kept}))
+            text += f" Not converted ({len(self.kept)}, kept as they are): {names}."
+        if self.dropped:
+            text += f" {len(self.dropped)} link(s) could not be kept."
+        return text
+
+    def text(self) -> str:
+        lines = [self.summary()]
+        if self.family:
+            lines.append(f"Model family: {self.family} ({self.family_source}).")
+        for c in self.converted:
+            title = f" “{c['title']}”" if c.get("title") else ""
+            made = ", ".join(c["to"]) or "(no node: its inputs are wired to its consumers)"
+            lines.append(f"  #{c['id']} {c['type']}{title} → {made}")
+            for name in c.get("filled", []):
+                lines.append(f"      older file: {name} missing, default used")
+            lines += [f"      differs: {n}" for n in c["notes"]]
+            lines += [f"      not kept: {n}" for n in c["lost"]]
+        for k in self.kept:
+            lines.append(f"  #{k['id']} {k['type']}: not converted, {k['reason']}")
+        for d in self.dropped:
+            lines.append(f"  link into #{d['node']}.{d['input']} removed: {d['why']}")
+        if self.subgraph_nodes:
+            lines.append(f"  {self.subgraph_nodes} node(s) inside subgraphs were left as they are: unpack the "
+                         "subgraphs in the editor and convert again")
+        if self.converted:
+            lines += ["Differences that apply to every converted graph:"] + [f"  - {n}" for n in GLOBAL_NOTES]
+        return "\n".join(lines)
+
+
+def detect_family(workflow: dict, fmt: str) -> tuple[str | None, str]:
+    """SD1.5 or SDXL from the names of the checkpoints and adapters the graph loads (None if unclear)."""
+    names = []
+    if fmt == "ui":
+        for node in workflow["nodes"]:
+            values = node.get("widgets_values")
+            if node.get("type") in MODEL_WIDGETS and isinstance(values, list) and values:
+                names.append(str(values[0]))
+            elif node.get("type") == "IPAdapterModelLoader" and isinstance(values, list) and values:
+                names.append(str(values[0]))
+    else:
+        for node in workflow.values():
+            inputs = node.get("inputs") or {}
+            for key in (MODEL_WIDGETS.get(node.get("class_type")), "ipadapter_file"):
+                if key and isinstance(inputs.get(key), str):
+                    names.append(inputs[key])
+    for name in names:
+        if SDXL_NAMES.search(name):
+            return "sdxl", f"from '{name}'"
+        if SD15_NAMES.search(name):
+            return "sd15", f"from '{name}'"
+    return None, "not found in the checkpoint or adapter names"
+
+
+def _order(theirs: dict, engine: Engine) -> list:
+    """Their nodes, each after the nodes of theirs that feed it (links through reroutes count)."""
+    deps = {nid: set() for nid in theirs}
+    for nid, node in theirs.items():
+        for ref in node.links.values():
+            up = engine.trace(ref)
+            if up is not None and up[0] == "old" and up[1] in theirs and up[1] != nid:
+                deps[nid].add(up[1])
+    done, out = set(), []
+
+    def visit(nid, stack=()):
+        if nid in done or nid in stack:
+            return
+        for d in sorted(deps[nid], key=_id_key):
+            visit(d, stack + (nid,))
+        done.add(nid)
+        out.append(nid)
+
+    for nid in sorted(theirs, key=_id_key):
+        visit(nid)
+    return out
+
+
+def _id_key(nid: str):
+    return (0, int(nid), "") if nid.lstrip("-").isdigit() else (1, 0, nid)
+
+
+def _run(theirs: dict, reroutes: dict, family, forced: dict, used: frozenset) -> Engine:
+    engine = Engine(theirs, reroutes, family, used)
+    for nid in _order(theirs, engine):
+        node = theirs[nid]
+        before = (len(engine.news), dict(engine.outmap), dict(engine.pipes))
+        try:
+            if nid in forced:
+                raise Unconvertible(forced[nid])
+            if node.type in NOT_HERE:
+                raise Unconvertible(NOT_HERE[node.type])
+            for name, ref in node.links.items():
+                up = engine.trace(ref)
+                if up is not None and up[0] == "old" and up[1] in engine.kept:
+                    raise Unconvertible(f"its input {name} comes from #{up[1]} ({theirs[up[1]].type}), "
+                                        "which is not converted")
+            RULES[node.type](Ctx(engine, node))
+        except Unconvertible as exc:
+            # Undo what the rule added before it gave up, so the node stays whole.
+            del engine.news[before[0]:]
+            engine.outmap, engine.pipes = before[1], before[2]
+            engine.records.pop(nid, None)
+            engine.cv_loaders = {k: v for k, v in engine.cv_loaders.items()
+                                 if not (v[0] == "new" and v[1].split(".")[0] == nid)}
+            engine.kept[nid] = str(exc)
+    return engine
+
+
+def convert(workflow: dict, family: str = "auto") -> tuple[dict, Report]:
+    """Convert a workflow of either format; returns (the new workflow, the report). A workflow without
+    nodes of theirs comes back unchanged."""
+    if family not in FAMILIES:
+        raise ConversionError(f"family: expected one of {', '.join(FAMILIES)}; got {family!r}")
+    fmt = check_format(workflow)
+    if fmt == "ui":
+        theirs, reroutes = read_ui(workflow)
+    else:
+        theirs, reroutes = read_api(workflow), {}
+    fam, source = detect_family(workflow, fmt) if family == "auto" else (family, "as asked")
+    report = Report(fmt, fam, source)
+    if fmt == "ui":
+        report.subgraph_nodes = sum(1 for sg in (workflow.get("definitions") or {}).get("subgraphs") or []
+                                    for n in sg.get("nodes") or [] if n.get("type") in THEIR_NODES)
+    if not theirs:
+        return workflow, report
+    # A node of theirs whose outputs feed only nodes that stay (FaceID, say) stays too: converted, it
+    # would only lose its links.
+    consumers, used = {nid: set() for nid in theirs}, set()
+    probe = Engine(theirs, reroutes, fam)
+    for nid, refs in all_sources(workflow, fmt).items():
+        if nid in reroutes:
+            continue
+        for ref in refs:
+            up = probe.trace(ref)
+            if up is not None and up[1] in consumers:
+                consumers[up[1]].add(nid)
+                used.add((up[1], up[2]))
+    forced = {}
+    for _ in range(len(theirs) + 1):
+        engine = _run(theirs, reroutes, fam, forced, frozenset(used))
+        more = {nid: "its outputs go only to nodes that are not converted" for nid in theirs
+                if nid not in engine.kept and consumers[nid] and consumers[nid] <= set(engine.kept)}
+        if not more:
+            break
+        forced.update(more)
+    kept = set(engine.kept)
+    if fmt == "ui":
+        out, dropped = write_ui(workflow, theirs, engine.news, engine.outmap, kept)
+    else:
+        out, dropped = write_api(workflow, theirs, engine.news, engine.outmap, kept)
+    for nid in _order(theirs, engine):
+        node = theirs[nid]
+        if nid in kept:
+            report.kept.append({"id": nid, "type": node.type, "reason": engine.kept[nid]})
+        else:
+            rec = engine.records.get(nid, {"to": [], "notes": [], "lost": []})
+            report.converted.append({"id": nid, "type": node.type, "title": node.title, "to": rec["to"],
+                                     "notes": rec["notes"], "lost": rec["lost"], "filled": node.filled})
+    report.dropped = [{"node": n, "input": i, "why": w} for n, i, w in dropped]
+    return out, report
+
+
+def their_types_in(workflow: dict) -> list:
+    """The node ids of theirs a workflow uses (top level), for the editor's check."""
+    if not isinstance(workflow, dict):
+        return []
+    if isinstance(workflow.get("nodes"), list):
+        return sorted({n.get("type") for n in workflow["nodes"] if n.get("type") in THEIR_NODES})
+    return sorted({n.get("class_type") for n in workflow.values() if isinstance(n, dict)
+                   and n.get("class_type") in THEIR_NODES})
+
+
+

@@ -1,0 +1,127 @@
+"""The sockets, widget order and outputs of the nodes the converter writes, for the editor's UI format.
+
+The UI format stores widget values by position and links by socket number, so writing one needs each
+node's layout. These are this extension's nodes and the two core nodes the converter uses;
+``tests/test_convert_host.py`` checks every entry against the running server's ``/object_info``, so a
+node change that is not copied here fails the tests. ``CONTROL`` is the editor's extra "control
+after generate" value that follows a seed-like widget.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+CONTROL = "control_after_generate"
+
+
+class Spec(NamedTuple):
+    sockets: tuple  # (name, type): inputs without a widget, required then optional
+    widgets: tuple  # widget names in widgets_values order (CONTROL for the editor's extra value)
+    outputs: tuple  # (name, type)
+    widget_types: tuple = ()  # (name, type) of every widget, for linking a widget
+    defaults: tuple = ()      # (name, default) of the widgets that have one
+
+
+SPECS = {
+    'IPAUnifiedLoader': Spec(
+        sockets=(('model', 'MODEL'),),
+        widgets=('preset',),
+        outputs=(('ipadapter', 'IPA_MODEL'), ('clip_vision', 'CLIP_VISION')),
+        widget_types=(('preset', 'COMBO'),),
+        defaults=(('preset', 'STANDARD'),)),
+    'IPALoader': Spec(
+        sockets=(),
+        widgets=('ipadapter_file',),
+        outputs=(('ipadapter', 'IPA_MODEL'),),
+        widget_types=(('ipadapter_file', 'COMBO'),),
+        defaults=()),
+    'IPACLIPVisionLoader': Spec(
+        sockets=(('ipadapter', 'IPA_MODEL'),),
+        widgets=(),
+        outputs=(('CLIP_VISION', 'CLIP_VISION'),),
+        widget_types=(),
+        defaults=()),
+    'IPAEncodeImage': Spec(
+        sockets=(('clip_vision', 'CLIP_VISION'), ('image', 'IMAGE'), ('mask', 'MASK')),
+        widgets=('crop', 'interpolation', 'sharpening', 'encode_batch_size'),
+        outputs=(('image_features', 'CLIP_VISION_OUTPUT'),),
+        widget_types=(('crop', 'COMBO'), ('interpolation', 'COMBO'), ('sharpening', 'FLOAT'), ('encode_batch_size', 'INT')),
+        defaults=(('crop', 'center'), ('interpolation', 'default'), ('sharpening', 0.0), ('encode_batch_size', 0))),
+    'IPAEncodeEnhanced': Spec(
+        sockets=(('clip_vision', 'CLIP_VISION'), ('image', 'IMAGE')),
+        widgets=('enhance_tiles', 'enhance_ratio'),
+        outputs=(('image_features', 'CLIP_VISION_OUTPUT'),),
+        widget_types=(('enhance_tiles', 'INT'), ('enhance_ratio', 'FLOAT')),
+        defaults=(('enhance_tiles', 2), ('enhance_ratio', 0.5))),
+    'IPAProject': Spec(
+        sockets=(('ipadapter', 'IPA_MODEL'), ('image_features', 'CLIP_VISION_OUTPUT'), ('negative_features', 'CLIP_VISION_OUTPUT'), ('clip_vision', 'CLIP_VISION')),
+        widgets=('combine', 'image_weights'),
+        outputs=(('embeds', 'IPA_EMBEDS'),),
+        widget_types=(('combine', 'COMBO'), ('image_weights', 'STRING')),
+        defaults=(('combine', 'concat'), ('image_weights', ''))),
+    'IPAWeight': Spec(
+        sockets=(('embeds', 'IPA_EMBEDS'),),
+        widgets=('weight', 'blocks', 'custom_blocks', 'start_at', 'end_at', 'weight_type', 'embeds_scaling', 'style_boost', 'composition_boost'),
+        outputs=(('embeds', 'IPA_EMBEDS'),),
+        widget_types=(('weight', 'FLOAT'), ('blocks', 'COMBO'), ('custom_blocks', 'STRING'), ('start_at', 'FLOAT'), ('end_at', 'FLOAT'), ('weight_type', 'COMBO'), ('embeds_scaling', 'COMBO'), ('style_boost', 'FLOAT'), ('composition_boost', 'FLOAT')),
+        defaults=(('weight', 1.0), ('blocks', 'all'), ('custom_blocks', ''), ('start_at', 0.0), ('end_at', 1.0), ('weight_type', 'linear'), ('embeds_scaling', 'V only'), ('style_boost', 1.0), ('composition_boost', 1.0))),
+    'IPAApply': Spec(
+        sockets=(('model', 'MODEL'), ('ipadapter', 'IPA_MODEL'), ('embeds', 'IPA_EMBEDS'), ('attn_mask', 'MASK')),
+        widgets=(),
+        outputs=(('MODEL', 'MODEL'),),
+        widget_types=(),
+        defaults=()),
+    'IPAApplySimple': Spec(
+        sockets=(('model', 'MODEL'), ('ipadapter', 'IPA_MODEL'), ('clip_vision', 'CLIP_VISION'), ('image', 'IMAGE')),
+        widgets=('weight', 'start_at', 'end_at', 'weight_type', 'embeds_scaling'),
+        outputs=(('MODEL', 'MODEL'),),
+        widget_types=(('weight', 'FLOAT'), ('start_at', 'FLOAT'), ('end_at', 'FLOAT'), ('weight_type', 'COMBO'), ('embeds_scaling', 'COMBO')),
+        defaults=(('weight', 1.0), ('start_at', 0.0), ('end_at', 1.0), ('weight_type', 'linear'), ('embeds_scaling', 'V only'))),
+    'IPAApplyTiled': Spec(
+        sockets=(('model', 'MODEL'), ('ipadapter', 'IPA_MODEL'), ('clip_vision', 'CLIP_VISION'), ('image', 'IMAGE')),
+        widgets=('weight', 'placement', 'start_at', 'end_at', 'tile_size', 'weight_type'),
+        outputs=(('MODEL', 'MODEL'), ('tiles', 'IMAGE'), ('masks', 'MASK')),
+        widget_types=(('weight', 'FLOAT'), ('placement', 'COMBO'), ('start_at', 'FLOAT'), ('end_at', 'FLOAT'), ('tile_size', 'INT'), ('weight_type', 'COMBO')),
+        defaults=(('weight', 1.0), ('placement', 'where the tile lies'), ('start_at', 0.0), ('end_at', 1.0), ('tile_size', 0), ('weight_type', 'linear'))),
+    'IPACombineFeatures': Spec(
+        sockets=(('features_1', 'CLIP_VISION_OUTPUT'), ('features_2', 'CLIP_VISION_OUTPUT'), ('features_3', 'CLIP_VISION_OUTPUT'), ('features_4', 'CLIP_VISION_OUTPUT'), ('features_5', 'CLIP_VISION_OUTPUT')),
+        widgets=('method', 'weight_1', 'weight_2', 'weight_3', 'weight_4', 'weight_5'),
+        outputs=(('image_features', 'CLIP_VISION_OUTPUT'),),
+        widget_types=(('method', 'COMBO'), ('weight_1', 'FLOAT'), ('weight_2', 'FLOAT'), ('weight_3', 'FLOAT'), ('weight_4', 'FLOAT'), ('weight_5', 'FLOAT')),
+        defaults=(('method', 'average'), ('weight_1', 1.0), ('weight_2', 1.0), ('weight_3', 1.0), ('weight_4', 1.0), ('weight_5', 1.0))),
+    'IPANoiseNegative': Spec(
+        sockets=(('image', 'IMAGE'),),
+        widgets=('type', 'strength', 'blur', 'seed_offset'),
+        outputs=(('image', 'IMAGE'),),
+        widget_types=(('type', 'COMBO'), ('strength', 'FLOAT'), ('blur', 'INT'), ('seed_offset', 'INT')),
+        defaults=(('type', 'fade'), ('strength', 1.0), ('blur', 0), ('seed_offset', 0))),
+    'IPAPrepareReference': Spec(
+        sockets=(('image', 'IMAGE'),),
+        widgets=('interpolation', 'crop_position', 'sharpening'),
+        outputs=(('image', 'IMAGE'),),
+        widget_types=(('interpolation', 'COMBO'), ('crop_position', 'COMBO'), ('sharpening', 'FLOAT')),
+        defaults=(('interpolation', 'bicubic'), ('crop_position', 'center'), ('sharpening', 0.0))),
+    'IPAFrames': Spec(
+        sockets=(('embeds', 'IPA_EMBEDS'), ('frame_weights', 'FLOAT')),
+        widgets=('frames_per_image', 'transition_frames', 'transition'),
+        outputs=(('embeds', 'IPA_EMBEDS'),),
+        widget_types=(('frames_per_image', 'INT'), ('transition_frames', 'INT'), ('transition', 'COMBO')),
+        defaults=(('frames_per_image', 1), ('transition_frames', 0), ('transition', 'linear'))),
+    'IPAFrameWeights': Spec(
+        sockets=(),
+        widgets=('frames', 'curve', 'start_weight', 'end_weight', 'seed', CONTROL),
+        outputs=(('frame_weights', 'FLOAT'),),
+        widget_types=(('frames', 'INT'), ('curve', 'COMBO'), ('start_weight', 'FLOAT'), ('end_weight', 'FLOAT'), ('seed', 'INT')),
+        defaults=(('frames', 16), ('curve', 'linear'), ('start_weight', 1.0), ('end_weight', 0.0), ('seed', 0))),
+    'ConditioningSetMask': Spec(
+        sockets=(('conditioning', 'CONDITIONING'), ('mask', 'MASK')),
+        widgets=('strength', 'set_cond_area'),
+        outputs=(('CONDITIONING', 'CONDITIONING'),),
+        widget_types=(('strength', 'FLOAT'), ('set_cond_area', 'COMBO')),
+        defaults=(('strength', 1.0),)),
+    'PrimitiveInt': Spec(
+        sockets=(),
+        widgets=('value', CONTROL),
+        outputs=(('INT', 'INT'),),
+        widget_types=(('value', 'INT'),),
+        defaults=()),
+}

@@ -1,0 +1,467 @@
+"""One rule per node id of ComfyUI_IPAdapter_plus: the nodes of ours that do the same.
+
+The apply nodes of theirs become the modular chain IP-Adapter Encode Image → Project → Weight (λ) →
+Apply, with each setting on the node that owns it here; their loaders, encoder, combine, noise and
+prepare nodes become ours one for one. Where the maths differ, the rule says so in a note, and the
+README's mapping table lists every case ("Converting ComfyUI_IPAdapter_plus workflows"). The formulas
+behind each mapping: theirs in IPAdapterPlus.py (``ipadapter_execute``, the node classes) and
+CrossAttentionPatch.py; ours in ``schedules.py`` and the nodes. Two deliberate differences stay: our
+middle block is patched (theirs registers it under a key ComfyUI never calls), and our default
+negative for plus / full-face adapters is the reference's (zero normalised pixels, theirs encodes a
+black image).
+"""
+from __future__ import annotations
+
+from ..schedules import block_order, layer_table
+from .context import Ctx, Unconvertible
+
+SIMPLE_TYPES = {"standard": "linear", "prompt is more important": "ease out", "style transfer": "style transfer"}
+PRESETS = {"LIGHT - SD1.5 only (low strength)": "LIGHT", "STANDARD (medium strength)": "STANDARD",
+           "VIT-G (medium strength)": "VIT-G", "PLUS (high strength)": "PLUS", "PLUS FACE (portraits)": "PLUS FACE",
+           "FULL FACE - SD1.5 only (portraits stronger)": "FULL FACE"}
+INTERPOLATIONS = {"LANCZOS": "lanczos", "BICUBIC": "bicubic", "HAMMING": "bilinear", "BILINEAR": "bilinear",
+                  "BOX": "area", "NEAREST": "nearest"}
+# Their IPAdapterWeights timings are named after the curve's derivative at the start; ours after the
+# shape (ease in = starts slowly): their ease_in, sin(x·π/2), is our ease out, and the other way round.
+TIMINGS = {"linear": "linear", "ease_in": "ease out", "ease_out": "ease in", "ease_in_out": "ease in-out",
+           "random": "random"}
+MIDDLE = "their middle block never acts"
+NOT_HERE = {
+    "IPAdapterFaceID": "FaceID models project insightface face embeddings; this extension has neither",
+    "IPAAdapterFaceIDBatch": "FaceID models project insightface face embeddings; this extension has neither",
+    "IPAdapterFaceIDKolors": "FaceID and Kolors models are not supported here (SD1.5 and SDXL IP-Adapters only)",
+    "IPAdapterUnifiedLoaderFaceID": "FaceID presets need insightface and a LoRA; not supported here",
+    "IPAdapterInsightFaceLoader": "insightface is not used by this extension",
+    "IPAdapterUnifiedLoaderCommunity": "the Composition and Kolors community presets are not supported here",
+    "IPAdapterTiledBatch": "there is no per-frame tiled mode here (IP-Adapter Tiled concatenates a batch's tiles)",
+    "IPAdapterLoadEmbeds": "its .ipadpt files are pickled tensors, which this extension does not load",
+    "IPAdapterSaveEmbeds": "its files hold CLIP features; IP-Adapter Save Embeds stores projected tokens, "
+                           "which need the adapter this node does not have",
+    "IPAdapterCombineWeights": "there is no FLOAT-list concatenation node here",
+    "IPAdapterPromptScheduleFromWeightsStrategy": "it writes prompt schedules for other extensions' nodes",
+    "IPAdapterWeightsFromStrategy": "weights strategies are not kept here; set IP-Adapter Frame Weights directly",
+}
+LIST_SOURCES = ("IPAdapterWeights", "IPAdapterWeightsFromStrategy", "IPAdapterCombineWeights")
+UNSUPPORTED_FILES = ("faceid", "kolors", "portrait")
+
+
+# ---------------------------------------------------------------------------- the chain
+
+def encode(c: Ctx, cv, image, **options) -> tuple:
+    return c.ref(c.add("IPAEncodeImage", clip_vision=cv, image=image, crop="center", interpolation="default",
+                       sharpening=0.0, encode_batch_size=options.get("encode_batch_size", 0),
+                       mask=options.get("mask")))
+
+
+def chain(c: Ctx, *, model, ipa, features, negative, combine, weight, weight_type, start_at, end_at,
+          embeds_scaling, style_boost=1.0, composition_boost=1.0, blocks="all", custom_blocks="",
+          attn_mask=None, frame_weights=None, main=True) -> tuple:
+    """Project → (Frames) → Weight → Apply; returns the Apply node's MODEL ref."""
+    embeds = c.ref(c.add("IPAProject", ipadapter=ipa, image_features=features, combine=combine,
+                         negative_features=negative, image_weights=""))
+    if frame_weights is not None:
+        embeds = c.ref(c.add("IPAFrames", embeds=embeds, frames_per_image=1, transition_frames=0,
+                             transition="linear", frame_weights=frame_weights))
+    embeds = c.ref(c.add("IPAWeight", embeds=embeds, weight=weight, blocks=blocks, custom_blocks=custom_blocks,
+                         start_at=start_at, end_at=end_at, weight_type=weight_type, embeds_scaling=embeds_scaling,
+                         style_boost=style_boost, composition_boost=composition_boost))
+    return c.ref(c.add("IPAApply", main=main, model=model, ipadapter=ipa, embeds=embeds, attn_mask=attn_mask))
+
+
+def boost(c: Ctx, name: str, value: float, weight) -> float:
+    """Their boosts are λ values, ours multiples of weight: b → b / w."""
+    if isinstance(weight, tuple):
+        c.lost(f"{name} {value} kept as a multiple of weight: weight is linked, so b/weight cannot be written")
+        return value
+    if weight == 0:
+        if value:
+            c.lost(f"{name} {value} at weight 0: here a boost multiplies weight, so the boosted blocks get 0")
+        return 1.0
+    ratio = value / weight
+    if abs(ratio) > 5:
+        c.lost(f"{name} {value} at weight {weight} is {ratio:.3g}× weight; clamped to ±5 (this node's range)")
+        ratio = max(-5.0, min(5.0, ratio))
+    return round(ratio, 6)
+
+
+def weight_and_lists(c: Ctx, batch: bool):
+    """(weight for IPAWeight, frame weights ref or None): a FLOAT list of theirs (IPAdapterWeights) becomes
+    IP-Adapter Frames' frame_weights with weight 1; theirs uses only its first value outside batch nodes."""
+    up = c.upstream("weight")
+    if up is not None and up[0].type in LIST_SOURCES:
+        if batch:
+            return 1.0, c.src("weight")
+        first = c.e.facts.get(up[0].id, {}).get("first")
+        c.lost(f"weight: a list of weights on a node that is not a batch node; theirs uses its first value, "
+               f"written here ({first})")
+        return (first if first is not None else 1.0), None
+    return c.w("weight"), None
+
+
+def negative_features(c: Ctx, cv):
+    if c.linked("image_negative"):
+        return encode(c, cv, c.src("image_negative"))
+    return None
+
+
+def advanced(c: Ctx, *, batch=False, weight_type=None, style_boost=None, composition_boost=None,
+             layer_weights="", features=None, combine=None):
+    """IPAdapterAdvanced and its relatives (Batch, MS, Precise*, ClipVisionEnhancer, Embeds)."""
+    ipa, _ = c.ipadapter()
+    needs_cv = features is None or c.linked("image_negative")
+    cv = c.clip_vision() if needs_cv else None
+    weight, frame_weights = weight_and_lists(c, batch)
+    weight_type = weight_type or c.node.values.get("weight_type", "linear")
+    settings = {"style_boost": 1.0, "composition_boost": 1.0}
+    if weight_type == "style and composition" and style_boost is None and composition_boost is None:
+        # From their apply nodes weight_composition is 1.0, an absolute λ on the composition blocks.
+        settings["composition_boost"] = boost(c, "weight_composition", 1.0, weight)
+    if style_boost is not None:
+        weight_type = "style transfer precise"
+        settings["style_boost"] = boost(c, "style_boost", style_boost, weight)
+    elif composition_boost is not None:
+        weight_type = "composition precise"
+        settings["composition_boost"] = boost(c, "composition_boost", composition_boost, weight)
+    if features is None:
+        features = encode(c, cv, c.src("image"), encode_batch_size=c.node.values.get("encode_batch_size", 0))
+    negative = negative_features(c, cv)
+    combine = combine or ("one per frame" if batch else c.node.values.get("combine_embeds", "concat"))
+    common = dict(model=c.src("model"), ipa=ipa, features=features, negative=negative, combine=combine,
+                  start_at=c.w("start_at"), end_at=c.w("end_at"), embeds_scaling=c.v("embeds_scaling"),
+                  attn_mask=c.src("attn_mask"), frame_weights=frame_weights)
+    if layer_weights.strip():
+        return layered(c, layer_weights, weight, weight_type, settings, common)
+    return chain(c, weight=weight, weight_type=weight_type, **settings, **common)
+
+
+def layered(c: Ctx, text: str, weight, weight_type, settings, common):
+    """IPAdapterMS ``layer_weights`` "index:value, ...": λ_i = value · weight on block i of theirs (their
+    transformer_index, our block_order). Non-precise types become linear there; with a precise type our λ is
+    weight × the type's factor × the custom value, so the value is divided by the factor, and blocks where
+    the type's factor is 0 go to a second prompt, linear and unrouted, as theirs routes only the other blocks."""
+    if c.family is None:
+        raise Unconvertible("layer_weights needs to know SD1.5 from SDXL, and the workflow does not say: "
+                            "convert it with family sd15 or sdxl")
+    order = block_order(c.family)
+    try:
+        entries = [(int(k), float(v)) for k, v in (x.split(":") for x in text.replace("\n", ",").split(",")
+                                                   if x.strip())]
+    except ValueError:
+        raise Unconvertible(f"layer_weights {text!r}: expected 'index:value, ...'") from None
+    precise = weight_type in ("style transfer precise", "composition precise")
+    table = layer_table(c.family, weight_type if precise else "linear", settings["style_boost"],
+                        settings["composition_boost"])
+    factor = {key[:2]: mult for key, (mult, _) in table.items()}
+    routed, plain = [], []
+    for t, value in entries:
+        if not 0 <= t < len(order):
+            c.lost(f"layer_weights index {t}: this family has blocks 0-{len(order) - 1}; left out")
+            continue
+        block = order[t]
+        if block[0] == "middle":
+            if value:
+                c.note(f"layer_weights {t}:{value} (the middle block) left out: {MIDDLE}")
+            continue
+        name = f"{block[0]} {block[1]}"
+        if not value:
+            continue                      # blocks not named get 0
+        if factor[block]:
+            routed.append(f"{name} = {_num(value / factor[block])}")
+        else:
+            plain.append(f"{name} = {_num(value)}")
+    if not routed and not plain:
+        routed = ["input 1 = 0"] if c.family == "sd15" else ["input 4 = 0"]
+    model = common.pop("model")
+    if routed:
+        model = chain(c, model=model, weight=weight, weight_type=weight_type if precise else "linear",
+                      blocks="custom", custom_blocks=", ".join(routed), main=not plain, **settings, **common)
+    if plain:
+        model = chain(c, model=model, weight=weight, weight_type="linear", blocks="custom",
+                      custom_blocks=", ".join(plain), **common)
+    return model
+
+
+def _num(x: float) -> str:
+    return f"{round(x, 6):.6f}".rstrip("0").rstrip(".")  # no exponent: custom_blocks reads plain decimals
+
+
+# ---------------------------------------------------------------------------- apply nodes
+
+def ipadapter_simple(c: Ctx):
+    ipa, _ = c.ipadapter()
+    cv = c.clip_vision()
+    weight_type = SIMPLE_TYPES.get(c.v("weight_type"), "linear")
+    if c.linked("attn_mask"):
+        features = encode(c, cv, c.src("image"))
+        model = chain(c, model=c.src("model"), ipa=ipa, features=features, negative=None, combine="concat",
+                      weight=c.w("weight"), weight_type=weight_type, start_at=c.w("start_at"),
+                      end_at=c.w("end_at"), embeds_scaling="V only", attn_mask=c.src("attn_mask"))
+    else:
+        model = c.ref(c.add("IPAApplySimple", main=True, model=c.src("model"), ipadapter=ipa, clip_vision=cv,
+                            image=c.src("image"), weight=c.w("weight"), start_at=c.w("start_at"),
+                            end_at=c.w("end_at"), weight_type=weight_type, embeds_scaling="V only"))
+    c.out(0, model)
+
+
+def ipadapter_advanced(c: Ctx):
+    c.out(0, advanced(c))
+
+
+def ipadapter_batch(c: Ctx):
+    c.out(0, advanced(c, batch=True))
+
+
+def ipadapter_ms(c: Ctx):
+    if c.linked("insightface"):
+        c.lost("insightface (only FaceID models use it)")
+    c.out(0, advanced(c, layer_weights=c.v("layer_weights") or ""))
+
+
+def precise_style(c: Ctx, batch=False):
+    c.out(0, advanced(c, batch=batch, style_boost=c.v("style_boost")))
+
+
+def precise_composition(c: Ctx, batch=False):
+    c.out(0, advanced(c, batch=batch, composition_boost=c.v("composition_boost")))
+
+
+def enhancer(c: Ctx, batch=False):
+    ipa, _ = c.ipadapter()
+    cv = c.clip_vision()
+    ratio = c.v("enhance_ratio")
+    features = c.ref(c.add("IPAEncodeEnhanced", clip_vision=cv, image=c.src("image"),
+                           enhance_tiles=c.w("enhance_tiles"), enhance_ratio=round(1 - ratio, 6)))
+    c.note("enhance_ratio r becomes 1 - r (ours is the cells' share); with one image theirs adds the cells as a "
+           "second image, ours mixes them into the first")
+    c.out(0, advanced(c, batch=batch, features=features))
+
+
+def embeds(c: Ctx, batch=False):
+    ipa, _ = c.ipadapter()
+    negative = c.src("neg_embed")
+    weight, frame_weights = weight_and_lists(c, batch)
+    c.out(0, chain(c, model=c.src("model"), ipa=ipa, features=c.src("pos_embed"), negative=negative,
+                   combine="one per frame" if batch else "concat", weight=weight, weight_type=c.v("weight_type"),
+                   start_at=c.w("start_at"), end_at=c.w("end_at"), embeds_scaling=c.v("embeds_scaling"),
+                   attn_mask=c.src("attn_mask"), frame_weights=frame_weights,
+                   **_boosts_for(c, c.v("weight_type"), weight)))
+
+
+def _boosts_for(c: Ctx, weight_type, weight) -> dict:
+    if weight_type == "style and composition":
+        return {"composition_boost": boost(c, "weight_composition", 1.0, weight)}
+    return {}
+
+
+def style_composition(c: Ctx, batch=False):
+    """One patch of theirs, style image on the style blocks and composition image on the composition
+    blocks; here two chained prompts, which add, and only one of them has λ ≠ 0 on any block."""
+    ipa, _ = c.ipadapter()
+    cv = c.clip_vision()
+    negative = negative_features(c, cv)
+    combine = "one per frame" if batch else c.v("combine_embeds")
+    style_image = c.src("image_style")
+    composition_image = c.src("image_composition") or style_image
+    common = dict(ipa=ipa, negative=negative, combine=combine, start_at=c.w("start_at"), end_at=c.w("end_at"),
+                  embeds_scaling=c.v("embeds_scaling"), attn_mask=c.src("attn_mask"))
+    model = chain(c, model=c.src("model"), features=encode(c, cv, style_image), weight=c.w("weight_style"),
+                  weight_type="strong style transfer" if c.v("expand_style") else "style transfer", main=False,
+                  **common)
+    model = chain(c, model=model, features=encode(c, cv, composition_image), weight=c.w("weight_composition"),
+                  weight_type="composition", **common)
+    c.out(0, model)
+
+
+def tiled(c: Ctx):
+    ipa, _ = c.ipadapter()
+    cv = c.clip_vision()
+    key = c.add("IPAApplyTiled", main=True, model=c.src("model"), ipadapter=ipa, clip_vision=cv,
+                image=c.src("image"), weight=c.w("weight"), placement="where the tile lies",
+                start_at=c.w("start_at"), end_at=c.w("end_at"), tile_size=0, weight_type=c.v("weight_type"))
+    c.note("tiles: ours have the side of the reference's short side (a square reference is one tile), theirs "
+           "are 256 px after resizing; overlapping tiles share their area here")
+    for name, default in (("sharpening", 0.0), ("combine_embeds", "concat"), ("embeds_scaling", "V only")):
+        if c.v(name) != default:
+            c.lost(f"{name} = {c.v(name)} (IP-Adapter Tiled has no such input)")
+    for name in ("image_negative", "attn_mask"):
+        if c.linked(name):
+            c.lost(f"{name} (IP-Adapter Tiled has no such input)")
+    for slot in range(3):
+        c.out(slot, c.ref(key, slot))
+
+
+def from_params(c: Ctx):
+    """Their params lists (Regional Conditioning, Combine Params) unrolled into one chained prompt per
+    entry, all with the node's combine, embeds scaling and negative, in the lists' order."""
+    ipa, _ = c.ipadapter()
+    cv = c.clip_vision()
+    negative = negative_features(c, cv)
+    entries = params_entries(c, "ipadapter_params")
+    if not entries:
+        raise Unconvertible("ipadapter_params must come from IPAdapter Regional Conditioning or Combine Params")
+    model = c.src("model")
+    for k, (region, _) in enumerate(entries):
+        r = region.values
+        model = chain(c, model=model, ipa=ipa, features=encode(c, cv, region.links.get("image")), negative=negative,
+                      combine=c.v("combine_embeds"), weight=r["image_weight"], weight_type=r["weight_type"],
+                      start_at=r["start_at"], end_at=r["end_at"], embeds_scaling=c.v("embeds_scaling"),
+                      attn_mask=region.links.get("mask"), main=k == len(entries) - 1,
+                      **_boosts_for(c, r["weight_type"], r["image_weight"]))
+    c.out(0, model)
+
+
+def params_entries(c: Ctx, name: str, depth=0) -> list:
+    up = c.upstream(name)
+    if up is None or depth > 50:
+        return []
+    node = up[0]
+    if node.type == "IPAdapterRegionalConditioning":
+        return [(node, up[1])]
+    if node.type == "IPAdapterCombineParams":
+        sub = Ctx(c.e, node)
+        return [e for i in range(1, 6) for e in params_entries(sub, f"params_{i}", depth + 1)]
+    return []
+
+
+# ---------------------------------------------------------------------------- loaders and helpers
+
+def unified_loader(c: Ctx):
+    if c.v("preset") not in PRESETS:
+        raise Unconvertible(f"preset {c.v('preset')!r} has no equivalent here")
+    key = c.add("IPAUnifiedLoader", main=True, model=c.src("model"), preset=PRESETS[c.v("preset")])
+    if c.linked("ipadapter"):
+        c.note("the ipadapter input (a pipeline to reuse) is not needed: ComfyUI caches loaded models")
+    c.note("the preset's files are found by their tensors, not by name")
+    c.out(0, c.src("model"))    # theirs passes the model through unchanged (it only adds FaceID LoRAs)
+    c.pipe(1, c.ref(key, 0), c.ref(key, 1))
+
+
+def model_loader(c: Ctx):
+    name = c.v("ipadapter_file") or ""
+    if any(word in name.lower() for word in UNSUPPORTED_FILES):
+        raise Unconvertible(f"{name}: FaceID, portrait and Kolors adapters are not supported here")
+    key = c.add("IPALoader", main=True, ipadapter_file=name)
+    c.pipe(0, c.ref(key), None)
+
+
+def encoder(c: Ctx):
+    cv = c.clip_vision()
+    features = encode(c, cv, c.src("image"), mask=c.src("mask"))
+    if c.linked("mask"):
+        c.note("mask: theirs multiplies the normalised 224 px pixels, ours blends with the mean colour before "
+               "resizing (the same where the mask is flat, different along its edges)")
+    if c.linked("weight") or c.v("weight") != 1:
+        features = c.ref(c.add("IPACombineFeatures", main=True, method="concat", features_1=features,
+                               weight_1=c.w("weight")))
+    c.out(0, features)
+    c.unconnected(1)   # their neg_embed: here Project's default negative (unconnected negative_features)
+    c.note("neg_embed: Project's own default negative (zeros for base adapters, the reference's for plus)")
+
+
+def combine_embeds(c: Ctx):
+    inputs = {f"features_{i}": c.src(f"embed{i}") for i in range(1, 6) if c.linked(f"embed{i}")}
+    weights = {f"weight_{i}": 1.0 for i in range(1, 6)}
+    if "features_1" not in inputs and inputs:
+        first = min(inputs)
+        inputs["features_1"] = inputs.pop(first)
+    c.out(0, c.ref(c.add("IPACombineFeatures", main=True, method=c.v("method"), **weights, **inputs)))
+
+
+def noise(c: Ctx):
+    c.note("noise: the same formulas with other random draws; shuffle here moves pixels only")
+    c.out(0, c.ref(c.add("IPANoiseNegative", main=True, type=c.v("type"), strength=c.w("strength"),
+                         blur=int(c.v("blur")) // 2, seed_offset=0, image=c.src("image_optional"))))
+
+
+def prep_image(c: Ctx):
+    interp = c.v("interpolation")
+    if interp == "HAMMING":
+        c.lost("interpolation HAMMING: no such filter here, bilinear used")
+    if c.v("crop_position") == "pad":
+        c.note("pad: ours letterboxes with the encoder's mean colour, theirs with black")
+    c.note("resizing: ours in float, theirs through an 8-bit PIL image; sharpening: ours a fixed kernel blend")
+    c.out(0, c.ref(c.add("IPAPrepareReference", main=True, image=c.src("image"),
+                         interpolation=INTERPOLATIONS.get(interp, "bicubic"), crop_position=c.v("crop_position"),
+                         sharpening=c.w("sharpening"))))
+
+
+def weights(c: Ctx):
+    timing, method = c.v("timing"), c.v("method")
+    if timing == "custom":
+        raise Unconvertible("timing custom: there is no node here that turns a typed list into FLOAT weights")
+    if method != "full batch":
+        raise Unconvertible(f"method {method}: only 'full batch' has an equivalent (IP-Adapter Frames)")
+    try:
+        values = [float(x) for x in str(c.v("weights")).replace("\n", ",").split(",") if x.strip()]
+    except ValueError:
+        raise Unconvertible(f"weights {c.v('weights')!r}: expected numbers separated by commas") from None
+    start, end = (values[0], values[-1]) if values else (0.0, 1.0)
+    frames = c.w("frames")
+    if not isinstance(frames, tuple):
+        frames = max(int(frames), 2)   # theirs: at least 2 frames for a curve
+    for name, default in (("start_frame", 0), ("add_starting_frames", 0), ("add_ending_frames", 0)):
+        if c.v(name) != default:
+            c.lost(f"{name} = {c.v(name)} (IP-Adapter Frame Weights ramps over all frames)")
+    if not isinstance(frames, tuple) and c.v("end_frame") < frames:
+        c.lost(f"end_frame = {c.v('end_frame')} (IP-Adapter Frame Weights ramps over all frames)")
+    if timing == "random":
+        c.note("random: the same range, other numbers (ours is seeded, theirs not reproducible)")
+    curve = TIMINGS[timing]
+    c.e.facts[c.node.id] = {"first": start}
+    key = c.add("IPAFrameWeights", main=True, frames=frames, curve=curve, start_weight=start, end_weight=end,
+                seed=0)
+    c.out(0, c.ref(key))
+    if c.used(1):   # weights_invert is the list reversed: the mirrored curve from end to start
+        mirrored = {"ease in": "ease out", "ease out": "ease in"}.get(curve, curve)
+        c.out(1, c.ref(c.add("IPAFrameWeights", frames=frames, curve=mirrored, start_weight=end, end_weight=start,
+                             seed=0)))
+    if c.used(2):
+        c.out(2, c.ref(c.add("PrimitiveInt", value=frames)))
+    c.out(3, c.src("image"))
+    c.out(4, c.src("image"))
+    c.out(5, None)
+
+
+def regional(c: Ctx):
+    """Its params go to IPAdapterFromParams (which reads this node's values); its conditionings get the
+    mask as core Conditioning (Set Mask) does: mask, strength = prompt_weight, bounds off."""
+    for slot, name in ((1, "positive"), (2, "negative")):
+        if c.linked("mask") and c.linked(name) and c.used(slot):
+            c.out(slot, c.ref(c.add("ConditioningSetMask", conditioning=c.src(name), mask=c.src("mask"),
+                                    strength=c.w("prompt_weight"), set_cond_area="default")))
+        else:
+            c.out(slot, c.src(name))
+    c.out(0, None)
+
+
+def combine_params(c: Ctx):
+    c.out(0, None)
+
+
+RULES = {
+    "IPAdapter": ipadapter_simple,
+    "IPAdapterAdvanced": ipadapter_advanced,
+    "IPAdapterBatch": ipadapter_batch,
+    "IPAdapterMS": ipadapter_ms,
+    "IPAdapterPreciseStyleTransfer": precise_style,
+    "IPAdapterPreciseStyleTransferBatch": lambda c: precise_style(c, batch=True),
+    "IPAdapterPreciseComposition": precise_composition,
+    "IPAdapterPreciseCompositionBatch": lambda c: precise_composition(c, batch=True),
+    "IPAdapterClipVisionEnhancer": enhancer,
+    "IPAdapterClipVisionEnhancerBatch": lambda c: enhancer(c, batch=True),
+    "IPAdapterEmbeds": embeds,
+    "IPAdapterEmbedsBatch": lambda c: embeds(c, batch=True),
+    "IPAdapterStyleComposition": style_composition,
+    "IPAdapterStyleCompositionBatch": lambda c: style_composition(c, batch=True),
+    "IPAdapterTiled": tiled,
+    "IPAdapterFromParams": from_params,
+    "IPAdapterUnifiedLoader": unified_loader,
+    "IPAdapterModelLoader": model_loader,
+    "IPAdapterEncoder": encoder,
+    "IPAdapterCombineEmbeds": combine_embeds,
+    "IPAdapterNoise": noise,
+    "PrepImageForClipVision": prep_image,
+    "IPAdapterWeights": weights,
+    "IPAdapterRegionalConditioning": regional,
+    "IPAdapterCombineParams": combine_params,
+}
