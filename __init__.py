@@ -15,11 +15,13 @@ except ImportError:  # pragma: no cover - depends on the host version
 from .ip_adapter_core.loader import register_model_folder
 from .ip_adapter_core.package_info import version
 from .nodes import IPAdapterExtension
+from .nodes.routes import register as register_routes
 
 register_model_folder()
+register_routes()  # the editor's converter for ComfyUI_IPAdapter_plus workflows (web/js/convert.js)
 log.info("IP-Adapter nodes %s", version())
 
-# The frontend reads node documentation from <WEB_DIRECTORY>/docs/<NodeId>.md (and <NodeId>/<locale>.md);
+# The frontend loads web/js/*.js and reads node documentation from <WEB_DIRECTORY>/docs/<NodeId>.md (and <NodeId>/<locale>.md);
 # translations come from locales/<lang>/ next to this file, found by ComfyUI's custom node manager.
 WEB_DIRECTORY = "./web"
 

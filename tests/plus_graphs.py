@@ -335,9 +335,13 @@ def to_ui(api: dict, object_info: dict, reroute_input=("ipadapter",)) -> dict:
             outputs[nid] = list(zip(spec["output_name"], spec["output"]))
             extras = {"seed": "fixed"} if kind == "KSampler" else {"image": "image"} if kind == "LoadImage" else {}
         values = []
+        defaults = {w.name: w.default for w in THEIR_NODES[kind].widgets} if kind in THEIR_NODES else {}
         for w in widgets:
-            if w in api[nid]["inputs"] and not isinstance(api[nid]["inputs"][w], list):
-                values.append(api[nid]["inputs"][w])
+            value = api[nid]["inputs"].get(w)
+            if isinstance(value, list):   # a widget fed by a link keeps its slot (the editor stores a value)
+                value = defaults.get(w)
+            if w in api[nid]["inputs"]:
+                values.append(value)
             if w in extras:
                 values.append(extras[w])
         nodes.append({"id": int(nid), "type": kind, "pos": [300 * (len(nodes) % 6), 260 * (len(nodes) // 6)],

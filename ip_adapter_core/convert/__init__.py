@@ -8,6 +8,7 @@ are kept as they are, with their links re-sourced where they came from a convert
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from .rules import NOT_HERE, RULES
 
 __all__ = ["convert", "Report", "ConversionError", "THEIR_NODE_IDS", "FAMILIES"]
 
+log = logging.getLogger("ipadapter.convert")
 THEIR_NODE_IDS = tuple(THEIR_NODES)
 FAMILIES = ("auto", "sd15", "sdxl")
 GLOBAL_NOTES = (
@@ -44,6 +46,7 @@ class Report:
     kept: list = field(default_factory=list)        # {"id", "type", "reason"}
     dropped: list = field(default_factory=list)     # {"node", "input", "why"}
     subgraph_nodes: int = 0                         # their nodes inside subgraphs, left as they are
+    graph_notes: list = field(default_factory=list)  # differences that come from the rest of the graph
 
     @property
     def changed(self) -> bool:
@@ -58,7 +61,8 @@ class Report:
         return {"format": self.format, "family": self.family, "family_source": self.family_source,
                 "converted": self.converted, "kept": self.kept, "dropped": self.dropped,
                 "subgraph_nodes": self.subgraph_nodes, "complete": self.complete,
-                "notes": list(GLOBAL_NOTES) if self.converted else [], "summary": self.summary()}
+                "notes": (list(GLOBAL_NOTES) + self.graph_notes) if self.converted else [],
+                "summary": self.summary()}
 
     def summary(self) -> str:
         if not self.converted and not self.kept:
@@ -94,6 +98,7 @@ class Report:
                          "subgraphs in the editor and convert again")
         if self.converted:
             lines += ["Differences that apply to every converted graph:"] + [f"  - {n}" for n in GLOBAL_NOTES]
+            lines += [f"  - {n}" for n in self.graph_notes]
         return "\n".join(lines)
 
 
@@ -163,7 +168,13 @@ def _run(theirs: dict, reroutes: dict, family, forced: dict, used: frozenset) ->
                 if up is not None and up[0] == "old" and up[1] in engine.kept:
                     raise Unconvertible(f"its input {name} comes from #{up[1]} ({theirs[up[1]].type}), "
                                         "which is not converted")
-            RULES[node.type](Ctx(engine, node))
+            try:
+                RULES[node.type](Ctx(engine, node))
+            except Unconvertible:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a malformed node must not stop the others' conversion
+                log.warning("ComfyUI_IPAdapter_plus node #%s (%s) not converted", nid, node.type, exc_info=True)
+                raise Unconvertible(f"its values could not be read ({type(exc).__name__}: {exc})") from exc
         except Unconvertible as exc:
             # Undo what the rule added before it gave up, so the node stays whole.
             del engine.news[before[0]:]
@@ -226,7 +237,18 @@ def convert(workflow: dict, family: str = "auto") -> tuple[dict, Report]:
             report.converted.append({"id": nid, "type": node.type, "title": node.title, "to": rec["to"],
                                      "notes": rec["notes"], "lost": rec["lost"], "filled": node.filled})
     report.dropped = [{"node": n, "input": i, "why": w} for n, i, w in dropped]
+    report.graph_notes = _graph_notes(workflow, fmt) if report.converted else []
     return out, report
+
+
+def _graph_notes(workflow: dict, fmt: str) -> list:
+    types = {n.get("type") for n in workflow["nodes"]} if fmt == "ui" else \
+        {n.get("class_type") for n in workflow.values()}
+    notes = []
+    if "DualCFGGuider" in types:
+        notes.append("DualCFGGuider: theirs gives the positive image tokens to the guider's 'negative' cond "
+                     "(it picks tokens by batch position), ours gives it the negative tokens")
+    return notes
 
 
 def their_types_in(workflow: dict) -> list:

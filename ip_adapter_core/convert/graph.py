@@ -20,7 +20,7 @@ from .our_nodes import CONTROL, SPECS
 from .plus_nodes import NODES as THEIR_NODES
 
 REROUTE = "Reroute"
-NODE_HEIGHT, ROW_HEIGHT, NODE_WIDTH, GAP = 30, 24, 320, 20
+NODE_HEIGHT, ROW_HEIGHT, NODE_WIDTH, GAP, TITLE = 30, 24, 320, 20, 30
 
 
 class ConversionError(ValueError):
@@ -83,7 +83,7 @@ def _widget_values(node_type: str, stored) -> tuple[dict, list, int]:
         values = {k: v for k, v in stored.items() if k in names}
         extra = len([k for k in stored if k not in names])
     else:
-        stored = list(stored or [])
+        stored = list(stored) if isinstance(stored, (list, tuple)) else []
         values = dict(zip(names, stored))
         extra = max(0, len(stored) - len(names))
     filled = [w.name for w in schema.widgets if w.name not in values]
@@ -239,6 +239,33 @@ def write_api(workflow: dict, theirs: dict, news: list, outmap: dict, kept: set)
     return out, res.dropped
 
 
+def _pair(value, default) -> tuple:
+    """A position or size as numbers: the editor writes [x, y]; old LiteGraph files {"0": x, "1": y}."""
+    if isinstance(value, dict):
+        value = [value.get("0"), value.get("1")]
+    try:
+        x, y = list(value)[:2]
+        return float(x), float(y)
+    except (TypeError, ValueError):
+        return default
+
+
+def _box(node: dict) -> tuple:
+    x, y = _pair(node.get("pos"), (0.0, 0.0))
+    w, h = _pair(node.get("size"), (200.0, 100.0))
+    return (x, y - TITLE, x + w, y + h)
+
+
+def _free_y(taken: list, x, y, w, h) -> float:
+    """The first y at or below ``y`` where a w×h node at x overlaps none of ``taken`` (title bars included)."""
+    for _ in range(len(taken) + 1):
+        hit = [b for b in taken if b[0] < x + w and x < b[2] and b[1] < y + h and y - TITLE < b[3]]
+        if not hit:
+            break
+        y = max(b[3] for b in hit) + GAP + TITLE
+    return y
+
+
 def _height(spec) -> int:
     rows = max(len(spec.sockets), len(spec.outputs)) + len([w for w in spec.widgets if w != CONTROL])
     return NODE_HEIGHT + ROW_HEIGHT * rows
@@ -252,15 +279,19 @@ def write_ui(workflow: dict, theirs: dict, news: list, outmap: dict, kept: set) 
     res = Resolver(converted, outmap, kept, ids)
     old_links = ui_links(out)
 
-    # New nodes, stacked where the node of theirs stood, in the order the rules made them.
+    # New nodes, stacked where the node of theirs stood, in the order the rules made them, each moved down
+    # past the nodes that stay (and the ones placed before it) rather than drawn over them.
     placed = {}
+    taken = [_box(n) for nid, n in nodes.items() if nid not in converted]
     order = max([n.get("order", 0) for n in out["nodes"]] + [0])
     new_nodes = []
     for k, n in enumerate(news):
         spec = SPECS[n.type]
         anchor = nodes[n.anchor]
-        x, y = placed.get(n.anchor, tuple(anchor.get("pos") or (0, 0))[:2])
+        x, y = placed.get(n.anchor, _pair(anchor.get("pos"), (0.0, 0.0)))
         height = _height(spec)
+        y = _free_y(taken, x, y, NODE_WIDTH, height)
+        taken.append((x, y - TITLE, x + NODE_WIDTH, y + height))
         placed[n.anchor] = (x, y + height + GAP)
         entry = {"id": int(ids[n.key]), "type": n.type, "pos": [x, y], "size": [NODE_WIDTH, height],
                  "flags": {}, "order": order + k + 1, "mode": anchor.get("mode", 0),

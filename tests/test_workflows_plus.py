@@ -1,0 +1,134 @@
+"""Converted ComfyUI_IPAdapter_plus workflows in the real server (workflow_servers.py, random real-shape weights).
+
+- The converter's table of our nodes' sockets, widgets and defaults (convert/our_nodes.py) equals the
+  server's ``/object_info``.
+- The editor route: ``POST /ipadapter/convert`` converts, bad requests get a 400 with the reason and the
+  server keeps running.
+- Every scenario of plus_graphs.py, laid out as an editor file of theirs (positional widgets, a reroute, a
+  note, a group), converted, and turned into a prompt with the server's node catalogue (as the editor's Run
+  button does), equals the hand-built graph of ours.
+- Each scenario runs: first the hand-built prompt, then (ComfyUI's cache emptied with ``/free``, so the
+  sampler runs again) the converted one; the latents Save Latent writes (the UNet's output after the
+  sampler) are identical, bit for bit, and so are the images.
+
+This module sorts after test_workflows.py, whose last server is the SDXL one: the SDXL scenario runs first.
+"""
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.numpy import load_file
+
+from ipadapter_ext.ip_adapter_core.convert import convert
+from ipadapter_ext.ip_adapter_core.convert.our_nodes import CONTROL, SPECS
+from plus_graphs import FAMILY, SCENARIOS, canonical, to_ui
+from workflow_servers import comfy_server, wf
+
+pytestmark = [pytest.mark.host, pytest.mark.slow]
+RUN_ORDER = sorted(SCENARIOS, key=lambda s: (FAMILY[s] != "sdxl", s))
+
+
+@pytest.fixture(scope="module")
+def sd15(servers):
+    return servers.get("sd15")
+
+
+def test_our_node_table_matches_the_server(sd15):
+    info = sd15.object_info()
+    for kind, spec in SPECS.items():
+        live = info[kind]
+        sockets, widget_types, defaults = [], [], []
+        for _, name, cfg in wf._ordered_inputs(live):
+            kind_ = "COMBO" if isinstance(cfg[0], list) else cfg[0]
+            opts = cfg[1] if len(cfg) > 1 and isinstance(cfg[1], dict) else {}
+            if wf._is_widget(cfg):
+                widget_types.append((name, kind_))
+                if "default" in opts:
+                    defaults.append((name, opts["default"]))
+            else:
+                sockets.append((name, kind_))
+        widgets = tuple(CONTROL if w == wf.CONTROL else w for w in wf.widget_slots(live))
+        assert spec.sockets == tuple(sockets), kind
+        assert spec.widgets == widgets, kind
+        assert spec.outputs == tuple(zip(live["output_name"], live["output"])), kind
+        assert spec.widget_types == tuple(widget_types) and spec.defaults == tuple(defaults), kind
+
+
+def _post(server, path, body: bytes):
+    req = urllib.request.Request(server.url + path, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_the_route_converts_and_refuses_bad_requests(sd15):
+    their, ours = SCENARIOS["advanced"]()
+    ui = to_ui(their, sd15.object_info())
+    status, body = _post(sd15, "/ipadapter/convert", json.dumps({"workflow": ui}).encode())
+    assert status == 200 and body["report"]["complete"], body
+    types = {n["type"] for n in body["workflow"]["nodes"]}
+    assert "IPAApply" in types and not types & {"IPAdapterAdvanced", "IPAdapterModelLoader"}
+    assert "IPAdapterAdvanced" in sd15.get("/ipadapter/convert/types")["types"]
+    for bad, why in ((b"not json", "JSON"), (b"[1, 2]", "workflow"), (json.dumps({"workflow": {"x": 1}}).encode(),
+                                                                     "neither"),
+                     (json.dumps({"workflow": ui, "family": "sd3"}).encode(), "family")):
+        status, body = _post(sd15, "/ipadapter/convert", bad)
+        assert status == 400 and why in body["error"], body
+    assert sd15.alive()
+
+
+def _prompt_from_ui(server, their) -> tuple[dict, object]:
+    info = server.object_info()
+    converted, report = convert(to_ui(their, info))
+    assert report.format == "ui" and report.complete, report.text()
+    return wf.ui_to_api(converted, info), report
+
+
+@pytest.mark.parametrize("name", RUN_ORDER)
+def test_converted_editor_file_equals_the_hand_built_graph(name, servers):
+    server = servers.get(FAMILY[name])
+    their, ours = SCENARIOS[name]()
+    prompt, _ = _prompt_from_ui(server, their)
+    assert canonical(wf.graph(prompt)) == canonical(ours)
+
+
+def _run(server, prompt):
+    entry = server.run(prompt, timeout=3600)
+    latents = [i for out in entry["outputs"].values() for i in out.get("latents", [])]
+    images = [i for i in comfy_server.images_of(entry) if i.get("type", "output") == "output"]
+    assert len(latents) == 1 and images, entry["outputs"]
+    latent = load_file(str(server.output_dir / latents[0]["subfolder"] / latents[0]["filename"]))["latent_tensor"]
+    pictures = np.stack([np.asarray(Image.open(server.output_dir / i["subfolder"] / i["filename"]))
+                         for i in images])
+    cached = {str(n) for kind, data in entry.get("status", {}).get("messages", []) if kind == "execution_cached"
+              for n in data.get("nodes", [])}
+    return latent, pictures, cached
+
+
+@pytest.mark.parametrize("name", RUN_ORDER)
+def test_converted_workflow_runs_and_matches_the_hand_built_one(name, servers, record_property):
+    server = servers.get(FAMILY[name])
+    their, ours = SCENARIOS[name]()
+    prompt, report = _prompt_from_ui(server, their)
+    try:
+        start = time.perf_counter()
+        latent_ours, images_ours, _ = _run(server, ours)
+        server.free()
+        time.sleep(2)   # the worker empties its cache when it next looks at the queue
+        latent_conv, images_conv, cached = _run(server, prompt)
+    except comfy_server.ComfyError as e:
+        pytest.fail(f"{name}: {e}\n{report.text()}\n--- server log ---\n{server.log_tail()}")
+    sampler = next(k for k, v in prompt.items() if v["class_type"] == "KSampler")
+    assert sampler not in cached, "the converted prompt was not sampled again"
+    assert latent_conv.shape == latent_ours.shape and np.isfinite(latent_conv).all()
+    assert np.array_equal(latent_conv, latent_ours), float(np.abs(latent_conv - latent_ours).max())
+    assert np.array_equal(images_conv, images_ours)
+    record_property("seconds", round(time.perf_counter() - start, 1))
