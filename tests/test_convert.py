@@ -65,7 +65,8 @@ def graph_with(kind, values=None, extra=None):
     if kind == "IPAdapterRegionalConditioning":   # its settings act through From Params
         g["31"] = theirs("IPAdapterFromParams", {}, {"model": MODEL, "ipadapter": ["20", 1],
                                                      "ipadapter_params": ["30", 0]})
-    g["7"]["inputs"]["model"] = ["30", 0] if THEIR_NODES[kind].outputs[0][1] == "MODEL" else MODEL
+    outputs = THEIR_NODES[kind].outputs
+    g["7"]["inputs"]["model"] = ["30", 0] if outputs and outputs[0][1] == "MODEL" else MODEL
     return g
 
 
@@ -364,3 +365,20 @@ def test_malformed_values_never_break_the_conversion(seed):
     assert isinstance(out, dict) and report.summary()
     for k in report.kept:
         assert k["reason"], k
+
+
+@pytest.mark.parametrize("kind", sorted(THEIR_NODES))
+def test_every_node_id_converts_or_stays_named(kind):
+    """Each of their 37 node ids in a graph of theirs: a rule's node is replaced by ours, a node without one
+    stays with its reason; no node of theirs is left that the report does not list as kept."""
+    g = graph_with(kind)
+    converted, report = convert(g)
+    kept = {k["id"]: k["reason"] for k in report.kept}
+    if kind in NOT_HERE:
+        assert converted["30"]["class_type"] == kind and kept["30"] == NOT_HERE[kind]
+    else:
+        assert "30" not in converted and "30" not in kept, report.text()
+        made = next(c["to"] for c in report.converted if c["id"] == "30")
+        assert set(made) <= {v["class_type"] for v in converted.values()}
+    left = {nid for nid, v in converted.items() if v["class_type"] in THEIR_NODES}
+    assert left == set(kept), report.text()
