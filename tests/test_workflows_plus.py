@@ -7,6 +7,7 @@
 - Every scenario of plus_graphs.py, laid out as an editor file of theirs (positional widgets, a reroute, a
   note, a group), converted, and turned into a prompt with the server's node catalogue (as the editor's Run
   button does), equals the hand-built graph of ours.
+- Their own SD1.5 examples (when at hand, see test_convert.py), converted, run in the server with its model files.
 - Each scenario runs: first the hand-built prompt, then (ComfyUI's cache emptied with ``/free``, so the
   sampler runs again) the converted one; the latents Save Latent writes (the UNet's output after the
   sampler) are identical, bit for bit, and so are the images.
@@ -27,7 +28,7 @@ from safetensors.numpy import load_file
 
 from ipadapter_ext.ip_adapter_core.convert import convert
 from ipadapter_ext.ip_adapter_core.convert.our_nodes import CONTROL, SPECS
-from plus_graphs import FAMILY, SCENARIOS, canonical, to_ui
+from plus_graphs import BASE_SD15, CLIP_H, FAMILY, IMAGES, PLUS_SD15, SCENARIOS, SD15_CKPT, SIZE, canonical, to_ui
 from workflow_servers import comfy_server, wf
 
 pytestmark = [pytest.mark.host, pytest.mark.slow]
@@ -132,3 +133,44 @@ def test_converted_workflow_runs_and_matches_the_hand_built_one(name, servers, r
     assert np.array_equal(latent_conv, latent_ours), float(np.abs(latent_conv - latent_ours).max())
     assert np.array_equal(images_conv, images_ours)
     record_property("seconds", round(time.perf_counter() - start, 1))
+
+
+RUNNABLE_EXAMPLES = ("advanced", "combine_embeds", "negative_image", "noise_injection", "simple", "tiled",
+                     "weight_types", "weighted_embeds", "weights")   # SD1.5, only core nodes besides theirs
+
+
+@pytest.mark.parametrize("name", RUNNABLE_EXAMPLES)
+def test_their_sd15_examples_run_converted(name, sd15):
+    """Their own files, converted as shipped, then pointed at this server's random-weight files (their model
+    and image names are not here), at SIZE and 2 steps: every sampler of the file runs to a saved image."""
+    from test_convert import their_examples
+
+    folder = their_examples()
+    if folder is None:
+        pytest.skip("THEIR EXAMPLES NOT RUN: set IPADAPTER_PLUS_EXAMPLES (see test_convert.py)")
+    workflow = json.loads((folder / f"ipadapter_{name}.json").read_text(encoding="utf-8"))
+    converted, report = convert(workflow)
+    assert report.complete, report.text()
+    prompt = wf.ui_to_api(converted, sd15.object_info())
+    images = iter(IMAGES * 4)
+    for node in prompt.values():
+        i = node["inputs"]
+        if "ckpt_name" in i:
+            i["ckpt_name"] = SD15_CKPT
+        if "clip_name" in i:
+            i["clip_name"] = CLIP_H
+        if "ipadapter_file" in i:
+            i["ipadapter_file"] = PLUS_SD15 if "plus" in i["ipadapter_file"] else BASE_SD15
+        if node["class_type"] == "LoadImage":
+            i["image"] = next(images)
+        if node["class_type"] == "EmptyLatentImage":
+            i.update(width=SIZE, height=SIZE, batch_size=min(i["batch_size"], 2))
+        if node["class_type"] == "KSampler":
+            i["steps"] = 2
+    samplers = sum(1 for n in prompt.values() if n["class_type"] == "KSampler")
+    try:
+        entry = sd15.run(prompt, timeout=3600)
+    except comfy_server.ComfyError as e:
+        pytest.fail(f"{name}: {e}\n{report.text()}\n--- server log ---\n{sd15.log_tail()}")
+    saved = [i for i in comfy_server.images_of(entry) if i.get("type", "output") == "output"]
+    assert len(saved) >= samplers, (samplers, saved)
