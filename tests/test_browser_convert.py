@@ -3,6 +3,7 @@
 - A file of theirs (built from their node schemas, plus_graphs.py) opens with our nodes, no missing-node
   dialog and one notice naming what was converted; so does their own ipadapter_style_composition.json, whose
   screenshot goes to docs/images/convert_on_load.jpg (with IPADAPTER_SCREENSHOTS=1).
+- An API-format file of theirs (``app.loadApiJson``) opens converted too.
 - The converted graph runs from the Run button's path (``app.queuePrompt``: the editor's own conversion).
 - Nodes that cannot be converted (FaceID) are named in the notice and stay; only they are missing.
 - With their extension installed (stood in for by registering one of its node types in the page), loading
@@ -100,6 +101,19 @@ def test_their_own_example_opens_converted(editor, tmp_path):
     assert editor.shot("convert_on_load", tmp_path).is_file()
 
 
+def test_their_api_prompt_opens_converted(editor):
+    """An API-format file of theirs (the editor loads those through app.loadApiJson, which would refuse it)."""
+    their, _ = SCENARIOS["embeds"]()
+    clear_notices(editor)
+    editor.page.evaluate("async (p) => { await window.app.loadApiJson(p, 'plus_embeds_api'); }", their)
+    found = wait_notice(editor, "IP-Adapter: workflow converted")
+    assert "Converted 7 ComfyUI_IPAdapter_plus node(s) into 10" in found[0], found
+    time.sleep(0.5)
+    assert editor.dialogs() == [], editor.dialogs()
+    present = types(editor)
+    assert not present & set(THEIR_NODE_IDS) and {"IPACombineFeatures", "IPANoiseNegative", "IPAApply"} <= present
+
+
 def test_the_converted_graph_runs_from_the_run_button(editor, object_info):
     their, _ = SCENARIOS["simple_old"]()
     editor.load(to_ui(their, object_info), "plus_simple")
@@ -143,6 +157,11 @@ def test_with_their_extension_installed_only_the_command_converts(editor, object
         const cmds = {editor.store('command')}.commands.map(c => c.id);
         return cmds.includes({COMMAND!r}); }}""")
     assert menu, "the command is not registered"
+    paths = editor.page.evaluate(f"""() => {{
+        const walk = (items, path) => items.flatMap(i => [path + '/' + (i.label || ''),
+            ...(i.items ? walk(i.items, path + '/' + (i.label || '')) : [])]);
+        return walk({editor.store('menuItem')}.menuItems, ''); }}""")
+    assert "/Extensions/IP-Adapter/Convert ComfyUI_IPAdapter_plus nodes to IP-Adapter nodes" in paths, paths
     editor.page.evaluate("""() => { for (const t of ['IPAdapterAdvanced', 'IPAdapterModelLoader',
             'PrepImageForClipVision']) {
         class StandIn extends window.LiteGraph.LGraphNode {}

@@ -5,7 +5,8 @@
 // hook runs before it looks for missing node types), by the Python converter behind this extension's
 // route, and one notice says what was converted and what was not. When that extension is installed,
 // nothing changes on load; the command "Convert ComfyUI_IPAdapter_plus nodes" (menu Extensions ›
-// IP-Adapter, or the command palette) converts the open graph on request.
+// IP-Adapter, or the command palette) converts the open graph on request. API-format files get the same
+// treatment through a wrapper around app.loadApiJson.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 
@@ -83,6 +84,30 @@ function replaceContents(target, source) {
   Object.assign(target, source);
 }
 
+// API-format files (prompts) go through app.loadApiJson, which has no hook and refuses a file with unknown
+// node types outright; wrap it so that their prompts are converted first, with the same notice.
+function wrapApiLoader() {
+  const original = typeof app.loadApiJson === "function" ? app.loadApiJson.bind(app) : null;
+  if (!original || original.ipadapterWrapped) return;
+  const wrapped = async (apiData, fileName) => {
+    const types = await loadTheirTypes();
+    const registered = window.LiteGraph?.registered_node_types ?? {};
+    const nodes = Object.values(apiData ?? {}).filter((n) => types.has(n?.class_type));
+    if (nodes.length && !nodes.some((n) => n.class_type in registered)) {
+      try {
+        const { workflow, report } = await requestConversion(apiData);
+        apiData = workflow;
+        notify(report);
+      } catch (err) {
+        fail(err);
+      }
+    }
+    return original(apiData, fileName);
+  };
+  wrapped.ipadapterWrapped = true;
+  app.loadApiJson = wrapped;
+}
+
 app.registerExtension({
   name: "ipadapter.convert",
   commands: [
@@ -109,6 +134,7 @@ app.registerExtension({
   ],
   menuCommands: [{ path: ["Extensions", "IP-Adapter"], commands: [COMMAND] }],
   async setup() {
+    wrapApiLoader();
     await loadTheirTypes();
   },
   async beforeConfigureGraph(graphData) {
