@@ -87,6 +87,8 @@ class Report:
             lines.append(f"  #{c['id']} {c['type']}{title} → {made}")
             for name in c.get("filled", []):
                 lines.append(f"      older file: {name} missing, default used")
+            if c.get("extra_values"):
+                lines.append(f"      newer file? {c['extra_values']} widget value(s) beyond today's widgets ignored")
             lines += [f"      differs: {n}" for n in c["notes"]]
             lines += [f"      not kept: {n}" for n in c["lost"]]
         for k in self.kept:
@@ -235,7 +237,8 @@ def convert(workflow: dict, family: str = "auto") -> tuple[dict, Report]:
         else:
             rec = engine.records.get(nid, {"to": [], "notes": [], "lost": []})
             report.converted.append({"id": nid, "type": node.type, "title": node.title, "to": rec["to"],
-                                     "notes": rec["notes"], "lost": rec["lost"], "filled": node.filled})
+                                     "notes": rec["notes"], "lost": rec["lost"], "filled": node.filled,
+                                     "extra_values": node.extra_values})
     report.dropped = [{"node": n, "input": i, "why": w} for n, i, w in dropped]
     report.graph_notes = _graph_notes(workflow, fmt) if report.converted else []
     return out, report

@@ -65,10 +65,7 @@ def is_api(workflow) -> bool:
 
 def check_format(workflow) -> str:
     if is_ui(workflow):
-        if (workflow.get("definitions") or {}).get("subgraphs"):
-            # Nodes inside subgraphs are left as they are; the report says so (see read_ui).
-            pass
-        return "ui"
+        return "ui"   # nodes inside subgraphs are left as they are; the report counts them
     if is_api(workflow):
         return "api"
     raise ConversionError("the workflow is neither the editor's UI format (a 'nodes' list and 'links') nor the "
