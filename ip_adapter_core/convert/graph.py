@@ -167,7 +167,8 @@ class Resolver:
     def final(self, ref):
         """("new", key, slot) or ("old", id, slot) of a node that stays, or None (no such output)."""
         seen = 0
-        while ref is not None and ref[0] == "old" and ref[1] in self.converted and (ref[1], ref[2]) in self.outmap:
+        while ref is not None and ref[0] == "old" and ref[1] in self.converted:
+            # an output the rule did not map has no equivalent: its consumers lose that input (reported)
             ref = self.outmap.get((ref[1], ref[2]))
             seen += 1
             if seen > 10000:
