@@ -12,7 +12,8 @@
   sampler runs again) the converted one; the latents Save Latent writes (the UNet's output after the
   sampler) are identical, bit for bit, and so are the images.
 
-This module sorts after test_workflows.py, whose last server is the SDXL one: the SDXL scenario runs first.
+This module sorts after test_workflows.py, whose last server is the SDXL one: the SDXL scenario runs first,
+then everything on the SD1.5 server (one switch).
 """
 from __future__ import annotations
 
@@ -35,8 +36,51 @@ pytestmark = [pytest.mark.host, pytest.mark.slow]
 RUN_ORDER = sorted(SCENARIOS, key=lambda s: (FAMILY[s] != "sdxl", s))
 
 
-@pytest.fixture(scope="module")
+def _prompt_from_ui(server, their) -> tuple[dict, object]:
+    info = server.object_info()
+    converted, report = convert(to_ui(their, info))
+    assert report.format == "ui" and report.complete, report.text()
+    return wf.ui_to_api(converted, info), report
+
+
+def _run(server, prompt):
+    entry = server.run(prompt, timeout=3600)
+    latents = [i for out in entry["outputs"].values() for i in out.get("latents", [])]
+    images = [i for i in comfy_server.images_of(entry) if i.get("type", "output") == "output"]
+    assert len(latents) == 1 and images, entry["outputs"]
+    latent = load_file(str(server.output_dir / latents[0]["subfolder"] / latents[0]["filename"]))["latent_tensor"]
+    pictures = np.stack([np.asarray(Image.open(server.output_dir / i["subfolder"] / i["filename"]))
+                         for i in images])
+    cached = {str(n) for kind, data in entry.get("status", {}).get("messages", []) if kind == "execution_cached"
+              for n in data.get("nodes", [])}
+    return latent, pictures, cached
+
+
+@pytest.mark.parametrize("name", RUN_ORDER)
+def test_converted_workflow_runs_and_matches_the_hand_built_one(name, servers, record_property):
+    server = servers.get(FAMILY[name])
+    their, ours = SCENARIOS[name]()
+    prompt, report = _prompt_from_ui(server, their)
+    assert canonical(wf.graph(prompt)) == canonical(ours), "the converted editor file is not the hand-built graph"
+    try:
+        start = time.perf_counter()
+        latent_ours, images_ours, _ = _run(server, ours)
+        server.free()
+        time.sleep(2)   # the worker empties its cache when it next looks at the queue
+        latent_conv, images_conv, cached = _run(server, prompt)
+    except comfy_server.ComfyError as e:
+        pytest.fail(f"{name}: {e}\n{report.text()}\n--- server log ---\n{server.log_tail()}")
+    sampler = next(k for k, v in prompt.items() if v["class_type"] == "KSampler")
+    assert sampler not in cached, "the converted prompt was not sampled again"
+    assert latent_conv.shape == latent_ours.shape and np.isfinite(latent_conv).all()
+    assert np.array_equal(latent_conv, latent_ours), float(np.abs(latent_conv - latent_ours).max())
+    assert np.array_equal(images_conv, images_ours)
+    record_property("seconds", round(time.perf_counter() - start, 1))
+
+
+@pytest.fixture
 def sd15(servers):
+    """Looked up per test: the scenario runs switch between the SD1.5 and the SDXL server."""
     return servers.get("sd15")
 
 
@@ -84,55 +128,6 @@ def test_the_route_converts_and_refuses_bad_requests(sd15):
         status, body = _post(sd15, "/ipadapter/convert", bad)
         assert status == 400 and why in body["error"], body
     assert sd15.alive()
-
-
-def _prompt_from_ui(server, their) -> tuple[dict, object]:
-    info = server.object_info()
-    converted, report = convert(to_ui(their, info))
-    assert report.format == "ui" and report.complete, report.text()
-    return wf.ui_to_api(converted, info), report
-
-
-@pytest.mark.parametrize("name", RUN_ORDER)
-def test_converted_editor_file_equals_the_hand_built_graph(name, servers):
-    server = servers.get(FAMILY[name])
-    their, ours = SCENARIOS[name]()
-    prompt, _ = _prompt_from_ui(server, their)
-    assert canonical(wf.graph(prompt)) == canonical(ours)
-
-
-def _run(server, prompt):
-    entry = server.run(prompt, timeout=3600)
-    latents = [i for out in entry["outputs"].values() for i in out.get("latents", [])]
-    images = [i for i in comfy_server.images_of(entry) if i.get("type", "output") == "output"]
-    assert len(latents) == 1 and images, entry["outputs"]
-    latent = load_file(str(server.output_dir / latents[0]["subfolder"] / latents[0]["filename"]))["latent_tensor"]
-    pictures = np.stack([np.asarray(Image.open(server.output_dir / i["subfolder"] / i["filename"]))
-                         for i in images])
-    cached = {str(n) for kind, data in entry.get("status", {}).get("messages", []) if kind == "execution_cached"
-              for n in data.get("nodes", [])}
-    return latent, pictures, cached
-
-
-@pytest.mark.parametrize("name", RUN_ORDER)
-def test_converted_workflow_runs_and_matches_the_hand_built_one(name, servers, record_property):
-    server = servers.get(FAMILY[name])
-    their, ours = SCENARIOS[name]()
-    prompt, report = _prompt_from_ui(server, their)
-    try:
-        start = time.perf_counter()
-        latent_ours, images_ours, _ = _run(server, ours)
-        server.free()
-        time.sleep(2)   # the worker empties its cache when it next looks at the queue
-        latent_conv, images_conv, cached = _run(server, prompt)
-    except comfy_server.ComfyError as e:
-        pytest.fail(f"{name}: {e}\n{report.text()}\n--- server log ---\n{server.log_tail()}")
-    sampler = next(k for k, v in prompt.items() if v["class_type"] == "KSampler")
-    assert sampler not in cached, "the converted prompt was not sampled again"
-    assert latent_conv.shape == latent_ours.shape and np.isfinite(latent_conv).all()
-    assert np.array_equal(latent_conv, latent_ours), float(np.abs(latent_conv - latent_ours).max())
-    assert np.array_equal(images_conv, images_ours)
-    record_property("seconds", round(time.perf_counter() - start, 1))
 
 
 RUNNABLE_EXAMPLES = ("advanced", "combine_embeds", "negative_image", "noise_injection", "simple", "tiled",
