@@ -18,23 +18,12 @@ import pytest
 
 from ipadapter_ext.ip_adapter_core.convert import THEIR_NODE_IDS
 from plus_graphs import MODEL, SCENARIOS, theirs, to_ui
-from test_browser import SIZE, Editor, browser  # noqa: F401 - the module-scoped browser fixture
+# the module-scoped fixtures of test_browser.py: one Chromium and one editor page for this module too
+from test_browser import SIZE, browser, editor, object_info  # noqa: F401
 from test_convert import their_examples
 
 pytestmark = [pytest.mark.host, pytest.mark.browser]
 COMMAND = "IPAdapter.ConvertPlusWorkflow"
-
-
-@pytest.fixture(scope="module")
-def editor(browser, servers):  # noqa: F811
-    e = Editor(browser, servers.get("sd15", all_models=True))
-    yield e
-    e.page.close()
-
-
-@pytest.fixture(scope="module")
-def object_info(editor):
-    return editor.server.object_info()
 
 
 def notices(editor) -> list[str]:
