@@ -77,7 +77,21 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line("WARNING: " + HOST_MISSING, yellow=True, bold=True)
 
 
+class RepoRootIsNotAPackage:
+    """The repository root is ComfyUI's custom-node package, not a test package. pytest would collect it as
+    a Package and import its ``__init__`` (which registers nodes, and whose relative imports fail when
+    the folder name is not an identifier, as in ``custom_nodes/comfyui-ipadapter``): collect it as a plain
+    directory instead. Registered as a plugin because the hook for the root runs outside this conftest's scope."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collect_directory(self, path, parent):
+        if Path(path).resolve() == REPO_ROOT:
+            return pytest.Dir.from_parent(parent, path=path)
+        return None
+
+
 def pytest_configure(config):
+    config.pluginmanager.register(RepoRootIsNotAPackage(), "ipadapter-repo-root")
     config.addinivalue_line("markers", "host: needs the real ComfyUI host")
     config.addinivalue_line("markers", "slow: builds full-size random models (minutes)")
     config.addinivalue_line("markers", "browser: drives the real editor in Chromium (tests/test_browser.py)")
