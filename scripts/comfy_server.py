@@ -52,10 +52,12 @@ def find_host() -> Path:
     return root
 
 
-def extension_in_host(host: Path) -> bool:
-    """True when the host's custom_nodes/ already holds this repository (a clone or a link)."""
+def extension_in_host(host: Path) -> str | None:
+    """The name of the host's custom_nodes/ folder that is this repository (a clone or a link), else None."""
     folder = Path(host) / "custom_nodes"
-    return folder.is_dir() and any(p.resolve() == REPO for p in folder.iterdir() if p.is_dir())
+    if not folder.is_dir():
+        return None
+    return next((p.name for p in sorted(folder.iterdir()) if p.is_dir() and p.resolve() == REPO), None)
 
 
 def free_port() -> int:
@@ -220,14 +222,17 @@ class LocalServer(Client):
         if cpu if cpu is not None else not cuda_available(self.python):
             args.append("--cpu")
         configs = list(extra_model_paths)
-        if isolate or not extension_in_host(self.host):
+        # Loaded from the host's custom_nodes/ when it is there (README › Install), else through a link; never
+        # both, or ComfyUI would import it twice.
+        installed_as = extension_in_host(self.host)
+        if installed_as is None:
             configs.append(self._link_extension())
         for c in configs:
             args += ["--extra-model-paths-config", str(c)]
         if isolate:
             for d in ("input", "output", "temp", "user"):
                 (self.workdir / d).mkdir(parents=True, exist_ok=True)
-            args += ["--disable-all-custom-nodes", "--whitelist-custom-nodes", LINK_NAME,
+            args += ["--disable-all-custom-nodes", "--whitelist-custom-nodes", installed_as or LINK_NAME,
                      "--input-directory", str(self.workdir / "input"), "--output-directory",
                      str(self.workdir / "output"), "--temp-directory", str(self.workdir / "temp"),
                      "--user-directory", str(self.workdir / "user"), "--database-url", "sqlite:///:memory:"]

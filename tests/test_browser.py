@@ -29,7 +29,9 @@ from workflow_servers import REPO, SIZE, WORKFLOWS, comfy_server, ui, wf
 
 pytestmark = [pytest.mark.host, pytest.mark.browser]
 
-EXTENSION = comfy_server.LINK_NAME  # the folder name the test servers link the extension under
+# The folder name the servers load the extension under: its own in the host's custom_nodes/, else the link's.
+EXTENSION = (comfy_server.extension_in_host(comfy_server.find_host()) if comfy_server.host_module().find_comfyui()
+             else None) or comfy_server.LINK_NAME
 SHOTS = REPO / "docs" / "images"
 
 

@@ -7,7 +7,8 @@
 - (λ per layer against their formulas: test_convert_lambda.py; runs in the server: test_workflows_plus.py;
   the editor: test_browser_convert.py.)
 - The command line script writes the same graph, prints the report, and exits 1 / 2 as documented.
-- Their own 21 example files, when present (``IPADAPTER_PLUS_EXAMPLES``, default /tmp/ipplus/examples):
+- Their own 21 example files, when present (``IPADAPTER_PLUS_EXAMPLES``; .ci/run sets it to the copy beside the
+  repository in CI, ``../shared/third_party/ComfyUI_IPAdapter_plus/examples``):
   each converts fully, partially or not at all, as listed in EXAMPLES.
 """
 from __future__ import annotations
@@ -309,8 +310,8 @@ def their_examples() -> Path | None:
 def test_their_examples_convert_as_documented():
     folder = their_examples()
     if folder is None:
-        pytest.skip("THEIR EXAMPLES NOT CHECKED: set IPADAPTER_PLUS_EXAMPLES to a folder with "
-                    "ComfyUI_IPAdapter_plus's examples/*.json (.ci/run does it from a local copy when there is one)")
+        pytest.skip("THEIR EXAMPLES NOT CHECKED: IPADAPTER_PLUS_EXAMPLES is not set to a folder with "
+                    "ComfyUI_IPAdapter_plus's examples/*.json (README › Tests; .ci/run sets it in CI)")
     files = sorted(p.name for p in folder.glob("*.json"))
     assert files == sorted(EXAMPLES)
     for name in files:
