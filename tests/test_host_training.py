@@ -220,3 +220,146 @@ def test_bfloat16_compute_keeps_float32_adapter_weights(tiny, training_set):
                                                0.05, 0.05, 0, False, None, "bfloat16").result
     assert all(torch.isfinite(torch.tensor(loss["loss"])))
     assert {p.dtype for p in handle.model.parameters()} == {torch.float32}
+
+
+def _oom(*_):
+    raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB")  # what the host's allocator raises
+
+
+class _Failures:
+    """Where a run of IP-Adapter Train can fail, each armed with pytest's monkeypatch on the model."""
+
+    @staticmethod
+    def copying_the_weights(mp, mm, dm):
+        # the swap clones the whole UNet: where an out-of-memory is likeliest; fail part-way through
+        weights, seen, clone = {id(p) for p in dm.parameters()}, [], torch.Tensor.clone
+
+        def failing_clone(t, *args, **kwargs):
+            if id(t) in weights:
+                seen.append(1)
+                if len(seen) == 20:
+                    _oom()
+            return clone(t, *args, **kwargs)
+        mp.setattr(torch.Tensor, "clone", failing_clone)
+
+    @staticmethod
+    def first_step_forward(mp, mm, dm):
+        from ipadapter_ext.ip_adapter_core.training import comfy_train
+
+        calls, real = [], comfy_train.TrainAttn2.__call__
+        mp.setattr(comfy_train.TrainAttn2, "__call__",
+                   lambda self, *a: _oom() if calls.append(1) or len(calls) == 3 else real(self, *a))
+
+    @staticmethod
+    def mid_run_backward(mp, mm, dm):
+        from ipadapter_ext.ip_adapter_core.training import comfy_train
+
+        calls, real = [], comfy_train.noise.eps_loss
+
+        def eps_loss(pred, eps):
+            calls.append(1)
+            if len(calls) == 2 and pred.requires_grad:
+                pred.register_hook(_oom)
+            return real(pred, eps)
+        mp.setattr(comfy_train.noise, "eps_loss", eps_loss)
+
+    @staticmethod
+    def cancel_before_the_first_step(mp, mm, dm):
+        mm.interrupt_current_processing(True)
+
+    @staticmethod
+    def cancel_mid_run(mp, mm, dm):
+        import comfy.utils
+
+        class Bar:  # Cancel pressed while step 1 runs: the run stops before step 2
+            def __init__(self, total, node_id=None):
+                pass
+
+            def update(self, value):
+                mm.interrupt_current_processing(True)
+        mp.setattr(comfy.utils, "ProgressBar", Bar)
+
+    @staticmethod
+    def wrapping_the_result(mp, mm, dm):
+        from ipadapter_ext.nodes import training
+
+        mp.setattr(training, "trained_handle", _oom)
+
+
+def _state_of(model):
+    """Everything of the model that training borrows, by identity where a copy would hide a swap."""
+    dm = model.model.diffusion_model
+    return {"attrs": [(m, dict(vars(m))) for m in dm.modules()],
+            "tensors": [(m, dict(m._parameters), dict(m._buffers)) for m in dm.modules()],
+            "values": snapshot(dm), "flags": [p.requires_grad for p in dm.parameters()],
+            "modes": [m.training for m in dm.modules()], "options": repr(model.model_options),
+            "object_patches": dict(model.object_patches), "patches": repr(model.patches)}
+
+
+def _assert_same_state(model, before):
+    after = _state_of(model)
+    for (m, attrs), (_, now) in zip(before["attrs"], after["attrs"]):
+        assert now.keys() == attrs.keys(), (type(m).__name__, now.keys() ^ attrs.keys())  # nothing of ours left
+        assert all(now[k] is v for k, v in attrs.items()), (type(m).__name__, [k for k in attrs if now[k] is not v])
+    for (m, params, buffers), (_, p_now, b_now) in zip(before["tensors"], after["tensors"]):
+        assert p_now.keys() == params.keys(), type(m).__name__
+        assert [k for k in params if p_now[k] is not params[k]] == [], f"{type(m).__name__}: tensors not put back"
+        assert b_now.keys() == buffers.keys(), type(m).__name__
+        assert [k for k in buffers if b_now[k] is not buffers[k]] == [], f"{type(m).__name__}: buffers not put back"
+    assert all(torch.equal(before["values"][k], after["values"][k]) for k in before["values"])  # bit for bit
+    for key in ("flags", "modes", "options", "object_patches", "patches"):
+        assert after[key] == before[key], key
+
+
+@pytest.fixture
+def borrowed_model(tiny):
+    """The tiny model loaded, another extension's instance-level ``forward`` on a transformer block, one
+    parameter trainable and one block in train mode (so putting back a default would show); undone after."""
+    import comfy.ldm.modules.attention as A
+    import comfy.model_management as mm
+
+    model = tiny[0]
+    dm = model.model.diffusion_model
+    mm.load_models_gpu([model], force_full_load=True)  # the host's own bookkeeping on the modules, done first
+    block = next(m for m in dm.modules() if isinstance(m, A.BasicTransformerBlock))
+    calls = []
+
+    def foreign(*args, **kwargs):
+        calls.append(1)
+        return type(block).forward(block, *args, **kwargs)
+
+    block.forward = foreign
+    odd = dm.out[-1].bias
+    with torch.inference_mode():  # an inference tensor takes requires_grad only there
+        odd.requires_grad_(True)
+    dm.middle_block.train()
+    try:
+        yield model, block, foreign, calls
+    finally:
+        mm.interrupt_current_processing(False)
+        vars(block).pop("forward", None)
+        with torch.inference_mode():
+            odd.requires_grad_(False)
+        dm.middle_block.eval()
+
+
+@pytest.mark.parametrize("checkpointing", [True, False], ids=["checkpointing", "plain"])
+@pytest.mark.parametrize("failure", [n for n in vars(_Failures) if not n.startswith("_")])
+def test_a_failed_run_leaves_the_model_exactly_as_it_was(borrowed_model, training_set, monkeypatch, failure,
+                                                         checkpointing):
+    """Out of memory or Cancel at any point: the other extension's forward is the same object, every
+    UNet tensor the same object with the same bits and requires_grad, every module's mode and
+    attributes as they were, and nothing of ours left on the model."""
+    import comfy.model_management as mm
+
+    model, block, foreign, calls = borrowed_model
+    before = _state_of(model)
+    getattr(_Failures, failure)(monkeypatch, mm, model.model.diffusion_model)
+    with pytest.raises((RuntimeError, mm.InterruptProcessingException)) as raised:
+        train_node(model, training_set, steps=4, checkpointing=checkpointing)
+    monkeypatch.undo()
+    assert "out of memory" in str(raised.value) or raised.type is mm.InterruptProcessingException
+    assert vars(block).get("forward") is foreign, "the other extension's forward was not put back"
+    _assert_same_state(model, before)
+    if failure == "wrapping_the_result":  # a whole run went through the other extension's forward
+        assert calls

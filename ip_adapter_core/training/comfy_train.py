@@ -101,50 +101,70 @@ class TrainingSet:
 def trainable_weights(module: torch.nn.Module):
     """Swap inference-mode parameters and buffers (ComfyUI loads models under inference_mode) for
     normal copies for the duration, so autograd can save them for backward; the module's own
-    tensors are put back afterwards, so the model given to the node is left as it was."""
+    tensors are put back afterwards, also when a copy fails part-way (out of memory: the copies
+    double the UNet), so the model given to the node is left as it was."""
     swapped = []
-    with torch.inference_mode(False):
-        for m in module.modules():
-            for store in (m._parameters, m._buffers):
-                for name, t in list(store.items()):
-                    if t is not None and t.is_inference():
-                        copy = t.clone()
-                        store[name] = torch.nn.Parameter(copy, requires_grad=False) if store is m._parameters \
-                            else copy
-                        swapped.append((store, name, t))
     try:
+        with torch.inference_mode(False):
+            for m in module.modules():
+                for store in (m._parameters, m._buffers):
+                    for name, t in list(store.items()):
+                        if t is not None and t.is_inference():
+                            copy = t.clone()
+                            swapped.append((store, name, t))
+                            store[name] = torch.nn.Parameter(copy, requires_grad=False) if store is m._parameters \
+                                else copy
         yield
     finally:
-        for store, name, t in swapped:
+        for store, name, t in reversed(swapped):
             store[name] = t
+
+
+@contextlib.contextmanager
+def frozen(module: torch.nn.Module):
+    """requires_grad off for the duration; each parameter's own flag back afterwards."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    try:
+        module.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+_NO_FORWARD = object()
 
 
 @contextlib.contextmanager
 def checkpointed_blocks(diffusion_model, enabled: bool):
     """Gradient checkpointing per transformer block. Each call keeps a snapshot of its
     transformer_options, so the recomputation in backward runs with this block's own entries, not
-    those the shared dict holds by then."""
+    those the shared dict holds by then. The wrapper calls whatever ``forward`` the block had (another
+    extension's instance attribute too) and that same attribute, or none, is put back afterwards."""
     if not enabled:
         yield
         return
     from comfy.ldm.modules.attention import BasicTransformerBlock
 
     wrapped = []
-    for m in diffusion_model.modules():
-        if isinstance(m, BasicTransformerBlock):
-            original = m.forward
-
-            def forward(x, context=None, transformer_options={}, _f=original):  # noqa: B006 - host signature
-                snapshot = dict(transformer_options)
-                return torch.utils.checkpoint.checkpoint(_f, x, context, snapshot, use_reentrant=False)
-
-            m.forward = forward
-            wrapped.append(m)
     try:
+        for m in diffusion_model.modules():
+            if isinstance(m, BasicTransformerBlock):
+                original = m.forward
+
+                def forward(x, context=None, transformer_options={}, _f=original):  # noqa: B006 - host signature
+                    snapshot = dict(transformer_options)
+                    return torch.utils.checkpoint.checkpoint(_f, x, context, snapshot, use_reentrant=False)
+
+                wrapped.append((m, vars(m).get("forward", _NO_FORWARD)))
+                m.forward = forward
         yield
     finally:
-        for m in wrapped:
-            del m.forward  # back to the class's method
+        for m, previous in reversed(wrapped):
+            if previous is _NO_FORWARD:
+                vars(m).pop("forward", None)  # back to the class's method
+            else:
+                m.forward = previous
 
 
 def adm(base_model, pooled: torch.Tensor | None, size: tuple[int, int]):
@@ -223,25 +243,20 @@ def train(model_patcher, adapter, data: TrainingSet, settings: TrainSettings, on
     gen = torch.Generator().manual_seed(settings.seed)
     acp = noise.alphas_cumprod()
     losses = []
-    frozen = [p.requires_grad for p in dm.parameters()]
-    with torch.inference_mode(False), torch.enable_grad(), trainable_weights(dm), \
+    # each context puts back what it borrowed on any exit (out of memory, Cancel), innermost first
+    with torch.inference_mode(False), torch.enable_grad(), trainable_weights(dm), frozen(dm), \
             checkpointed_blocks(dm, settings.gradient_checkpointing):
         data = data.normal_copy()  # the dataset node's tensors are inference tensors too
-        dm.requires_grad_(False)
-        try:
-            for step in range(settings.steps):
-                mm.throw_exception_if_processing_interrupted()
-                index = torch.randint(0, len(data), (settings.batch_size,), generator=gen)
-                with _autocast(device, settings.compute_dtype):
-                    loss = train_step(model_patcher, adapter, data, index, gen, settings, acp)
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                losses.append(float(loss.detach()))
-                if on_step is not None:
-                    on_step(step, losses[-1])
-        finally:
-            for p, r in zip(dm.parameters(), frozen):
-                p.requires_grad_(r)
+        for step in range(settings.steps):
+            mm.throw_exception_if_processing_interrupted()
+            index = torch.randint(0, len(data), (settings.batch_size,), generator=gen)
+            with _autocast(device, settings.compute_dtype):
+                loss = train_step(model_patcher, adapter, data, index, gen, settings, acp)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            if on_step is not None:
+                on_step(step, losses[-1])
     adapter.eval().requires_grad_(False)
     return losses
