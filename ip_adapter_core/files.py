@@ -102,7 +102,7 @@ def read_flat_state_dict(path) -> dict[str, torch.Tensor]:
     kind = sniff_format(path)
     if kind == "safetensors":
         return _read_safetensors(path)
-    return _flatten(load_pickle(path), path)
+    return flatten_state_dict(load_pickle(path), path)
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -115,18 +115,51 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
                                  "It is probably truncated: download it again.") from e
 
 
-def _flatten(obj, path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return {prefix.rstrip("."): obj}
-    if not isinstance(obj, dict):
-        raise IPAdapterFileError(path, f"contains a {type(obj).__name__} at '{prefix or '<top>'}', "
-                                 "where a dict of tensors was expected.",
-                                 "This is not a model file.")
+# A state dict is {section: {key: tensor}}, at most a wrapper or two deeper ("state_dict",
+# "module"); released adapters hold a few hundred keys. Far wider or deeper is not a model
+# file, and the walk stops there instead of growing with what the file claims.
+MAX_NESTING = 16
+MAX_ENTRIES = 100_000
+
+
+def flatten_state_dict(obj, path, kind: str = "IP-Adapter file") -> dict[str, torch.Tensor]:
+    """A loaded pickle's nested dicts of tensors -> one flat ``{"a.b.c": tensor}`` dict.
+
+    Each dict is walked once: pickles share objects by reference, so a few hundred bytes
+    (d1 = {"a": d0, "b": d0}, 60 levels) describe 2^60 paths; a dict met again is refused,
+    as are nesting beyond MAX_NESTING and more than MAX_ENTRIES entries in all. Numbers,
+    strings and None are metadata ("epoch") and skipped; any other object is refused."""
+    path = Path(path)
     out: dict[str, torch.Tensor] = {}
-    for k, v in obj.items():
-        if isinstance(v, (int, float, str)) or v is None:
-            continue  # metadata such as "epoch" or "global_step"
-        out.update(_flatten(v, path, f"{prefix}{k}."))
+    seen: dict[int, str] = {}  # id of each dict walked -> where it was met
+    entries = 0
+    stack = [(obj, "", 0)]  # explicit stack: a deep file cannot exhaust Python's recursion limit
+    while stack:
+        node, prefix, depth = stack.pop()
+        where = prefix.rstrip(".") or "<top>"
+        if isinstance(node, torch.Tensor):
+            out[prefix.rstrip(".")] = node
+            continue
+        if not isinstance(node, dict):
+            raise IPAdapterFileError(path, f"contains a {type(node).__name__} at '{where}', where a dict of "
+                                     "tensors was expected.", "This is not a model file.", kind)
+        if id(node) in seen:
+            raise IPAdapterFileError(path, f"holds the same dict at '{seen[id(node)]}' and at '{where}'; a model "
+                                     "file's dicts are all distinct (shared ones can make a small file stand for "
+                                     "an astronomically large one), so it was refused.",
+                                     "Use the .safetensors release of this file.", kind)
+        seen[id(node)] = where
+        if depth > MAX_NESTING:
+            raise IPAdapterFileError(path, f"nests dicts more than {MAX_NESTING} deep (at '{where}'); model "
+                                     "files nest two or three.", "This is not a model file.", kind)
+        entries += len(node)
+        if entries > MAX_ENTRIES:
+            raise IPAdapterFileError(path, f"holds more than {MAX_ENTRIES:,} dict entries; IP-Adapter files "
+                                     "hold a few hundred.", "This is not a model file.", kind)
+        for k, v in reversed(node.items()):  # reversed: popped in the file's order
+            if isinstance(v, (int, float, str)) or v is None:
+                continue  # metadata such as "epoch" or "global_step"
+            stack.append((v, f"{prefix}{k}.", depth + 1))
     return out
 
 

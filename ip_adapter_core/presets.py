@@ -5,7 +5,8 @@ and a misnamed one is loaded as the wrong kind. Here every file in the model fol
 (extra_model_paths.yaml included) is classified by its tensors (config.detect_config for
 adapters, clip_vision_files for encoders) and a preset is a test on the resulting
 AdapterConfig. Classifications are cached by (size, mtime_ns), so a re-scan costs one stat
-per file and a changed file is classified again.
+per file and a changed file is classified again; a file is classified once whatever names
+(links) it has, and the cache keeps the CACHE_SIZE most recently used files.
 
 Two pairs of presets are the same network with different training, and no shape tells
 them apart: LIGHT and STANDARD on SD1.5 (ip-adapter_sd15_light is ip-adapter_sd15 trained
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -29,7 +31,7 @@ import torch
 from .clip_vision_files import encoder_of_file
 from .config import FAMILY_NAMES, VIT_BIGG, VIT_H, AdapterConfig, detect_config
 from .errors import IPAdapterError
-from .files import _flatten, load_pickle, sniff_format, split_sections
+from .files import flatten_state_dict, load_pickle, sniff_format, split_sections
 from .loader import EXTENSIONS, FOLDER
 
 log = logging.getLogger("ipadapter")
@@ -113,7 +115,7 @@ def adapter_config_of_file(path) -> AdapterConfig:
     if fmt == "safetensors":
         flat = _safetensors_shapes(path)
     else:
-        flat = _flatten(load_pickle(path, mmap=fmt == "zip-pickle"), path)
+        flat = flatten_state_dict(load_pickle(path, mmap=fmt == "zip-pickle"), path)
     sections, rest = split_sections(flat)
     return detect_config(sections, path, rest)
 
@@ -133,19 +135,20 @@ class Skipped:
     reason: str
 
 
-_CACHE: dict[tuple[str, str], tuple[tuple[int, int], object]] = {}  # (kind, path) -> (stamp, result)
+# Enough for every model file of a large collection; beyond it the least recently used entry goes,
+# so files that come and go over a long session cannot grow the cache without end.
+CACHE_SIZE = 4096
+# (kind, st_dev, st_ino) -> ((size, mtime_ns), result): one entry per file, whatever names it has
+_CACHE: OrderedDict[tuple[str, int, int], tuple[tuple[int, int], object]] = OrderedDict()
 
 
-def _classified(kind: str, path: str):
+def _classified(kind: str, path: str, st: os.stat_result):
     """The cached classification of ``path`` (an AdapterConfig, an encoder name or Skipped),
     redone when the file's size or mtime changed. Never raises: a bad file is Skipped."""
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        return Skipped(f"cannot be read ({e.strerror})")
-    stamp = (st.st_size, st.st_mtime_ns)
-    hit = _CACHE.get((kind, path))
+    key, stamp = (kind, st.st_dev, st.st_ino), (st.st_size, st.st_mtime_ns)
+    hit = _CACHE.get(key)
     if hit is not None and hit[0] == stamp:
+        _CACHE.move_to_end(key)
         return hit[1]
     classify = adapter_config_of_file if kind == FOLDER else encoder_of_file
     try:
@@ -154,7 +157,10 @@ def _classified(kind: str, path: str):
         # the file's own error names the path; the listing names it already
         result = Skipped(str(getattr(e, "problem", None) or e).rstrip("."))
         log.debug("%s: skipped %s: %s", kind, path, e)
-    _CACHE[(kind, path)] = (stamp, result)
+    _CACHE[key] = (stamp, result)
+    _CACHE.move_to_end(key)
+    while len(_CACHE) > CACHE_SIZE:
+        _CACHE.popitem(last=False)
     return result
 
 
@@ -168,15 +174,47 @@ def folders(kind: str) -> list[str]:
         return []
 
 
+def model_files(roots, extensions) -> list[tuple[str, os.stat_result | OSError]]:
+    """(path, stat or the error stating it) of every file with one of ``extensions`` under ``roots``
+    and their subfolders (symlinked ones too, as ComfyUI lists them), sorted by path.
+
+    Each real folder is walked once: two links back to their parent would otherwise make 2^40
+    paths before the kernel's symlink limit ends them. A file reached under several names (links,
+    an extra folder inside another) is listed once, under the first name by path."""
+    seen_dirs, files, unreadable = set(), {}, []
+    for root in roots:
+        for dirpath, dirnames, names in os.walk(root, followlinks=True):
+            dirnames.sort()  # which name of a linked folder is kept must not depend on the disk's order
+            try:
+                st = os.stat(dirpath)
+            except OSError:
+                dirnames[:] = []
+                continue
+            if (st.st_dev, st.st_ino) in seen_dirs:
+                dirnames[:] = []  # met before under another name: its files and subfolders are listed
+                continue
+            seen_dirs.add((st.st_dev, st.st_ino))
+            for name in names:
+                if Path(name).suffix.lower() not in extensions:
+                    continue
+                path = os.path.abspath(os.path.join(dirpath, name))
+                try:
+                    fst = os.stat(path)
+                except OSError as e:  # a dangling link: listed, with why it cannot be read
+                    unreadable.append((path, e))
+                    continue
+                ident = (fst.st_dev, fst.st_ino)
+                if ident not in files or path < files[ident][0]:
+                    files[ident] = (path, fst)
+    return sorted([*files.values(), *unreadable], key=lambda f: f[0])
+
+
 def scan(kind: str) -> list[tuple[str, object]]:
     """(path, classification) of every model file under the ``kind`` folders, sorted by path."""
     extensions = EXTENSIONS if kind == FOLDER else ENCODER_EXTENSIONS
-    paths = set()
-    for root in folders(kind):
-        for dirpath, _, names in os.walk(root, followlinks=True):  # subfolders, as ComfyUI lists them
-            paths.update(os.path.abspath(os.path.join(dirpath, n)) for n in names
-                         if Path(n).suffix.lower() in extensions)
-    return [(p, _classified(kind, p)) for p in sorted(paths)]
+    return [(path, Skipped(f"cannot be read ({st.strerror})") if isinstance(st, OSError)
+             else _classified(kind, path, st))
+            for path, st in model_files(folders(kind), extensions)]
 
 
 # ---------------------------------------------------------------- choosing files
