@@ -41,8 +41,8 @@ def init_random_(module: torch.nn.Module, seed: int = 0) -> None:
                 p.zero_()
 
 
-def comfy_model(family: str = "sd15", seed: int = 0, device=None):
-    """A ComfyUI ModelPatcher around the real UNet class for ``family``, float32."""
+def comfy_model(family: str = "sd15", seed: int = 0, device=None, dtype=torch.float32):
+    """A ComfyUI ModelPatcher around the real UNet class for ``family``, float32 unless ``dtype`` says."""
     import comfy.model_detection
     import comfy.model_management as mm
     import comfy.model_patcher
@@ -50,7 +50,7 @@ def comfy_model(family: str = "sd15", seed: int = 0, device=None):
     t0 = time.time()
     unet_config = dict(comfy_unet_config(family))
     model_config = comfy.model_detection.model_config_from_unet_config(unet_config)
-    model_config.set_inference_dtype(torch.float32, None)
+    model_config.set_inference_dtype(dtype, None)
     model = model_config.get_model({}, device=device)
     if device != "meta":
         init_random_(model.diffusion_model, seed)
