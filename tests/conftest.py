@@ -64,6 +64,22 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return float((got - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
+# The same maths on another batch shape (or in another order) runs other BLAS kernels, which sum in another
+# order, and which kernel depends on the CPU: on an AMD EPYC, projecting two images as one batch differs from
+# projecting each alone by 1e-7 of the values' scale (ip-adapter_sd15; bit-equal on the CPUs before it), the random
+# ViT-H at batch 1/2 vs 5 by 1e-6 (tests/test_encode_batches.py); float32 against float64 of the same
+# projection: 2e-7 to 9e-7. 1e-5 leaves ten times that and still catches a real error (a wrong token, weight
+# or layer moves the values by 1e-3 or more). Same kernels on the same shapes stay bit-exact (torch.equal).
+REORDER_RTOL = 1e-5
+
+
+def assert_close_reordered(got: torch.Tensor, ref: torch.Tensor, what: str = "", rtol: float = REORDER_RTOL) -> None:
+    """``got`` equals ``ref`` up to float32 summation order: ``rtol`` per entry, plus ``rtol`` × max|ref| for
+    entries near zero (where a relative bound alone is ill-posed); shapes and dtypes must match."""
+    scale = float(ref.abs().max()) if ref.numel() else 0.0
+    torch.testing.assert_close(got, ref, rtol=rtol, atol=rtol * scale, msg=lambda m: f"{what}: {m}" if what else m)
+
+
 def pytest_terminal_summary(terminalreporter):
     if PARITY:
         terminalreporter.section("parity (relative error, tolerance)")

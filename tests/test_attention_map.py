@@ -50,6 +50,7 @@ def test_ratio_at_one_layer(sd15, adapter_file):
     maps, labels = rec.maps(1)
     assert labels[0].startswith("image prompt 1 (ip-adapter_sd15.safetensors): input")
     assert torch.allclose(maps[0].reshape(-1), want.reshape(-1), rtol=1e-4, atol=1e-6)
+    # exact: each group's map is the sum of this one layer's ratio over a count of 1
     assert torch.equal(maps[3], maps[0]) and maps[1].abs().sum() == 0  # all = the one layer; no middle layer ran
 
 

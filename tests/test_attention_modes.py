@@ -113,5 +113,6 @@ def test_routed_positive_rows_receive_exactly_nothing(adapter):
     plain = Attn2Patch(layer, ())
     with torch.no_grad():
         got, text = patch(q, k, v, extra), plain(q, k, v, extra)
+    # the same text-attention call on the same [2, ...] batch in both, and the routed row adds nothing
     assert torch.equal(got[0], text[0])        # positive row: bit-identical to no image prompt
     assert not torch.equal(got[1], text[1])    # negative row: the image

@@ -3,13 +3,13 @@ ComfyUI progress bar over the images, and Cancel (the interrupt flag) checked be
 import pytest
 import torch
 
+from conftest import assert_close_reordered
+
 pytestmark = pytest.mark.host
 
 # Measured on the random ViT-H (CPU, float32), 5 images, batch sizes 1 and 2 against one call:
 # the largest difference was ~1e-6 of the field's largest magnitude (BLAS sums in another order for
-# another batch size), never bit-equal. Element-wise rtol alone is ill-posed for entries near zero,
-# so the bound is 1e-5 relative to each field's scale (max |value|), plus rtol 1e-5 per entry.
-RTOL = 1e-5
+# another batch size), never bit-equal; hence the tolerance of assert_close_reordered (conftest.py).
 FIELDS = ("image_embeds", "last_hidden_state", "penultimate_hidden_states")
 
 
@@ -77,6 +77,7 @@ def test_batches_equal_the_single_call(vit_h, images, monkeypatch):
         zero_calls.clear()
         out = encode(vit_h, images, "center", batch_size=batch_size)
         assert len(zero_calls) == 1, "the zero-image features are computed once, not per chunk"
+        # in each run one encoder call on the one zero image: same kernels, same shape, exact
         assert torch.equal(getattr(out, ZERO_IMAGE_ATTR), getattr(single, ZERO_IMAGE_ATTR))
         for name in FIELDS:
             a, b = getattr(out, name), getattr(single, name)
@@ -84,7 +85,7 @@ def test_batches_equal_the_single_call(vit_h, images, monkeypatch):
             a, b = a.float(), b.float()
             diff, scale = (a - b).abs().max().item(), b.abs().max().item()
             print(f"batch_size={batch_size} {name}: max |diff| {diff:.2e}, / max |value| {diff / scale:.2e}")
-            assert torch.allclose(a, b, rtol=RTOL, atol=RTOL * scale), (batch_size, name, diff, scale)
+            assert_close_reordered(a, b, f"batch_size {batch_size}, {name}")
         # every field of ComfyUI's output is there (mm_projected too, None for CLIP)
         assert set(vars(single)) <= set(vars(out))
         assert (out.mm_projected is None) == (single.mm_projected is None)

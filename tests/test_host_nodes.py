@@ -137,6 +137,7 @@ def test_apply_clones_and_patches_all_16_layers(sd15, adapter_file):
 def test_lambda_zero_identical_and_base_model_untouched(sd15, adapter_file, base_io):
     h = handle(adapter_file("ip-adapter_sd15"))
     ref = run(sd15, base_io)
+    # exact: at λ = 0 no image term is computed; the text attention is the same kernel on the same shapes
     assert torch.equal(run(apply(sd15, h, prompt(h, weight=0.0)), base_io), ref)
     patched = run(apply(sd15, h, prompt(h, weight=1.0)), base_io)
     assert not torch.allclose(patched, ref, atol=1e-4)
@@ -149,6 +150,7 @@ def test_middle_block_is_patched(sd15, tmp_path, base_io):
     only_mid = handle(write_adapter(tmp_path, "ip-adapter_sd15", only_layer=31, name="mid.safetensors"))
     none = handle(write_adapter(tmp_path, "ip-adapter_sd15", only_layer=-1, name="zero.safetensors"))
     ref = run(sd15, base_io)
+    # exact: zero K'/V' add an exact zero to the same text attention; a weighted-out block is skipped
     assert torch.equal(run(apply(sd15, none, prompt(none)), base_io), ref)
     assert not torch.allclose(run(apply(sd15, only_mid, prompt(only_mid)), base_io), ref, atol=1e-5)
     # and only the middle block: weighting it out restores the base output

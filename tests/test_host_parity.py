@@ -1,10 +1,9 @@
 """End to end: ComfyUI's UNet patched through this extension's nodes equals diffusers' UNet
 with diffusers' own IP-Adapter loading, on the same random weights.
 
-One UNet per family (real SD1.5 / SDXL structure and widths, fp32, PyTorch-default random
-weights under a fixed seed) is shared by both hosts: both are built on meta and assigned
-views of one read-only memory-mapped weight file (tests/unet_pairs.py), so SDXL's 10.3 GB
-are held once, as reclaimable file pages. The UNets of a family are built once
+One UNet per family (real SD1.5 / SDXL structure and widths, float32) is shared by both hosts: both are
+built on meta and assigned the same tensors, the UNet weights of the suite's random full-size checkpoint
+(fp16 on disk, read as float32; tests/unet_pairs.py), so SDXL's 10.3 GB are held once. The UNets of a family are built once
 (module-scoped, indirectly parametrised fixture) and released before the next family's.
 The latent is 16x16 (not 32x32) to keep the run short on 2 shared CPU cores.
 
@@ -141,7 +140,7 @@ def pair(request, image_encoder, adapter_file):
     adapter_files._sections.cache_clear()
     gc.collect()
     t0 = time.perf_counter()
-    unet = diffusers_unet(family, seed=0)
+    unet = diffusers_unet(family)
     comfy = comfy_model_sharing(unet)
     log.info("%s pair ready in %.1fs", family, time.perf_counter() - t0)
     g = torch.Generator().manual_seed(7)
@@ -209,6 +208,7 @@ def check_case(pair: Pair, image_encoder, parity, path, variant, lam, layout):
     # both sides see the same CLIP features: diffusers' last chunk is the positive image,
     # its first (with CFG) the negative: zeros (linear) or the zero-image states (plus/full-face)
     pos = d_embeds[0][-1, 0]
+    # exact: the same encoder on the same pixels (and zeros) at batch 1 on both sides
     if pos.ndim == 1:
         assert torch.equal(pos, feats.image_embeds[0])
         if len(layout) == 2:

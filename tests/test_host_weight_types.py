@@ -61,7 +61,7 @@ def test_weight_type_differs_from_linear_except_where_it_is_one(sd15, base, weig
     others = set(table) - ones
     linear = image(sd15, h, weighted(embeds))
     assert not torch.equal(image(sd15, h, weighted(embeds, weight_type)), linear)
-    if ones:
+    if ones:  # exact: the same layers with the same λ of 1, so the same kernels on the same shapes
         assert torch.equal(image(sd15, h, weighted(embeds, weight_type, ones)),
                            image(sd15, h, weighted(embeds, "linear", ones)))
     touched = {k for k in others if table[k][0] != 0.0}
@@ -77,6 +77,7 @@ def test_linear_is_the_weighting_of_before(sd15, base):
     h, embeds = base
     old = IPAWeight.execute(embeds, 0.8, "all", "", 0.0, 1.0).result[0]
     assert old.layer_weights is None and old.layer_routes is None and old.scaling == "V only"
+    # exact: the same patches with the same values, so the same kernels on the same shapes
     assert torch.equal(image(sd15, h, old), image(sd15, h, weighted(embeds, "linear", weight=0.8)))
 
 

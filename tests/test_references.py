@@ -302,6 +302,7 @@ def test_encode_image_sees_exactly_the_prepared_reference(vit_h, spy):
     (pixels, crop), (pixels2, crop2) = spy.calls
     assert torch.equal(pixels, preview) and crop is False
     assert torch.equal(pixels2, preview)  # 224×224 already: ComfyUI's crop and resize leave it alone
+    # exact: the same pixels through the same encoder at batch 1
     assert torch.equal(out.image_embeds, from_preview.image_embeds)
     assert torch.equal(out.penultimate_hidden_states, from_preview.penultimate_hidden_states)
 
@@ -331,6 +332,7 @@ def test_encode_image_without_the_options_is_unchanged(vit_h, spy):
     with torch.inference_mode():
         ours = IPAEncodeImage.execute(vit_h, img[:1], "center").result[0]
         theirs = spy.real(img[:1], crop=True)
+    # exact: ComfyUI's own crop and encoder on the same image at batch 1
     assert torch.equal(ours.image_embeds, theirs.image_embeds)
     assert torch.equal(ours.penultimate_hidden_states, theirs.penultimate_hidden_states)
 

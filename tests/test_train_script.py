@@ -329,6 +329,7 @@ def test_two_gloo_ranks_equal_one_process_at_twice_the_batch(runs, initial):
         dist.check()
     assert "2 process(es) on cpu" in dist.text
     r0, r1 = _state(dist.out / "adapter-rank0.safetensors"), _state(dist.out / "adapter-rank1.safetensors")
+    # exact: after the all-reduce both ranks apply the same gradient to the same weights with the same ops
     assert all(torch.equal(r0[k], r1[k]) for k in r0), "the ranks' adapters differ"
     one = _state(full.out / f"checkpoint-{STEPS}" / "model.safetensors", "adapter.")
     weights = _rel(r0, one)
