@@ -13,6 +13,15 @@ from .errors import IPAdapterError
 
 FEATURE_KEYS = ("image_embeds", "penultimate_hidden_states", "last_hidden_state")
 MAX_ENHANCE_TILES = 16
+# Each tile is an encoder pass, an attention branch in every cross-attention layer and a
+# full-size mask (tiles × H × W floats): at tile_size 8 a 768² reference made 9,216 tiles and
+# 20 GiB of masks. The widget's step is 8 but the server does not enforce steps, so the core
+# refuses 1..7 itself; 64 tiles cover a 64:1 strip, or a 4:1 one in tiles a quarter of its height.
+MIN_TILE_SIZE = 8
+MAX_TILES = 64
+# Cells per encoder call in the enhancer: enhance_tiles 16 on a batch of B images is 256·B cells,
+# so one call would hold all their activations at once.
+ENHANCE_BATCH = 16
 PLACEMENTS = ("where the tile lies", "everywhere")
 
 
@@ -30,16 +39,24 @@ def tile_grid(height: int, width: int, tile: int = 0) -> list[tuple[int, int, in
     """Square tiles covering an ``height×width`` image, as boxes (y0, x0, y1, x1), rows
     top to bottom, each row left to right.
 
-    The side is s = min(height, width), or ``tile`` pixels when 0 < tile < that. Along each
+    The side is s = min(height, width), or ``tile`` pixels when MIN_TILE_SIZE <= tile < that;
+    at most MAX_TILES tiles (else IPAdapterError). Along each
     axis of length L there are n = ceil(L / s) tiles starting at round(i·(L - s)/(n - 1)):
     the first touches one edge, the last the other, neighbours overlap by the same amount
     (±1 pixel of rounding), (n·s - L)/(n - 1) on average. A square image with the default
     side is one tile, the whole image."""
     if height < 1 or width < 1:
         raise IPAdapterError(f"image: expected a picture of at least 1×1 pixels; got {height}×{width}.")
-    if tile < 0:
-        raise IPAdapterError(f"tile_size: expected 0 (the short side) or a number of pixels; got {tile}.")
+    if tile != 0 and not MIN_TILE_SIZE <= tile:
+        raise IPAdapterError(f"tile_size: expected 0 (the short side) or at least {MIN_TILE_SIZE} pixels; got "
+                             f"{tile}. Use 0, or a side of {MIN_TILE_SIZE} or more.")
     s = min(height, width) if tile == 0 else min(tile, height, width)
+    count = math.ceil(height / s) * math.ceil(width / s)
+    if count > MAX_TILES:
+        raise IPAdapterError(f"tile_size: a {height}×{width} reference in tiles of {s} pixels makes {count} tiles; "
+                             f"at most {MAX_TILES} are allowed (each is an encoder pass, an attention branch "
+                             f"and a full-size mask). Use a larger tile_size (0 = the short side), or crop the "
+                             "reference.")
     return [(y, x, y + s, x + s) for y in _offsets(height, s) for x in _offsets(width, s)]
 
 
@@ -146,8 +163,8 @@ def mix_features(whole, cells, tiles: int, ratio: float):
 
 def enhanced_features(clip_vision, image: torch.Tensor, tiles: int = 2, ratio: float = 0.5):
     """The whole images' features (centre crop) mixed with those of a tiles×tiles grid of
-    cells (each centre-cropped), see ``mix_features``. ratio 0 or tiles 1 is the plain encode,
-    bit for bit (the cells are not encoded)."""
+    cells (each centre-cropped, ENHANCE_BATCH per encoder call), see ``mix_features``. ratio 0
+    or tiles 1 is the plain encode, bit for bit (the cells are not encoded)."""
     from .vision import encode
 
     _check_image(image)
@@ -158,7 +175,7 @@ def enhanced_features(clip_vision, image: torch.Tensor, tiles: int = 2, ratio: f
     whole = encode(clip_vision, image, "center")
     if ratio == 0 or tiles == 1:
         return whole
-    cells = encode(clip_vision, enhance_cells(image[..., :3], tiles), "center")
+    cells = encode(clip_vision, enhance_cells(image[..., :3], tiles), "center", batch_size=ENHANCE_BATCH)
     return mix_features(whole, cells, tiles, ratio)
 
 

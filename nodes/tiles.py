@@ -5,7 +5,8 @@ from comfy_api.latest import io
 
 from ..ip_adapter_core.loader import check_encoder
 from ..ip_adapter_core.patch import apply_image_prompt
-from ..ip_adapter_core.tiles import MAX_ENHANCE_TILES, PLACEMENTS, enhanced_features, tiled_prompts
+from ..ip_adapter_core.tiles import (MAX_ENHANCE_TILES, MAX_TILES, MIN_TILE_SIZE, PLACEMENTS, enhanced_features,
+                                     tiled_prompts)
 from .types import CATEGORY, IPAModel, weight_inputs, weight_type_inputs
 
 
@@ -31,8 +32,10 @@ class IPAApplyTiled(io.ComfyNode):
                                tooltip="Fraction of sampling at which the image prompt starts."),
                 io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
                                tooltip="Fraction of sampling at which it stops."),
-                io.Int.Input("tile_size", default=0, min=0, max=8192, step=8, optional=True,
-                             tooltip="Side of the square tiles in reference pixels; 0 = the reference's short side."),
+                # min stays 0 (0 = the short side): the schema cannot say "0 or >= 8"; the core refuses 1..7
+                io.Int.Input("tile_size", default=0, min=0, max=8192, step=MIN_TILE_SIZE, optional=True,
+                             tooltip=f"Side of the square tiles in reference pixels; 0 = the reference's short "
+                                     f"side, else at least {MIN_TILE_SIZE}. At most {MAX_TILES} tiles."),
                 *weight_type_inputs(),
             ],
             outputs=[io.Model.Output(), io.Image.Output(display_name="tiles"), io.Mask.Output(display_name="masks")])
