@@ -12,6 +12,7 @@ from .attention import SCALING_MODES, V_ONLY
 from .config import AdapterConfig
 from .errors import IPAdapterError
 from .frames import FrameSpec
+from .input_bounds import MAX_CUSTOM_BLOCK_ENTRIES, MAX_ENTRY_CHARS, check_count, read_number
 from .layers import BLOCK_PRESETS, layers_for
 from .schedules import DEFAULT_ROUTE, TimeSchedule, layer_table
 
@@ -117,19 +118,24 @@ def block_weights(family: str, blocks: str, custom: str = "") -> MappingProxyTyp
 
 
 _ENTRY = re.compile(r"^\s*(input|middle|output)\s+(\d+)(?:\s*:\s*(\d+))?\s*=\s*(-?[\d.]+)\s*$")
+CUSTOM_EXAMPLE = "'input 8 = 1.0' or 'output 1:2 = 0.5', separated by commas"
 
 
 def parse_custom(family: str, text: str) -> dict:
     """Parse ``"input 8 = 1, output 1 = 0.5, output 1:3 = 0"``: block, number, optional
-    transformer index, multiplier. Layers not named get 0. Later entries win."""
+    transformer index, multiplier. Layers not named get 0. Later entries win. At most
+    MAX_CUSTOM_BLOCK_ENTRIES entries; multipliers as input_bounds.read_number allows."""
     layers = layers_for(family)
+    parts = [p for p in re.split(r"[,;\n]", text or "") if p.strip()]
+    check_count(len(parts), MAX_CUSTOM_BLOCK_ENTRIES, "custom_blocks", "entries")
     out = {}
-    for part in filter(str.strip, re.split(r"[,;\n]", text or "")):
-        m = _ENTRY.match(part)
+    for part in parts:
+        m = _ENTRY.match(part) if len(part) <= MAX_ENTRY_CHARS else None
         if not m:
-            raise IPAdapterError(f"custom_blocks: cannot read {part.strip()!r}; write entries like "
-                                 "'input 8 = 1.0' or 'output 1:2 = 0.5', separated by commas.")
-        block, number, t, value = m.group(1), int(m.group(2)), m.group(3), float(m.group(4))
+            raise IPAdapterError(f"custom_blocks: cannot read {part.strip()[:80]!r}; write entries like "
+                                 f"{CUSTOM_EXAMPLE}.")
+        block, number, t = m.group(1), int(m.group(2)), m.group(3)
+        value = read_number(m.group(4), f"custom_blocks ({block} {number})", CUSTOM_EXAMPLE)
         hit = [l.key for l in layers if l.key[:2] == (block, number) and (t is None or l.key[2] == int(t))]
         if not hit:
             valid = sorted({f"{b} {n}" for b, n, _ in (l.key for l in layers)})

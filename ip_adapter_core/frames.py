@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import IPAdapterError
+from .input_bounds import MAX_FRAMES, check_count, check_magnitudes
 
 log = logging.getLogger("ipadapter")
 
@@ -68,9 +69,8 @@ def check_weights(weights, what: str = "frame_weights") -> None:
     if not weights:
         raise IPAdapterError(f"{what}: the list is empty; give one weight per frame (or leave it unconnected: "
                              "1 on every frame).")
-    bad = [w for w in weights if not math.isfinite(w)]
-    if bad:
-        raise IPAdapterError(f"{what}: every weight must be a finite number; got {bad[:3]}.")
+    check_count(len(weights), MAX_FRAMES, what, "weights")
+    check_magnitudes(weights, what)
 
 
 @dataclass(frozen=True)
@@ -87,16 +87,19 @@ class FramePlan:
 
 
 def parse_weights(value, what: str = "frame_weights") -> tuple[float, ...] | None:
-    """A FLOAT list from another node (a list or tuple of numbers, or one number) -> a tuple."""
+    """A FLOAT list from another node (a list or tuple of numbers, or one number) -> a tuple; more than
+    MAX_FRAMES entries are refused before any is read."""
     if value is None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return (float(value),)
     if isinstance(value, torch.Tensor):
+        check_count(value.numel(), MAX_FRAMES, what, "weights")
         value = value.flatten().tolist()
-    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                for v in value):
-        return tuple(float(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        check_count(len(value), MAX_FRAMES, what, "weights")
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return tuple(float(v) for v in value)
     raise IPAdapterError(f"{what}: expected a list of numbers (a FLOAT list, one per frame); got "
                          f"{type(value).__name__} {str(value)[:60]}.")
 
@@ -113,8 +116,8 @@ def curve_weights(curve: str, frames: int, start: float, end: float, seed: int =
     """λ multipliers for ``frames`` frames: linear and the eases go from ``start`` on the first frame
     to ``end`` on the last; alternate gives start on even frames, end on odd ones; random draws each
     uniformly between the two (torch's generator with ``seed``: the same list on every machine)."""
-    if frames < 1:
-        raise IPAdapterError(f"frames: expected at least 1 frame; got {frames}.")
+    if not 1 <= frames <= MAX_FRAMES:
+        raise IPAdapterError(f"frames: expected at least 1 frame and at most {MAX_FRAMES:,}; got {frames}.")
     check_weights([start, end], "start_weight / end_weight")
     if curve == "alternate":
         return [start if f % 2 == 0 else end for f in range(frames)]

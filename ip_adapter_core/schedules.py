@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from .errors import IPAdapterError
+from .input_bounds import MAX_ENTRY_CHARS, MAX_KEYFRAMES, check_count, read_number
 from .layers import layers_for
 
 WEIGHT_TYPES = ("linear", "ease in", "ease out", "ease in-out", "reverse in-out", "weak input", "weak output",
@@ -181,26 +182,28 @@ class TimeSchedule:
 
 
 _KEYFRAME = re.compile(r"^\s*([-+]?[\d.]+(?:e[-+]?\d+)?)\s*:\s*([-+]?[\d.]+(?:e[-+]?\d+)?)\s*$", re.I)
+KEYFRAMES_EXAMPLE = "'0.0:1.0, 0.5:0.6, 1.0:0.2' (position in the sampling range : λ)"
 
 
 def parse_keyframes(text: str) -> tuple[tuple[float, float], ...]:
-    """``"0.0:1.0, 0.5:0.6, 1.0:0.2"`` -> ((0.0, 1.0), (0.5, 0.6), (1.0, 0.2)), positions increasing."""
+    """``"0.0:1.0, 0.5:0.6, 1.0:0.2"`` -> ((0.0, 1.0), (0.5, 0.6), (1.0, 0.2)), positions increasing.
+    At most MAX_KEYFRAMES points; λ as input_bounds.read_number allows."""
+    parts = [p for p in re.split(r"[,;\n]", text or "") if p.strip()]
+    check_count(len(parts), MAX_KEYFRAMES, "keyframes", "points")
     points = []
-    for part in filter(str.strip, re.split(r"[,;\n]", text or "")):
-        m = _KEYFRAME.match(part)
-        value = None
-        if m:
-            try:
-                value = float(m.group(1)), float(m.group(2))
-            except ValueError:
-                value = None
-        if value is None or not all(math.isfinite(x) for x in value) or not 0.0 <= value[0] <= 1.0:
-            raise IPAdapterError(f"keyframes: cannot read {part.strip()!r}; write position:λ pairs with the "
+    for part in parts:
+        m = _KEYFRAME.match(part) if len(part) <= MAX_ENTRY_CHARS else None
+        try:
+            position = float(m.group(1)) if m else math.nan
+        except ValueError:  # the pattern lets "1.2.3" through
+            position = math.nan
+        if not 0.0 <= position <= 1.0:  # NaN included
+            raise IPAdapterError(f"keyframes: cannot read {part.strip()[:80]!r}; write position:λ pairs with the "
                                  "position in 0..1 of the sampling range, e.g. '0.0:1.0, 0.5:0.6, 1.0:0.2'.")
-        points.append(value)
+        points.append((position, read_number(m.group(2), f"keyframes (λ at {position:g})", KEYFRAMES_EXAMPLE)))
     if not points:
-        raise IPAdapterError("keyframes: the curve is 'keyframes' but none were given; write e.g. "
-                             "'0.0:1.0, 0.5:0.6, 1.0:0.2' (position in the sampling range : λ).")
+        raise IPAdapterError(f"keyframes: the curve is 'keyframes' but none were given; write e.g. "
+                             f"{KEYFRAMES_EXAMPLE}.")
     points.sort()
     for (a, _), (b, _) in zip(points, points[1:]):
         if a == b:

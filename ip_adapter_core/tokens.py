@@ -9,6 +9,7 @@ import torch
 
 from .config import PENULTIMATE, UNCOND_PROJECT_ZEROS, AdapterConfig
 from .errors import IPAdapterError
+from .input_bounds import check_magnitudes, check_token
 
 # The popular extension's names and order (cubiq/ComfyUI_IPAdapter_plus), so workflows translate.
 COMBINE_MODES = ("concat", "add", "subtract", "average", "norm average", "max", "min")
@@ -18,7 +19,8 @@ PROJECT_MODES = COMBINE_MODES + (ONE_PER_FRAME,)
 
 
 def check_features(config: AdapterConfig, features: torch.Tensor, what: str = "image_features") -> None:
-    """Refuse features of the wrong encoder or kind, naming the encoder the adapter needs."""
+    """Refuse features of the wrong encoder or kind, naming the encoder the adapter needs, and
+    features holding NaN or inf, which would turn every token and then the picture into NaN."""
     want_ndim = 3 if config.feature == PENULTIMATE else 2
     if features.ndim != want_ndim or features.shape[-1] != config.feature_dim or features.shape[0] == 0:
         raise IPAdapterError(
@@ -26,6 +28,14 @@ def check_features(config: AdapterConfig, features: torch.Tensor, what: str = "i
             f"{config.feature_dim} from {config.encoder}, shaped "
             f"{'[images, tokens, width]' if want_ndim == 3 else '[images, width]'}; got shape "
             f"{tuple(features.shape)}. Load the {config.encoder} CLIP vision model for this adapter.")
+    finite = torch.isfinite(features)
+    if not bool(finite.all()):  # one host read per projection, not per step
+        bad = int(finite.numel() - finite.sum())
+        images = sorted({int(i) for i in (~finite).reshape(features.shape[0], -1).any(1).nonzero().flatten()})
+        raise IPAdapterError(
+            f"{what}: the {config.encoder} CLIP features hold {bad} NaN or infinite value(s) (image(s) "
+            f"{images[:8]} of the batch): the encoder overflowed, as a half-precision encoder can. Start ComfyUI "
+            "with --fp32-text-enc (the CLIP vision model then runs in float32), or try another reference image.")
 
 
 def combine(features: torch.Tensor, mode: str, weights: Sequence[float] | None = None,
@@ -73,8 +83,10 @@ _REDUCE = {
 
 
 def check_weights(weights: Sequence[float], n: int, what: str = "image_features") -> None:
-    """Refuse per-image weights that are not ``n`` finite numbers."""
-    found = ", ".join(f"{w:g}" if isinstance(w, (int, float)) else repr(w) for w in weights) or "none"
+    """Refuse per-image weights that are not ``n`` finite numbers within ±MAX_MAGNITUDE."""
+    found = ", ".join(f"{w:g}" if isinstance(w, (int, float)) else str(w)[:16] if isinstance(w, str) else repr(w)
+                      for w in weights[:8]) or "none"
+    found += ", ..." if len(weights) > 8 else ""
     if len(weights) != n:
         raise IPAdapterError(f"image_weights: expected {n} weight(s), one per image of {what} in order; found "
                              f"{len(weights)} ({found}). Give {n} comma-separated numbers, or leave it empty "
@@ -82,16 +94,20 @@ def check_weights(weights: Sequence[float], n: int, what: str = "image_features"
     if not all(isinstance(w, (int, float)) and math.isfinite(w) for w in weights):
         raise IPAdapterError(f"image_weights: every weight must be a finite number; found {found}. Use numbers "
                              "such as 1.0 or 0.5.")
+    check_magnitudes(weights, "image_weights")
 
 
 def parse_image_weights(text: str, n: int) -> list[float]:
     """``"1.0, 0.5, 0.8"`` -> one float per image (commas, semicolons or spaces between them);
-    empty text weighs every image 1."""
+    empty text weighs every image 1. More than ``n`` entries are refused before any is read."""
     parts = [p for p in re.split(r"[,;\s]+", text or "") if p]
     if not parts:
         return [1.0] * n
+    if len(parts) > n:
+        check_weights(parts, n)
     weights = []
     for p in parts:
+        check_token(p, "image_weights", "'1.0, 0.5', one number per image")
         try:
             weights.append(float(p))
         except ValueError:

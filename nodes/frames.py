@@ -4,6 +4,7 @@ from dataclasses import replace
 from comfy_api.latest import io
 
 from ..ip_adapter_core.frames import TRANSITIONS, WEIGHT_CURVES, FrameSpec, curve_weights, parse_weights
+from ..ip_adapter_core.input_bounds import MAX_FRAMES
 from .types import CATEGORY, IPAEmbeds
 
 
@@ -18,10 +19,10 @@ class IPAFrames(io.ComfyNode):
                 IPAEmbeds.Input("embeds", tooltip="From IP-Adapter Project with combine 'one per frame' (one image "
                                                   "per frame, or fewer images spread over the frames), or any "
                                                   "embeds: one image for every frame, with per-frame λ."),
-                io.Int.Input("frames_per_image", default=1, min=0, max=100000,
+                io.Int.Input("frames_per_image", default=1, min=0, max=MAX_FRAMES,
                              tooltip="1: frame i gets image i and the last image holds to the end; k: each image "
                                      "holds for k frames; 0: the images are spread evenly over all frames."),
-                io.Int.Input("transition_frames", default=0, min=0, max=100000,
+                io.Int.Input("transition_frames", default=0, min=0, max=MAX_FRAMES,
                              tooltip="Frames at the end of each image's stretch that cross-fade into the next "
                                      "image (each image is still shown alone on at least one frame)."),
                 io.Combo.Input("transition", options=list(TRANSITIONS), default="linear",
@@ -46,7 +47,7 @@ class IPAFrameWeights(io.ComfyNode):
             node_id="IPAFrameWeights", display_name="IP-Adapter Frame Weights", category=CATEGORY,
             description="A λ multiplier per frame, as a FLOAT list for IP-Adapter Frames.",
             inputs=[
-                io.Int.Input("frames", default=16, min=1, max=100000,
+                io.Int.Input("frames", default=16, min=1, max=MAX_FRAMES,
                              tooltip="How many frames: the latent batch size."),
                 io.Combo.Input("curve", options=list(WEIGHT_CURVES), default="linear",
                                tooltip="linear and the eases go from start_weight on the first frame to end_weight "
