@@ -10,17 +10,39 @@ is the one the editor shows: what each node became, what differs and what could 
 ``--family`` says SD1.5 or SDXL where the checkpoint names do not (only IPAdapter Mad Scientist's
 layer_weights need it). Needs no ComfyUI and no torch. Exit status 0 when the file was written
 (also when some nodes could not be converted), 1 on an unreadable input, 2 with ``--strict`` when
-something was not converted.
+something was not converted. The editor's route has the same bounds (ip_adapter_core/convert/limits.py):
+a file over MAX_BYTES is refused before it is read, a workflow over MAX_NODES nodes, or malformed, or
+whose links loop, with the reason.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ip_adapter_core.convert import FAMILIES, ConversionError, convert  # noqa: E402
+from ip_adapter_core.convert.limits import MAX_BYTES  # noqa: E402
+
+log = logging.getLogger("ipadapter.convert")
+
+
+def read_workflow(path: Path):
+    """The file's JSON, refused before it is read when it is over MAX_BYTES."""
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise ConversionError(f"the file has {size:,} bytes; at most {MAX_BYTES:,} are converted "
+                              "(ip_adapter_core/convert/limits.py MAX_BYTES)")
+    with path.open("rb") as f:
+        data = f.read(MAX_BYTES + 1)     # the file may have grown since stat
+    if len(data) > MAX_BYTES:
+        raise ConversionError(f"the file has more than {MAX_BYTES:,} bytes, the most that is converted")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:   # RecursionError: arrays nested a thousand deep
+        raise ConversionError(f"not a JSON workflow: {exc}") from None
 
 
 def main(argv=None) -> int:
@@ -33,11 +55,11 @@ def main(argv=None) -> int:
     p.add_argument("--report", type=Path, help="also write the report as JSON to this file")
     p.add_argument("--strict", action="store_true", help="exit 2 if anything could not be converted")
     args = p.parse_args(argv)
+    logging.basicConfig(format="%(message)s", level=logging.WARNING)
     try:
-        workflow = json.loads(args.input.read_text(encoding="utf-8"))
-        converted, report = convert(workflow, family=args.family)
-    except (OSError, json.JSONDecodeError, ConversionError) as exc:
-        print(f"{args.input}: {exc}", file=sys.stderr)
+        converted, report = convert(read_workflow(args.input), family=args.family)
+    except (OSError, ConversionError) as exc:
+        log.error("%s: %s", args.input, exc)
         return 1
     args.output.write_text(json.dumps(converted, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if args.report:

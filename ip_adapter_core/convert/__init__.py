@@ -13,9 +13,11 @@ import re
 from dataclasses import dataclass, field
 
 from .context import Ctx, Engine, Unconvertible
-from .graph import ConversionError, all_sources, check_format, read_api, read_ui, write_api, write_ui
+from .graph import ConversionError, all_sources, as_int, check_format, read_api, read_ui, write_api, write_ui
+from .limits import MAX_NODES
 from .plus_nodes import NODES as THEIR_NODES
 from .rules import NOT_HERE, RULES
+from .validate import find_cycle
 
 __all__ = ["convert", "Report", "ConversionError", "THEIR_NODE_IDS", "FAMILIES"]
 
@@ -128,38 +130,51 @@ def detect_family(workflow: dict, fmt: str) -> tuple[str | None, str]:
     return None, "not found in the checkpoint or adapter names"
 
 
-def _order(theirs: dict, engine: Engine) -> list:
-    """Their nodes, each after the nodes of theirs that feed it (links through reroutes count)."""
+def _deps(theirs: dict, engine: Engine) -> dict:
+    """Their id -> the ids of theirs that feed it (links through reroutes count)."""
     deps = {nid: set() for nid in theirs}
     for nid, node in theirs.items():
         for ref in node.links.values():
             up = engine.trace(ref)
             if up is not None and up[0] == "old" and up[1] in theirs and up[1] != nid:
                 deps[nid].add(up[1])
+    return deps
+
+
+def _order(theirs: dict, engine: Engine) -> list:
+    """Their nodes, each after the nodes of theirs that feed it. Iterative: a chain of 3,000 of their nodes
+    must not reach Python's recursion limit."""
+    deps = _deps(theirs, engine)
     done, out = set(), []
-
-    def visit(nid, stack=()):
-        if nid in done or nid in stack:
-            return
-        for d in sorted(deps[nid], key=_id_key):
-            visit(d, stack + (nid,))
-        done.add(nid)
-        out.append(nid)
-
-    for nid in sorted(theirs, key=_id_key):
-        visit(nid)
+    for start in sorted(theirs, key=_id_key):
+        stack = [(start, iter(sorted(deps[start], key=_id_key)))]
+        on_stack = {start}
+        while stack:
+            nid, ups = stack[-1]
+            up = next(ups, None)
+            if up is None:
+                stack.pop()
+                on_stack.discard(nid)
+                if nid not in done:
+                    done.add(nid)
+                    out.append(nid)
+            elif up not in done and up not in on_stack:
+                stack.append((up, iter(sorted(deps[up], key=_id_key))))
+                on_stack.add(up)
     return out
 
 
 def _id_key(nid: str):
-    return (0, int(nid), "") if nid.lstrip("-").isdigit() else (1, 0, nid)
+    number = as_int(nid)
+    return (0, number, "") if number is not None else (1, 0, nid)
 
 
 def _run(theirs: dict, reroutes: dict, family, forced: dict, used: frozenset) -> Engine:
     engine = Engine(theirs, reroutes, family, used)
     for nid in _order(theirs, engine):
         node = theirs[nid]
-        before = (len(engine.news), dict(engine.outmap), dict(engine.pipes))
+        before = (len(engine.news), len(engine.cv_loaders))
+        ctx = None
         try:
             if nid in forced:
                 raise Unconvertible(forced[nid])
@@ -171,29 +186,75 @@ def _run(theirs: dict, reroutes: dict, family, forced: dict, used: frozenset) ->
                     raise Unconvertible(f"its input {name} comes from #{up[1]} ({theirs[up[1]].type}), "
                                         "which is not converted")
             try:
-                RULES[node.type](Ctx(engine, node))
+                ctx = Ctx(engine, node)
+                RULES[node.type](ctx)
             except Unconvertible:
                 raise
             except Exception as exc:  # noqa: BLE001 - a malformed node must not stop the others' conversion
-                log.warning("ComfyUI_IPAdapter_plus node #%s (%s) not converted", nid, node.type, exc_info=True)
+                log.warning("ComfyUI_IPAdapter_plus node #%r (%r) not converted", nid, node.type, exc_info=True)
                 raise Unconvertible(f"its values could not be read ({type(exc).__name__}: {exc})") from exc
         except Unconvertible as exc:
-            # Undo what the rule added before it gave up, so the node stays whole.
+            # Undo what the rule added before it gave up, so the node stays whole. Only this node's entries
+            # are touched: copying the maps per node made a graph of n of their nodes cost n².
             del engine.news[before[0]:]
-            engine.outmap, engine.pipes = before[1], before[2]
+            for slot in (ctx.slots if ctx else ()):
+                engine.outmap.pop((nid, slot), None)
+                engine.pipes.pop((nid, slot), None)
+            while len(engine.cv_loaders) > before[1]:
+                engine.cv_loaders.popitem()      # the loaders this rule added are the last ones
             engine.records.pop(nid, None)
-            engine.cv_loaders = {k: v for k, v in engine.cv_loaders.items()
-                                 if not (v[0] == "new" and v[1].split(".")[0] == nid)}
+            engine.facts.pop(nid, None)
             engine.kept[nid] = str(exc)
     return engine
 
 
-def convert(workflow: dict, family: str = "auto") -> tuple[dict, Report]:
+def _keep_closure(theirs: dict, engine: Engine, consumers: dict, forced: dict) -> dict:
+    """``forced`` grown by every node of theirs whose consumers all stay, through the graph at once: a node
+    that stays keeps the nodes of theirs it feeds (``_run`` does that), and a node whose outputs go only
+    to nodes that stay stays too. One rerun per newly forced node was quadratic on long chains."""
+    deps = _deps(theirs, engine)
+    down = {nid: [] for nid in theirs}
+    for nid, ups in deps.items():
+        for up in ups:
+            down[up].append(nid)
+    feeds = {nid: set() for nid in theirs}         # who feeds whom, among consumers (any node)
+    for nid, users in consumers.items():
+        for user in users:
+            if user in feeds:
+                feeds[user].add(nid)
+    kept = set(engine.kept)
+    left = {nid: len(users) for nid, users in consumers.items()}
+    queue = list(kept)
+    forced = dict(forced)
+    while queue:
+        nid = queue.pop()
+        for d in down[nid]:
+            if d not in kept:
+                kept.add(d)
+                queue.append(d)
+        for up in feeds[nid]:
+            left[up] -= 1
+            if not left[up] and up not in kept:
+                kept.add(up)
+                forced[up] = "its outputs go only to nodes that are not converted"
+                queue.append(up)
+    return forced
+
+
+def convert(workflow: dict, family: str = "auto", max_nodes: int | None = MAX_NODES) -> tuple[dict, Report]:
     """Convert a workflow of either format; returns (the new workflow, the report). A workflow without
-    nodes of theirs comes back unchanged."""
-    if family not in FAMILIES:
+    nodes of theirs comes back unchanged. A malformed or looping workflow, or one of more than
+    ``max_nodes`` nodes (limits.py; None: no limit), raises ConversionError naming what is wrong."""
+    if not (isinstance(family, str) and family in FAMILIES):
         raise ConversionError(f"family: expected one of {', '.join(FAMILIES)}; got {family!r}")
-    fmt = check_format(workflow)
+    fmt = check_format(workflow, max_nodes)
+    sources = all_sources(workflow, fmt)
+    loop = find_cycle({nid: [ref[1] for ref in refs] for nid, refs in sources.items()})
+    if loop:
+        types = _types(workflow, fmt)
+        path = " → ".join(f"#{nid} ({types.get(nid, '?')})" for nid in [*reversed(loop), loop[-1]])
+        raise ConversionError(f"the links form a loop: {path}; ComfyUI cannot run a loop either: remove "
+                              "one of these links and convert again")
     if fmt == "ui":
         theirs, reroutes = read_ui(workflow)
     else:
@@ -201,15 +262,14 @@ def convert(workflow: dict, family: str = "auto") -> tuple[dict, Report]:
     fam, source = detect_family(workflow, fmt) if family == "auto" else (family, "as asked")
     report = Report(fmt, fam, source)
     if fmt == "ui":
-        report.subgraph_nodes = sum(1 for sg in (workflow.get("definitions") or {}).get("subgraphs") or []
-                                    for n in sg.get("nodes") or [] if n.get("type") in THEIR_NODES)
+        report.subgraph_nodes = _subgraph_nodes(workflow)
     if not theirs:
         return workflow, report
     # A node of theirs whose outputs feed only nodes that stay (FaceID, say) stays too: converted, it
     # would only lose its links.
     consumers, used = {nid: set() for nid in theirs}, set()
     probe = Engine(theirs, reroutes, fam)
-    for nid, refs in all_sources(workflow, fmt).items():
+    for nid, refs in sources.items():
         if nid in reroutes:
             continue
         for ref in refs:
@@ -217,14 +277,15 @@ def convert(workflow: dict, family: str = "auto") -> tuple[dict, Report]:
             if up is not None and up[1] in consumers:
                 consumers[up[1]].add(nid)
                 used.add((up[1], up[2]))
-    forced = {}
-    for _ in range(len(theirs) + 1):
+    forced, reasons = {}, {}
+    for _ in range(len(theirs) + 1):   # the closure makes this one or two passes (a check, not a search)
         engine = _run(theirs, reroutes, fam, forced, frozenset(used))
-        more = {nid: "its outputs go only to nodes that are not converted" for nid in theirs
-                if nid not in engine.kept and consumers[nid] and consumers[nid] <= set(engine.kept)}
-        if not more:
+        for nid, why in engine.kept.items():   # the first reason is the cause; a rerun only sees its effects
+            reasons.setdefault(nid, why)
+        more = _keep_closure(theirs, engine, consumers, forced)
+        if more == forced:
             break
-        forced.update(more)
+        forced = more
     kept = set(engine.kept)
     if fmt == "ui":
         out, dropped = write_ui(workflow, theirs, engine.news, engine.outmap, kept)
@@ -233,7 +294,7 @@ def convert(workflow: dict, family: str = "auto") -> tuple[dict, Report]:
     for nid in _order(theirs, engine):
         node = theirs[nid]
         if nid in kept:
-            report.kept.append({"id": nid, "type": node.type, "reason": engine.kept[nid]})
+            report.kept.append({"id": nid, "type": node.type, "reason": reasons[nid]})
         else:
             rec = engine.records.get(nid, {"to": [], "notes": [], "lost": []})
             report.converted.append({"id": nid, "type": node.type, "title": node.title, "to": rec["to"],
@@ -242,6 +303,21 @@ def convert(workflow: dict, family: str = "auto") -> tuple[dict, Report]:
     report.dropped = [{"node": n, "input": i, "why": w} for n, i, w in dropped]
     report.graph_notes = _graph_notes(workflow, fmt) if report.converted else []
     return out, report
+
+
+def _types(workflow: dict, fmt: str) -> dict:
+    if fmt == "ui":
+        return {str(n["id"]): n.get("type") for n in workflow["nodes"]}
+    return {str(nid): n.get("class_type") for nid, n in workflow.items()}
+
+
+def _subgraph_nodes(workflow: dict) -> int:
+    """Their nodes inside subgraph definitions (left as they are); anything unexpected there counts nothing."""
+    definitions = workflow.get("definitions")
+    subgraphs = definitions.get("subgraphs") if isinstance(definitions, dict) else None
+    return sum(1 for sg in (subgraphs if isinstance(subgraphs, list) else []) if isinstance(sg, dict)
+               for n in (sg.get("nodes") if isinstance(sg.get("nodes"), list) else [])
+               if isinstance(n, dict) and n.get("type") in THEIR_NODES)
 
 
 def _graph_notes(workflow: dict, fmt: str) -> list:
@@ -259,9 +335,10 @@ def their_types_in(workflow: dict) -> list:
     if not isinstance(workflow, dict):
         return []
     if isinstance(workflow.get("nodes"), list):
-        return sorted({n.get("type") for n in workflow["nodes"] if n.get("type") in THEIR_NODES})
-    return sorted({n.get("class_type") for n in workflow.values() if isinstance(n, dict)
-                   and n.get("class_type") in THEIR_NODES})
+        return sorted({n["type"] for n in workflow["nodes"] if isinstance(n, dict) and isinstance(n.get("type"), str)
+                       and n["type"] in THEIR_NODES})
+    return sorted({n["class_type"] for n in workflow.values() if isinstance(n, dict)
+                   and isinstance(n.get("class_type"), str) and n["class_type"] in THEIR_NODES})
 
 
 

@@ -46,13 +46,21 @@ class Engine:
         self.records: dict = {}      # their id -> {"to": [our types], "notes": [...], "lost": [...]}
         self.cv_loaders: dict = {}   # ipadapter ref -> ref of the IPACLIPVisionLoader made for it
         self.facts: dict = {}        # their id -> data a downstream rule reads (params lists, weight lists)
+        self.traced: dict = {}       # reroute id -> what it carries, so a long chain is walked once
 
     def trace(self, ref):
         """Follow a ref through the editor's Reroute nodes to the node that produces it."""
-        seen = set()
-        while ref is not None and ref[0] == "old" and ref[1] in self.reroutes and ref[1] not in seen:
-            seen.add(ref[1])
+        path = {}                    # reroute ids walked, in order (a dict: ordered, fast to test)
+        while ref is not None and ref[0] == "old" and ref[1] in self.reroutes and ref[1] not in self.traced:
+            if ref[1] in path:       # a loop of reroutes carries nothing (convert() refuses loops first)
+                ref = None
+                break
+            path[ref[1]] = True
             ref = self.reroutes[ref[1]]
+        if ref is not None and ref[0] == "old" and ref[1] in self.traced:
+            ref = self.traced[ref[1]]
+        for rid in path:
+            self.traced[rid] = ref
         return ref
 
 
@@ -61,6 +69,7 @@ class Ctx:
         self.e, self.node = engine, node
         self.record = engine.records.setdefault(node.id, {"to": [], "notes": [], "lost": []})
         self.main_title_used = False
+        self.slots: set = set()      # output slots this rule mapped, undone if it gives up
 
     # -- reading
     def v(self, name):
@@ -113,14 +122,17 @@ class Ctx:
         return ("new", key, slot)
 
     def out(self, slot: int, ref) -> None:
+        self.slots.add(slot)
         self.e.outmap[(self.node.id, slot)] = ref
 
     def unconnected(self, slot: int) -> None:
         """An output whose consumers' inputs stay unconnected on purpose (they then use their default)."""
+        self.slots.add(slot)
         self.e.outmap[(self.node.id, slot)] = UNCONNECTED
 
     def pipe(self, slot: int, ipadapter, clip_vision) -> None:
         """An IPADAPTER output of theirs: ours is two sockets, the adapter and (from a preset) its encoder."""
+        self.slots.add(slot)
         self.e.outmap[(self.node.id, slot)] = ipadapter
         self.e.pipes[(self.node.id, slot)] = (ipadapter, clip_vision)
 

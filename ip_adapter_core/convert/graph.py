@@ -13,18 +13,18 @@ converted nodes resolves to our nodes in one pass.
 """
 from __future__ import annotations
 
-import copy
+import re
 from dataclasses import dataclass, field
 
+from .layout import NODE_WIDTH, GAP, Placer, box, height, pair
+from .limits import MAX_NODES
 from .our_nodes import CONTROL, SPECS
 from .plus_nodes import NODES as THEIR_NODES
+from .validate import ConversionError, api_link, check_api, check_ui, is_int, ui_link
 
 REROUTE = "Reroute"
-NODE_HEIGHT, ROW_HEIGHT, NODE_WIDTH, GAP, TITLE = 30, 24, 320, 20, 30
-
-
-class ConversionError(ValueError):
-    """A workflow the converter cannot read, with a message that says what was expected."""
+THEIR_OUTPUTS = {kind: len(schema.outputs) for kind, schema in THEIR_NODES.items()}
+DIGITS = re.compile(r"-?[0-9]+")
 
 
 @dataclass
@@ -63,10 +63,13 @@ def is_api(workflow) -> bool:
         isinstance(v, dict) and "class_type" in v for v in workflow.values())
 
 
-def check_format(workflow) -> str:
+def check_format(workflow, max_nodes: int | None = MAX_NODES) -> str:
+    """The format, once every node and link has been checked (validate.py): later steps trust them."""
     if is_ui(workflow):
+        check_ui(workflow, max_nodes)
         return "ui"   # nodes inside subgraphs are left as they are; the report counts them
     if is_api(workflow):
+        check_api(workflow, max_nodes, THEIR_OUTPUTS)
         return "api"
     raise ConversionError("the workflow is neither the editor's UI format (a 'nodes' list and 'links') nor the "
                           "API format ({id: {'class_type', 'inputs'}}); save it again from the editor")
@@ -90,13 +93,14 @@ def _widget_values(node_type: str, stored) -> tuple[dict, list, int]:
 
 
 def ui_links(workflow: dict) -> dict:
-    """link id -> [id, origin id, origin slot, target id, target slot, type], both link forms."""
+    """link id -> [id, origin id, origin slot, target id, target slot, type], both link forms; links that name
+    a node the file does not have are left out."""
+    ids = {n["id"] for n in workflow["nodes"]}
     out = {}
-    for link in workflow.get("links") or []:
-        if isinstance(link, dict):
-            link = [link["id"], link["origin_id"], link["origin_slot"], link["target_id"], link["target_slot"],
-                    link.get("type", "*")]
-        out[link[0]] = list(link)
+    for index, raw in enumerate(workflow.get("links") or []):
+        link = ui_link(raw, index)
+        if link[1] in ids and link[3] in ids:
+            out[link[0]] = link
     return out
 
 
@@ -121,16 +125,22 @@ def read_ui(workflow: dict) -> tuple[dict, dict]:
 
 
 def all_sources(workflow: dict, fmt: str) -> dict:
-    """node id -> refs of everything that feeds it, for every node of either format."""
+    """node id -> refs of everything that feeds it, for every node of either format. In the editor's format
+    both the link list and the links the nodes' inputs name count (read_ui reads the latter)."""
     out = {}
     if fmt == "ui":
         links = ui_links(workflow)
         for link in links.values():
             out.setdefault(str(link[3]), []).append(("old", str(link[1]), link[2]))
+        for node in workflow["nodes"]:
+            for slot in node.get("inputs") or []:
+                link = links.get(slot.get("link"))
+                if link is not None and link[3] != node["id"]:
+                    out.setdefault(str(node["id"]), []).append(("old", str(link[1]), link[2]))
     else:
         for nid, node in workflow.items():
             out[str(nid)] = [("old", str(v[0]), v[1]) for v in (node.get("inputs") or {}).values()
-                             if _is_api_link(v)]
+                             if api_link(v)]
     return out
 
 
@@ -141,18 +151,13 @@ def read_api(workflow: dict) -> dict:
         if kind not in THEIR_NODES:
             continue
         inputs = node.get("inputs") or {}
-        links = {k: ("old", str(v[0]), v[1]) for k, v in inputs.items() if _is_api_link(v)}
+        links = {k: ("old", str(v[0]), v[1]) for k, v in inputs.items() if api_link(v)}
         names = [w.name for w in THEIR_NODES[kind].widgets]
-        stored = {k: v for k, v in inputs.items() if k in names and not _is_api_link(v)}
+        stored = {k: v for k, v in inputs.items() if k in names and not api_link(v)}
         values, filled, _ = _widget_values(kind, stored)
         filled = [n for n in filled if n not in links]
         theirs[str(nid)] = Theirs(str(nid), kind, values, links, (node.get("_meta") or {}).get("title"), filled)
     return theirs
-
-
-def _is_api_link(value) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int)) \
-        and isinstance(value[1], int)
 
 
 # ---------------------------------------------------------------------------- resolving refs
@@ -163,16 +168,22 @@ class Resolver:
     def __init__(self, converted: set, outmap: dict, kept_theirs: set, ids: dict):
         self.converted, self.outmap, self.kept_theirs, self.ids = converted, outmap, kept_theirs, ids
         self.dropped = []   # (consumer, input, why) for the report
+        self.finals = {}    # ref -> final ref: a chain of pass-through nodes is walked once, not per consumer
 
     def final(self, ref):
         """("new", key, slot) or ("old", id, slot) of a node that stays, or None (no such output)."""
-        seen = 0
-        while ref is not None and ref[0] == "old" and ref[1] in self.converted:
+        path, seen = [], set()
+        while ref is not None and ref[0] == "old" and ref[1] in self.converted and ref not in self.finals:
+            if ref in seen:   # convert() refuses loops before this; a loop here has no source
+                ref = None
+                break
+            path.append(ref)
+            seen.add(ref)
             # an output the rule did not map has no equivalent: its consumers lose that input (reported)
             ref = self.outmap.get((ref[1], ref[2]))
-            seen += 1
-            if seen > 10000:
-                raise ConversionError("a cycle of links between converted nodes")
+        ref = self.finals.get(ref, ref)
+        for step in path:
+            self.finals[step] = ref
         return ref
 
     def node_slot(self, ref):
@@ -202,8 +213,31 @@ class Resolver:
 
 # ---------------------------------------------------------------------------- writing
 
+def as_int(value) -> int | None:
+    """An integer node id (API keys are strings: "12"; "12:3" and the like are not numbers)."""
+    if is_int(value):
+        return value
+    return int(value) if isinstance(value, str) and DIGITS.fullmatch(value) else None
+
+
+def copy_json(value):
+    """A copy of nested dicts and lists, without recursion: a widget value nested 600 deep parses, but
+    copy.deepcopy would reach Python's recursion limit on it."""
+    top = [value]
+    stack = [(top, 0, value)]
+    while stack:
+        parent, key, item = stack.pop()
+        if isinstance(item, dict):
+            parent[key] = new = dict(item)
+            stack.extend((new, k, v) for k, v in item.items() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            parent[key] = new = list(item)
+            stack.extend((new, k, v) for k, v in enumerate(item) if isinstance(v, (dict, list)))
+    return top[0]
+
+
 def _new_ids(existing, news) -> dict:
-    top = max([int(i) for i in existing if str(i).lstrip("-").isdigit()] + [0])
+    top = max([i for i in map(as_int, existing) if i is not None] + [0])
     return {n.key: str(top + k + 1) for k, n in enumerate(news)}
 
 
@@ -213,12 +247,12 @@ def write_api(workflow: dict, theirs: dict, news: list, outmap: dict, kept: set)
     res = Resolver(converted, outmap, kept, ids)
     out = {}
     for nid, node in workflow.items():
-        if nid in converted:
+        if str(nid) in converted:
             continue
-        node = copy.deepcopy(node)
+        node = copy_json(node)
         for name, value in list((node.get("inputs") or {}).items()):
-            if _is_api_link(value):
-                src = res.link(("old", str(value[0]), value[1]), nid, name, ours=False)
+            if api_link(value):
+                src = res.link(("old", str(value[0]), value[1]), str(nid), name, ours=False)
                 if src is None:
                     del node["inputs"][name]
                 else:
@@ -237,41 +271,9 @@ def write_api(workflow: dict, theirs: dict, news: list, outmap: dict, kept: set)
     return out, res.dropped
 
 
-def _pair(value, default) -> tuple:
-    """A position or size as numbers: the editor writes [x, y]; old LiteGraph files {"0": x, "1": y}."""
-    if isinstance(value, dict):
-        value = [value.get("0"), value.get("1")]
-    try:
-        x, y = list(value)[:2]
-        return float(x), float(y)
-    except (TypeError, ValueError):
-        return default
-
-
-def _box(node: dict) -> tuple:
-    x, y = _pair(node.get("pos"), (0.0, 0.0))
-    w, h = _pair(node.get("size"), (200.0, 100.0))
-    return (x, y - TITLE, x + w, y + h)
-
-
-def _free_y(taken: list, x, y, w, h) -> float:
-    """The first y at or below ``y`` where a w×h node at x overlaps none of ``taken`` (title bars included)."""
-    for _ in range(len(taken) + 1):
-        hit = [b for b in taken if b[0] < x + w and x < b[2] and b[1] < y + h and y - TITLE < b[3]]
-        if not hit:
-            break
-        y = max(b[3] for b in hit) + GAP + TITLE
-    return y
-
-
-def _height(spec) -> int:
-    rows = max(len(spec.sockets), len(spec.outputs)) + len([w for w in spec.widgets if w != CONTROL])
-    return NODE_HEIGHT + ROW_HEIGHT * rows
-
-
 def write_ui(workflow: dict, theirs: dict, news: list, outmap: dict, kept: set) -> tuple[dict, list]:
     converted = set(theirs) - kept
-    out = copy.deepcopy(workflow)
+    out = copy_json(workflow)
     nodes = {str(n["id"]): n for n in out["nodes"]}
     ids = _new_ids(nodes, news)
     res = Resolver(converted, outmap, kept, ids)
@@ -280,18 +282,17 @@ def write_ui(workflow: dict, theirs: dict, news: list, outmap: dict, kept: set) 
     # New nodes, stacked where the node of theirs stood, in the order the rules made them, each moved down
     # past the nodes that stay (and the ones placed before it) rather than drawn over them.
     placed = {}
-    taken = [_box(n) for nid, n in nodes.items() if nid not in converted]
-    order = max([n.get("order", 0) for n in out["nodes"]] + [0])
+    taken = Placer(box(n) for nid, n in nodes.items() if nid not in converted)
+    order = max([n["order"] for n in out["nodes"] if is_int(n.get("order"))] + [0])
     new_nodes = []
     for k, n in enumerate(news):
         spec = SPECS[n.type]
         anchor = nodes[n.anchor]
-        x, y = placed.get(n.anchor, _pair(anchor.get("pos"), (0.0, 0.0)))
-        height = _height(spec)
-        y = _free_y(taken, x, y, NODE_WIDTH, height)
-        taken.append((x, y - TITLE, x + NODE_WIDTH, y + height))
-        placed[n.anchor] = (x, y + height + GAP)
-        entry = {"id": int(ids[n.key]), "type": n.type, "pos": [x, y], "size": [NODE_WIDTH, height],
+        x, y = placed.get(n.anchor, pair(anchor.get("pos"), (0.0, 0.0)))
+        tall = height(spec, CONTROL)
+        y = taken.place(x, y, NODE_WIDTH, tall)
+        placed[n.anchor] = (x, y + tall + GAP)
+        entry = {"id": int(ids[n.key]), "type": n.type, "pos": [x, y], "size": [NODE_WIDTH, tall],
                  "flags": {}, "order": order + k + 1, "mode": anchor.get("mode", 0),
                  "inputs": [], "outputs": [{"name": name, "type": kind, "links": [], "slot_index": i}
                                            for i, (name, kind) in enumerate(spec.outputs)],
@@ -306,7 +307,8 @@ def write_ui(workflow: dict, theirs: dict, news: list, outmap: dict, kept: set) 
 
     # Links: keep those between nodes that stay, re-source those that came from converted nodes, add ours.
     links = []
-    next_id = max([int(i) for i in old_links] + [int(out.get("last_link_id") or 0)]) + 1
+    last = out.get("last_link_id") if is_int(out.get("last_link_id")) else 0
+    next_id = max(list(old_links) + [last]) + 1
     for lid, (_, origin, oslot, target, tslot, kind) in sorted(old_links.items()):
         if str(target) in converted or str(origin) not in nodes or str(target) not in nodes:
             continue
@@ -333,33 +335,48 @@ def write_ui(workflow: dict, theirs: dict, news: list, outmap: dict, kept: set) 
                 slot = len(entry["inputs"]) - 1
             links.append([next_id, int(src[0]), src[1], entry["id"], slot, entry["inputs"][slot]["type"]])
             next_id += 1
-    # Every link's type is its origin's output type; a Reroute takes the type of what it now carries.
-    new_ids = set(ids.values())
-    into = {(str(link[3]), link[4]): link for link in links}
-    for _ in range(len(links) + 1):
-        changed = False
-        for link in links:
-            origin = by_id[str(link[1])]
-            outs = origin.get("outputs") or []
-            kind = link[5]
-            if str(link[1]) in new_ids:
-                kind = SPECS[origin["type"]].outputs[link[2]][1]
-            elif origin.get("type") == REROUTE and (str(link[1]), 0) in into:
-                kind = into[(str(link[1]), 0)][5]
-                if outs and outs[0].get("type") != kind:
-                    outs[0]["type"] = kind
-            elif link[2] < len(outs) and outs[link[2]].get("type") not in (None, "*"):
-                kind = outs[link[2]]["type"]
-            changed = changed or kind != link[5]
-            link[5] = kind
-        if not changed:
-            break
+    _link_types(links, by_id, set(ids.values()))
     _relink(all_nodes, links)
     out["nodes"] = all_nodes
     out["links"] = links
     out["last_node_id"] = max([int(n["id"]) for n in all_nodes if isinstance(n["id"], int)] + [0])
-    out["last_link_id"] = max([link[0] for link in links] + [int(out.get("last_link_id") or 0)])
+    out["last_link_id"] = max([link[0] for link in links] + [last])
     return out, res.dropped
+
+
+def _link_types(links: list, by_id: dict, new_ids: set) -> None:
+    """Every link's type is its origin's output type; a Reroute takes the type of what it now carries. A
+    chain of reroutes is followed up once and its type written back down (passes over all links until
+    nothing changed took one pass per reroute: quadratic on a 1,000-reroute chain)."""
+    into = {(str(link[3]), link[4]): link for link in links}
+    kinds = {}                   # id(link) -> its final type
+    for link in links:
+        path, on_path = [], set()
+        while id(link) not in kinds:
+            origin = by_id[str(link[1])]
+            up = into.get((str(link[1]), 0)) if origin.get("type") == REROUTE and str(link[1]) not in new_ids \
+                else None
+            if up is None or id(up) in on_path or up is link:    # a source, or a loop (refused before this)
+                kinds[id(link)] = _origin_type(link, origin, new_ids)
+                break
+            path.append(link)
+            on_path.add(id(link))
+            link = up
+        kind = link[5] = kinds[id(link)]
+        for below in path:
+            below[5] = kinds[id(below)] = kind
+            outs = by_id[str(below[1])].get("outputs") or []
+            if outs and outs[0].get("type") != kind:
+                outs[0]["type"] = kind
+
+
+def _origin_type(link: list, origin: dict, new_ids: set):
+    if str(link[1]) in new_ids:
+        return SPECS[origin["type"]].outputs[link[2]][1]
+    outs = origin.get("outputs") or []
+    if link[2] < len(outs) and outs[link[2]].get("type") not in (None, "*"):
+        return outs[link[2]]["type"]
+    return link[5]
 
 
 def _input_name(node: dict, slot: int) -> str:
@@ -378,10 +395,13 @@ def _relink(nodes: list, links: list) -> None:
         for slot in n.get("outputs") or []:
             slot["links"] = []
     for lid, origin, oslot, target, tslot, _ in links:
-        tin = by_id[str(target)].setdefault("inputs", [])
+        tin = by_id[str(target)].get("inputs") or []
         if tslot < len(tin):
             tin[tslot]["link"] = lid
-        outs = by_id[str(origin)].setdefault("outputs", [])
+        # validate.check_ui holds origin slots to the node's outputs: this pads nothing on a file
+        outs = by_id[str(origin)]["outputs"] = by_id[str(origin)].get("outputs") or []
         while len(outs) <= oslot:
             outs.append({"name": "*", "type": "*", "links": []})
-        outs[oslot].setdefault("links", []).append(lid)
+        if not isinstance(outs[oslot].get("links"), list):
+            outs[oslot]["links"] = []
+        outs[oslot]["links"].append(lid)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from ..schedules import block_order, layer_table
 from .context import Ctx, Unconvertible
+from .limits import MAX_PARAM_ENTRIES
 
 SIMPLE_TYPES = {"standard": "linear", "prompt is more important": "ease out", "style transfer": "style transfer"}
 PRESETS = {"LIGHT - SD1.5 only (low strength)": "LIGHT", "STANDARD (medium strength)": "STANDARD",
@@ -296,7 +297,10 @@ def from_params(c: Ctx):
     ipa, _ = c.ipadapter()
     cv = c.clip_vision()
     negative = negative_features(c, cv)
-    entries = params_entries(c, "ipadapter_params")
+    entries, count = params_entries(c, "ipadapter_params")
+    if count > MAX_PARAM_ENTRIES:
+        raise Unconvertible(f"its params list unrolls to more than {MAX_PARAM_ENTRIES} entries (Combine Params "
+                            f"nodes that repeat each other's lists); at most {MAX_PARAM_ENTRIES} are converted")
     if not entries:
         raise Unconvertible("ipadapter_params must come from IPAdapter Regional Conditioning or Combine Params")
     model = c.src("model")
@@ -310,17 +314,16 @@ def from_params(c: Ctx):
     c.out(0, model)
 
 
-def params_entries(c: Ctx, name: str, depth=0) -> list:
+def params_entries(c: Ctx, name: str) -> tuple[list, int]:
+    """(the params list that feeds input ``name``, its length). Each Regional Conditioning and Combine Params
+    rule stores its list (rules run after the nodes that feed them), so a list is built once per node: the
+    straightforward walk up every input re-read a chain of Combine Params fed twice at each level 2^depth
+    times. Lists are cut at MAX_PARAM_ENTRIES + 1 entries; the length saturates there."""
     up = c.upstream(name)
-    if up is None or depth > 50:
-        return []
-    node = up[0]
-    if node.type == "IPAdapterRegionalConditioning":
-        return [(node, up[1])]
-    if node.type == "IPAdapterCombineParams":
-        sub = Ctx(c.e, node)
-        return [e for i in range(1, 6) for e in params_entries(sub, f"params_{i}", depth + 1)]
-    return []
+    if up is None:
+        return [], 0
+    fact = c.e.facts.get(up[0].id, {})
+    return fact.get("params", []), fact.get("params_count", 0)
 
 
 # ---------------------------------------------------------------------------- loaders and helpers
@@ -425,6 +428,7 @@ def weights(c: Ctx):
 def regional(c: Ctx):
     """Its params go to IPAdapterFromParams (which reads this node's values); its conditionings get the
     mask as core Conditioning (Set Mask) does: mask, strength = prompt_weight, bounds off."""
+    c.e.facts[c.node.id] = {"params": [(c.node, 0)], "params_count": 1}
     for slot, name in ((1, "positive"), (2, "negative")):
         if c.linked("mask") and c.linked(name) and c.used(slot):
             c.out(slot, c.ref(c.add("ConditioningSetMask", conditioning=c.src(name), mask=c.src("mask"),
@@ -435,6 +439,12 @@ def regional(c: Ctx):
 
 
 def combine_params(c: Ctx):
+    entries, count = [], 0
+    for i in range(1, 6):
+        sub, n = params_entries(c, f"params_{i}")
+        entries += sub[:MAX_PARAM_ENTRIES + 1 - len(entries)]
+        count = min(count + n, MAX_PARAM_ENTRIES + 1)
+    c.e.facts[c.node.id] = {"params": entries, "params_count": count}
     c.out(0, None)
 
 
