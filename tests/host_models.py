@@ -75,9 +75,10 @@ def cache_dir() -> Path:
     return path
 
 
-def _cached(stem: str, build) -> Path:
-    """Return the cached file ``stem-VERSION.safetensors``, building it first if absent."""
-    path = cache_dir() / f"{stem}-{VERSION}.safetensors"
+def _cached(stem: str, build, directory: Path | None = None) -> Path:
+    """Return the cached file ``stem-VERSION.safetensors``, building it first if absent; with ``directory``,
+    the file is built there instead, outside the cache (a file one test needs, deleted after it)."""
+    path = Path(directory or cache_dir()) / f"{stem}-{VERSION}.safetensors"
     if path.is_file():
         return path
     start = time.perf_counter()
@@ -251,9 +252,10 @@ def clip_vision_vit_h() -> Path:
     return _cached("clip-vision-vit-h", lambda: _clip_vision("clip_vision_config_h.json", SEED + 4))
 
 
-def clip_vision_vit_bigg() -> Path:
-    """OpenCLIP ViT-bigG/14 vision tower with projection (HF layout, fp16, ~3.7 GB)."""
-    return _cached("clip-vision-vit-bigg", lambda: _clip_vision("clip_vision_config_g.json", SEED + 5))
+def clip_vision_vit_bigg(directory: Path | None = None) -> Path:
+    """OpenCLIP ViT-bigG/14 vision tower with projection (HF layout, fp16, ~3.7 GB); in ``directory`` when
+    given (the suite builds it there and deletes it: one test loads it, and the cache must stay small)."""
+    return _cached("clip-vision-vit-bigg", lambda: _clip_vision("clip_vision_config_g.json", SEED + 5), directory)
 
 
 # --------------------------------------------------------------------------- folders

@@ -6,7 +6,8 @@ ip_adapter_core or nodes and are not counted as its coverage.
 
 Host tests: skipped (loudly, see conftest) without ComfyUI. Once the cache is
 filled the tests take a few minutes on a 2-core CPU; those marked ``slow`` build
-full-size files (about 2, 0.7 and 3.7 GB, cached), and run in the default command too.
+full-size files (about 2 and 0.7 GB, cached; the 3.7 GB bigG encoder is built for its test and deleted),
+and run in the default command too.
 """
 from __future__ import annotations
 
@@ -328,7 +329,10 @@ def test_full_sd15_checkpoint_and_controlnet():
 
 @pytest.mark.host
 @pytest.mark.slow
-def test_clip_vision_vit_bigg():
-    with timed("clip_vision_vit_bigg() (cached after first run)"):
-        path = hm.clip_vision_vit_bigg()
-    check_clip_vision(path, width=1664, layers=48, projection=1280, images=1)
+def test_clip_vision_vit_bigg(tmp_path):
+    with timed("clip_vision_vit_bigg() (built for this test, not cached: 3.7 GB no other test needs)"):
+        path = hm.clip_vision_vit_bigg(tmp_path)
+    try:
+        check_clip_vision(path, width=1664, layers=48, projection=1280, images=1)
+    finally:
+        path.unlink()

@@ -2,20 +2,16 @@
 ``UNetModel`` (inside a ``ModelPatcher``) built on the *same tensors*, plus the small part of
 a diffusers pipeline that its own IP-Adapter loading needs.
 
-Memory: the fp32 weights (SD1.5 3.4 GB, SDXL 10.3 GB) are held once. They are drawn once into
-a raw float32 file in the test cache (``host_models.cache_dir()``), one tensor at a time, and
-memory-mapped read-only (``torch.from_file``, a private mapping): both UNets are built on
-``meta`` and *assigned* views of that one mapping. The pages are clean file pages, so on a
-machine shared with other jobs the kernel can drop and re-read them instead of killing the
-test; later runs skip the drawing.
+Weights: the UNet of the suite's random full-size checkpoint of the family (tests/host_models.py, fp16 on
+disk, the file the workflow and soak tests load too), read as float32 once, one tensor at a time; both UNets
+are built on ``meta`` and *assigned* those tensors. Float16 values are exact in float32, so both sides compute
+in float32 on identical weights; no second weight file is kept (the float32 draws these tests used before took
+13.7 GB of the test cache). Memory: SD1.5 3.4 GB, SDXL 10.3 GB while a family's pair lives.
 """
 from __future__ import annotations
 
 import logging
-import os
 import time
-import zlib
-from pathlib import Path
 
 import torch
 
@@ -24,83 +20,39 @@ from unet_configs import sd15_config, sdxl_config
 log = logging.getLogger("ipadapter.tests")
 
 CONFIGS = {"sd15": sd15_config, "sdxl": sdxl_config}
-WEIGHTS_VERSION = "v1"
-ALIGN = 16  # floats: every tensor starts on a 64-byte boundary of the file
+CKPT_PREFIX = "model.diffusion_model."  # the UNet's keys in a checkpoint (LDM layout, as host_models writes)
 
 
-def _layout(module: torch.nn.Module):
-    """[(key, shape, offset in floats)] in state-dict order, and the total float count."""
-    out, offset = [], 0
-    for key, t in module.state_dict(keep_vars=True).items():
-        out.append((key, tuple(t.shape), offset))
-        offset += -(-t.numel() // ALIGN) * ALIGN
-    return out, offset
-
-
-def _owners(module: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    return {f"{m_name}.{p_name}" if m_name else p_name: m
-            for m_name, m in module.named_modules() for p_name, _ in m.named_parameters(recurse=False)}
-
-
-def _draw(key, shape, owner, weights_shape, seed) -> torch.Tensor:
-    """PyTorch's default initialisation, as diffusers leaves it: Linear/Conv weights and biases
-    U(±1/sqrt(fan_in)), norm weights 1 and biases 0; each tensor from its own seed."""
-    if isinstance(owner, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
-        return torch.ones(shape) if key.endswith("weight") else torch.zeros(shape)
-    fan_in = 1
-    for d in weights_shape[1:]:
-        fan_in *= d
-    gen = torch.Generator().manual_seed(seed * 7919 + zlib.crc32(key.encode()))
-    bound = fan_in ** -0.5
-    return torch.empty(shape).uniform_(-bound, bound, generator=gen)
-
-
-def _weights_file(family: str, seed: int, meta_unet) -> tuple[Path, list, int]:
-    from host_models import cache_dir
-
-    layout, total = _layout(meta_unet)
-    path = cache_dir() / f"unet-{family}-diffusers-fp32-seed{seed}-{WEIGHTS_VERSION}.f32"
-    if path.is_file() and path.stat().st_size == total * 4:
-        return path, layout, total
-    t0 = time.perf_counter()
-    owners = _owners(meta_unet)
-    sd = meta_unet.state_dict(keep_vars=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            for key, shape, offset in layout:
-                weight_key = key.rsplit(".", 1)[0] + ".weight"
-                t = _draw(key, shape, owners[key], tuple(sd[weight_key].shape), seed)
-                f.seek(offset * 4)
-                t.numpy().tofile(f)
-            f.truncate(total * 4)
-        tmp.chmod(0o644)
-        os.replace(tmp, path)  # parallel workers may build the same file
-    finally:
-        tmp.unlink(missing_ok=True)
-    log.info("drew %s (%.1f GB) in %.1fs", path.name, total * 4 / 1e9, time.perf_counter() - t0)
-    return path, layout, total
-
-
-def diffusers_unet(family: str, seed: int = 0):
-    """diffusers' UNet of the real SD1.5 / SDXL structure, fp32, PyTorch-default random
-    weights (fixed seed) mapped from the test cache (drawn there on first use)."""
+def diffusers_unet(family: str):
+    """diffusers' UNet of the real SD1.5 / SDXL structure, float32, on the UNet weights of the suite's random
+    full-size checkpoint of ``family`` (built there on first use), mapped by ComfyUI's own diffusers<->LDM
+    key table."""
+    import comfy.model_detection
+    import comfy.utils
     from diffusers import UNet2DConditionModel
+    from safetensors import safe_open
+
+    import host_models
 
     t0 = time.perf_counter()
     with torch.device("meta"):
         unet = UNet2DConditionModel(**CONFIGS[family]())
-    path, layout, total = _weights_file(family, seed, unet)
-    flat = torch.from_file(str(path), shared=False, size=total, dtype=torch.float32)
+    meta = unet.state_dict()
+    model_config = comfy.model_detection.model_config_from_unet_config(
+        comfy.model_detection.unet_config_from_diffusers_unet(meta))
+    key_map = comfy.utils.unet_to_diffusers(model_config.unet_config)  # diffusers key -> checkpoint key
+    missing = sorted(set(meta) - set(key_map))
+    assert not missing, f"diffusers keys without a checkpoint name: {missing[:5]}"
+    path = host_models.sd15_checkpoint(tiny=False) if family == "sd15" else host_models.sdxl_checkpoint(tiny=False)
     sd = {}
-    for key, shape, offset in layout:
-        n = 1
-        for d in shape:
-            n *= d
-        sd[key] = flat[offset:offset + n].view(shape)
+    with safe_open(str(path), framework="pt") as f:
+        for key, t in meta.items():
+            w = f.get_tensor(CKPT_PREFIX + key_map[key])
+            assert w.numel() == t.numel(), (key, tuple(w.shape), tuple(t.shape))
+            sd[key] = w.to(torch.float32).reshape(t.shape)  # 1x1 conv <-> linear projections share the values
     unet.load_state_dict(sd, strict=True, assign=True)
     unet.eval().requires_grad_(False)
-    log.info("mapped diffusers %s UNet in %.1fs", family, time.perf_counter() - t0)
+    log.info("diffusers %s UNet on %s's weights (float32) in %.1fs", family, path.name, time.perf_counter() - t0)
     return unet
 
 
