@@ -6,6 +6,7 @@
 - An API-format file of theirs (``app.loadApiJson``) opens converted too.
 - The converted graph runs from the Run button's path (``app.queuePrompt``: the editor's own conversion).
 - Nodes that cannot be converted (FaceID) are named in the notice and stay; only they are missing.
+- A file the converter refuses: the notice says so and gives the server's reason.
 - With their extension installed (stood in for by registering one of its node types in the page), loading
   changes nothing, and the menu command converts the open graph.
 """
@@ -137,6 +138,25 @@ def test_faceid_nodes_stay_and_are_named(editor, object_info):
     editor.close_dialogs()
     assert {"IPAdapterFaceID", "IPAdapterUnifiedLoaderFaceID"} <= types(editor)
     assert "IPAdapterAdvanced" not in types(editor)
+
+
+def test_a_refused_file_says_so_and_why(editor, object_info):
+    """A file the converter refuses (HTTP 4xx, here answered by a stand-in for the route, since the editor
+    would not load a file the real route refuses for its links): the notice says it was refused and shows
+    the server's reason; the file's nodes stay as they are."""
+    their, _ = SCENARIOS["advanced"]()
+    reason = "link 7: origin_slot 1000000000, but node #3 has 1 output(s)"
+    editor.page.route("**/ipadapter/convert", lambda route: route.fulfill(
+        status=400, content_type="application/json", body=json.dumps({"error": reason})))
+    try:
+        clear_notices(editor)
+        editor.load(to_ui(their, object_info), "plus_refused")
+        found = wait_notice(editor, "IP-Adapter: file refused by the converter")
+    finally:
+        editor.page.unroute("**/ipadapter/convert")
+    assert "HTTP 400" in found[0] and reason in found[0], found
+    editor.close_dialogs()
+    assert "IPAdapterAdvanced" in types(editor)
 
 
 def test_with_their_extension_installed_only_the_command_converts(editor, object_info):

@@ -13,6 +13,9 @@ import { api } from "../../../scripts/api.js";
 const ROUTE = "/ipadapter/convert";
 const COMMAND = "IPAdapter.ConvertPlusWorkflow";
 const NOTICE_LIFE_MS = 20000;
+// Longer than the route's own limit (20 s, ip_adapter_core/convert/limits.py TIME_LIMIT_S) plus the upload
+// of its largest body, so the server's answer, with its reason, normally comes first.
+const REQUEST_TIMEOUT_MS = 30000;
 let theirTypes = null;
 
 async function loadTheirTypes() {
@@ -37,15 +40,39 @@ function theirsInstalled(nodes) {
   return nodes.some((n) => n.type in registered);
 }
 
+// The error of a refused request: the server's reason, and whether the server refused the file (HTTP 4xx:
+// it will refuse it again) or could not answer in time.
+class Refusal extends Error {
+  constructor(message, refused) {
+    super(message);
+    this.refused = refused;
+  }
+}
+
 async function requestConversion(workflow) {
-  const res = await api.fetchApi(ROUTE, {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ workflow }),
-  });
-  const body = await res.json().catch(() => ({}));
-  if (!res.ok) throw new Error(body.error ?? `HTTP ${res.status}`);
-  return body;
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), REQUEST_TIMEOUT_MS);
+  try {
+    const res = await api.fetchApi(ROUTE, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ workflow }),
+      signal: abort.signal,
+    });
+    const body = await res.json().catch(() => ({}));
+    if (!res.ok) {
+      throw new Refusal(`the server refused the file (HTTP ${res.status}): ${body.error ?? res.statusText}`,
+        res.status >= 400 && res.status < 500);
+    }
+    return body;
+  } catch (err) {
+    if (err?.name === "AbortError") {
+      throw new Refusal(`the server did not answer within ${REQUEST_TIMEOUT_MS / 1000} s`, false);
+    }
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 function describe(report) {
@@ -73,8 +100,8 @@ function notify(report) {
 
 function fail(err) {
   const detail = `The ComfyUI_IPAdapter_plus nodes were left as they are: ${err.message ?? err}`;
-  app.extensionManager?.toast?.add({ severity: "error", summary: "IP-Adapter: conversion failed", detail,
-    life: NOTICE_LIFE_MS });
+  const summary = err?.refused ? "IP-Adapter: file refused by the converter" : "IP-Adapter: conversion failed";
+  app.extensionManager?.toast?.add({ severity: "error", summary, detail, life: NOTICE_LIFE_MS });
   console.error("IP-Adapter: conversion failed", err);
 }
 
