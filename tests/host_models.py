@@ -75,10 +75,9 @@ def cache_dir() -> Path:
     return path
 
 
-def _cached(stem: str, build, directory: Path | None = None) -> Path:
-    """Return the cached file ``stem-VERSION.safetensors``, building it first if absent; with ``directory``,
-    the file is built there instead, outside the cache (a file one test needs, deleted after it)."""
-    path = Path(directory or cache_dir()) / f"{stem}-{VERSION}.safetensors"
+def _cached(stem: str, build) -> Path:
+    """Return the cached file ``stem-VERSION.safetensors``, building it first if absent."""
+    path = cache_dir() / f"{stem}-{VERSION}.safetensors"
     if path.is_file():
         return path
     start = time.perf_counter()
@@ -252,10 +251,15 @@ def clip_vision_vit_h() -> Path:
     return _cached("clip-vision-vit-h", lambda: _clip_vision("clip_vision_config_h.json", SEED + 4))
 
 
-def clip_vision_vit_bigg(directory: Path | None = None) -> Path:
-    """OpenCLIP ViT-bigG/14 vision tower with projection (HF layout, fp16, ~3.7 GB); in ``directory`` when
-    given (the suite builds it there and deletes it: one test loads it, and the cache must stay small)."""
-    return _cached("clip-vision-vit-bigg", lambda: _clip_vision("clip_vision_config_g.json", SEED + 5), directory)
+def clip_vision_vit_bigg_state_dict() -> dict[str, torch.Tensor]:
+    """The tensors of ``clip_vision_vit_bigg()``'s file, in memory: the suite's one bigG test loads them
+    without writing 3.7 GB that no other test reads (the file code is ViT-H's, which the suite writes)."""
+    return _clip_vision("clip_vision_config_g.json", SEED + 5)
+
+
+def clip_vision_vit_bigg() -> Path:
+    """OpenCLIP ViT-bigG/14 vision tower with projection (HF layout, fp16, ~3.7 GB)."""
+    return _cached("clip-vision-vit-bigg", clip_vision_vit_bigg_state_dict)
 
 
 # --------------------------------------------------------------------------- folders

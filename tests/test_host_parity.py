@@ -130,7 +130,7 @@ def pair(request, image_encoder, adapter_file):
     """Indirectly parametrised with the family; pytest finishes one family's Pair before it
     builds the next one's, so at most one pair of UNets is alive."""
     import adapter_files
-    from unet_pairs import comfy_model_sharing, diffusers_ip_host, diffusers_unet
+    from unet_pairs import comfy_model_sharing, diffusers_ip_host, diffusers_unet, release
 
     family = request.param
     # Write the adapter files before the UNet exists, then drop adapter_files' cache of their
@@ -151,6 +151,7 @@ def pair(request, image_encoder, adapter_file):
              text=torch.randn(2, 77, cross, generator=g),
              pooled=torch.randn(2, 1280, generator=g) if family == "sdxl" else None)
     yield p
+    release(unet, comfy.model.diffusion_model)
     del p, unet, comfy
     gc.collect()
     log.info("released the %s pair", family)

@@ -27,7 +27,11 @@ same checkpoint and seed) runs. Asserted:
    Apply nodes or its sampler from the cache (``execution_cached``): the work was really redone;
 4. the final plain prompt's image is bit-identical to the plain prompt of the fresh server (no patch is
    left in the base model, which ComfyUI's cache hands to every prompt), and so is the λ = 0 image;
-5. the server's resident memory after the last round is within RSS_GROWTH_MAX of that after the first.
+5. the server's resident memory after the last round is within RSS_GROWTH_MAX of that after the first;
+6. while the rounds run, a second client posts the hostile converter requests of
+   tests/hostile_convert_requests.py (loops, malformed graphs, a 30-deep doubling chain, JSON nested 100k deep,
+   a body over the limit, ...) to ``POST /ipadapter/convert`` again and again: every one is answered, with
+   its expected status, and the prompts' results above are unchanged by them.
 
 References (economy). The literal reading, a freshly started server per distinct good prompt, costs a
 server start, a checkpoint and ViT-H load and two or three ViT-H passes (5-10 s each on 2 CPU cores) per
@@ -52,6 +56,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +68,7 @@ from PIL import Image
 
 import adapter_files
 import conftest
+import hostile_convert_requests
 from soak_prompts import (BAD, BASE, CKPT, EVIL, GOOD, IMAGES, RANDOM_BYTES, SEED, SIZE, SOURCES, TRUNCATED,
                           WRONG_EMBEDS, build, plain_prompt, schedule)
 from adapter_files import CodeRunningPickle, adapter_sections, write_adapter
@@ -186,6 +192,34 @@ def mb(n: int) -> str:
 MUST_RUN = {"IPAApply", "IPAApplySimple", "KSampler"}  # never from the cache in a good prompt of the rounds
 
 
+class ConvertFlood(threading.Thread):
+    """Requirement 6: posts the hostile converter requests, one after another, until stopped (at most
+    MAX_PASSES passes); records (name, status or the error, seconds) for each."""
+
+    MAX_PASSES = 20
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url, self.requests = url, hostile_convert_requests.hostile_requests()
+        self.results: list[tuple[str, object, float]] = []
+        self.stop = threading.Event()
+
+    def run(self):
+        for _ in range(self.MAX_PASSES):
+            for h in self.requests:
+                if self.stop.is_set():
+                    return
+                try:
+                    status, seconds = hostile_convert_requests.post(self.url, h)
+                except OSError as e:  # no answer: the failure this requirement is about
+                    status, seconds = f"no answer: {e!r}", float("nan")
+                self.results.append((h.name, status, seconds))
+
+    def wrong(self) -> list[str]:
+        expect = {h.name: h.expect for h in self.requests}
+        return [f"{name}: {status}" for name, status, _ in self.results if status not in expect[name]]
+
+
 def test_soak_good_and_bad_prompts_interleaved(env):
     start = time.perf_counter()
     plan = schedule(ROUNDS)
@@ -206,6 +240,8 @@ def test_soak_good_and_bad_prompts_interleaved(env):
         t_refs = time.perf_counter() - start
         assert np.array_equal(refs["lambda_zero"], refs["plain"]), "λ = 0 differs from the unpatched model"
 
+        flood = ConvertFlood(server.url)
+        flood.start()
         for i, (r, kind, name) in enumerate(plan):
             t = time.perf_counter()
             seed = SEED if kind == "good" else SEED + 1 + i  # bad prompts: another sampler input each time
@@ -230,6 +266,8 @@ def test_soak_good_and_bad_prompts_interleaved(env):
             if i + 1 == len(plan) or plan[i + 1][0] != r:
                 rss[r] = server.rss_bytes()
                 log.info("RSS after round %d: %s", r + 1, mb(rss[r]))
+        flood.stop.set()
+        flood.join(timeout=300)
         plain = run_prompt(server, plain_prompt())
         check_answers(server)
         rss_end = server.rss_bytes()
@@ -254,9 +292,16 @@ def test_soak_good_and_bad_prompts_interleaved(env):
                  f"RSS after round 1 {mb(rss[0])}, after round {ROUNDS} {mb(rss[ROUNDS - 1])}, "
                  f"after the plain prompt {mb(rss_end)}")
     lines.append(summary)
+    slowest = max((sec for _, _, sec in flood.results), default=0.0)
+    lines.append(f"SOAK convert requests={len(flood.results)} ({len(flood.requests)} kinds, during the rounds) "
+                 f"answered={sum(isinstance(st, int) for _, st, _ in flood.results)} "
+                 f"unexpected={len(flood.wrong())} slowest={slowest:.1f}s")
     conftest.SOAK.extend(lines)
     log.info("%s", summary)
 
+    assert not flood.is_alive(), "the converter requests did not end"
+    assert len(flood.results) >= len(flood.requests), f"only {len(flood.results)} converter requests were sent"
+    assert not flood.wrong(), "converter requests not answered as expected:\n" + "\n".join(flood.wrong())
     assert not env.marker.exists(), "loading the .bin adapter ran the code in its pickle"
     assert not mismatches, "good prompts that did not reproduce their reference:\n" + "\n".join(mismatches)
     assert not leak, (f"plain prompt after the soak: {plain.status} {plain.text}; cached: {sorted(plain.cached)}; "
