@@ -115,11 +115,12 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory):
-    """The real ComfyUI servers of the workflow and browser tests, one at a time (workflow_servers.py)."""
+def servers(tmp_path_factory, adapter_file):
+    """The real ComfyUI servers of the workflow and browser tests, one at a time (workflow_servers.py); their
+    adapter files are the session's (``adapter_file``), linked, not written a second time."""
     from workflow_servers import make_servers
 
-    s = make_servers(tmp_path_factory.mktemp("workflows"))
+    s = make_servers(tmp_path_factory.mktemp("workflows"), adapter_file)
     yield s
     s.close()
 

@@ -71,7 +71,7 @@ import conftest
 import hostile_convert_requests
 from soak_prompts import (BAD, BASE, CKPT, EVIL, GOOD, IMAGES, RANDOM_BYTES, SEED, SIZE, SOURCES, TRUNCATED,
                           WRONG_EMBEDS, build, plain_prompt, schedule)
-from adapter_files import CodeRunningPickle, adapter_sections, write_adapter
+from adapter_files import CodeRunningPickle, adapter_sections
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
@@ -114,7 +114,7 @@ class Env:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> Env:
+def env(tmp_path_factory, adapter_file) -> Env:
     import host_models  # noqa: PLC0415 - needs the host on sys.path (conftest)
 
     root = tmp_path_factory.mktemp("soak")
@@ -125,7 +125,7 @@ def env(tmp_path_factory) -> Env:
     (models / "clip_vision" / host_models.CLIP_VISION_H_NAME).symlink_to(host_models.clip_vision_vit_h())
     adapters = models / "ipadapter"
     for variant in ("ip-adapter_sd15", "ip-adapter-plus_sd15", "ip-adapter_sd15_vit-G", "ip-adapter_sdxl_vit-h"):
-        write_adapter(adapters, variant)
+        (adapters / f"{variant}.safetensors").symlink_to(adapter_file(variant))  # the session's files, not copies
     data = (adapters / BASE).read_bytes()
     (adapters / TRUNCATED).write_bytes(data[: len(data) // 2])
     (adapters / RANDOM_BYTES).write_bytes(np.random.default_rng(5).bytes(64 * 1024))

@@ -41,13 +41,11 @@ def api(name):
     return wf.load(REPO / "workflows" / "api" / f"{name}.json")
 
 
-def _model_file(recipe, adapters: Path) -> Path:
+def _model_file(recipe, adapter_file) -> Path:
     import host_models  # noqa: PLC0415 - needs the host on sys.path (conftest)
 
     if recipe[0] == "adapter":
-        from adapter_files import write_adapter  # noqa: PLC0415
-
-        return write_adapter(adapters, recipe[1])
+        return adapter_file(recipe[1])
     return getattr(host_models, recipe[0])(*recipe[1:])
 
 
@@ -55,8 +53,9 @@ class Servers:
     """One ComfyUI server at a time (memory): SD1.5 workflows with defaults, SDXL with SDXL_FLAGS. The model
     files a server's workflows need are linked (built, the first time) just before it starts."""
 
-    def __init__(self, root: Path, config: Path):
+    def __init__(self, root: Path, config: Path, adapter_file):
         self.root, self.config, self.current, self.key = root, config, None, None
+        self.adapter_file = adapter_file  # variant -> a random adapter file of the session (conftest)
 
     def get(self, key, all_models: bool = False):
         """The server for ``key`` ("sd15" or "sdxl"), started if needed; ``all_models``: every workflow's
@@ -79,8 +78,7 @@ class Servers:
         return self.current
 
     def _link_models(self, names):
-        models, adapters = self.root / "models", self.root / "adapter_files"
-        adapters.mkdir(exist_ok=True)
+        models = self.root / "models"
         needed = {(k, v) for name in names for node in api(name).values()
                   for k, v in node["inputs"].items() if k in MODEL_INPUTS}
         for key, value in sorted(needed):
@@ -88,7 +86,7 @@ class Servers:
             link = models / folder / value
             if not link.is_symlink():
                 link.parent.mkdir(parents=True, exist_ok=True)
-                link.symlink_to(_model_file(recipes[value], adapters))
+                link.symlink_to(_model_file(recipes[value], self.adapter_file))
 
     def close(self):
         if self.current is not None:
@@ -103,7 +101,7 @@ def _available_gb() -> float:
     return float("inf")
 
 
-def make_servers(root: Path) -> "Servers":
+def make_servers(root: Path, adapter_file) -> "Servers":
     """Servers over ``root``: a models folder (links made as servers need them), the input images scaled."""
     models = root / "models"
     config = root / "models.yaml"
@@ -117,4 +115,4 @@ def make_servers(root: Path) -> "Servers":
         size = (SIZE, SIZE) if img.width == img.height else (SIZE * img.width // min(img.size),
                                                               SIZE * img.height // min(img.size))
         img.resize(size, Image.NEAREST if nearest else Image.LANCZOS).save(root / "input" / png.name)
-    return Servers(root, config)
+    return Servers(root, config, adapter_file)
