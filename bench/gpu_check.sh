@@ -18,18 +18,19 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DRY=0
 [ "${1:-}" = "--dry-run" ] && DRY=1
 
-if [ -z "${COMFYUI_PATH:-}" ] && [ -f "$REPO/.gpu/ComfyUI.tar.xz" ] && [ ! -d /tmp/gpu-check/ComfyUI ]; then
-  mkdir -p /tmp/gpu-check && tar -xJf "$REPO/.gpu/ComfyUI.tar.xz" -C /tmp/gpu-check
+UNPACKED="$REPO/.gpu/unpacked"  # what gpu_prepare.sh packed, unpacked (ignored by git, like .gpu/)
+if [ -z "${COMFYUI_PATH:-}" ] && [ -f "$REPO/.gpu/ComfyUI.tar.xz" ] && [ ! -d "$UNPACKED/ComfyUI" ]; then
+  mkdir -p "$UNPACKED" && tar -xJf "$REPO/.gpu/ComfyUI.tar.xz" -C "$UNPACKED"
 fi
-[ -z "${COMFYUI_PATH:-}" ] && [ -f /tmp/gpu-check/ComfyUI/main.py ] && export COMFYUI_PATH=/tmp/gpu-check/ComfyUI
+[ -z "${COMFYUI_PATH:-}" ] && [ -f "$UNPACKED/ComfyUI/main.py" ] && export COMFYUI_PATH="$UNPACKED/ComfyUI"
 # shellcheck source=../scripts/env.sh
 source "$REPO/scripts/env.sh"   # HOST, VENV (the venv is used, never built, here)
 set +e
 PY="${IPADAPTER_PYTHON:-}"
 if [ -z "$PY" ]; then if [ -x "$VENV/bin/python" ]; then PY="$VENV/bin/python"; else PY="$(command -v python3)"; fi; fi
 if [ -d "$REPO/.gpu/whl" ] && [ "$DRY" = 0 ]; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu-check/site \
-    "$REPO"/.gpu/whl/*.whl && export PYTHONPATH="/tmp/gpu-check/site${PYTHONPATH:+:$PYTHONPATH}"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$UNPACKED/site" \
+    "$REPO"/.gpu/whl/*.whl && export PYTHONPATH="$UNPACKED/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 [ -n "$HOST" ] && export COMFYUI_PATH="$HOST"
 
