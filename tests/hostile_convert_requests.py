@@ -11,7 +11,8 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 
-from test_convert_bounds import API_MALFORMED, LOOPS, UI_MALFORMED, _api, _ui, doubling_chain, ui_chain
+from test_convert_bounds import (API_MALFORMED, LOOPS, UI_MALFORMED, doubling_chain, edited_api_graph,
+                                 edited_ui_graph, ui_chain)
 
 from ipadapter_ext.ip_adapter_core.convert.limits import MAX_BYTES
 
@@ -31,10 +32,10 @@ def _wf(workflow) -> bytes:
 
 def hostile_requests() -> list[Hostile]:
     out = [Hostile(f"loop: {n}", _wf(make()), "application/json", frozenset({400})) for n, (make, _) in LOOPS.items()]
-    out += [Hostile(f"editor file: {n}", _wf(_ui(edit)()), "application/json", frozenset({400}))
+    out += [Hostile(f"editor file: {n}", _wf(edited_ui_graph(edit)()), "application/json", frozenset({400}))
             for n, (edit, _) in UI_MALFORMED.items()]
     # (two cases need Python keys JSON cannot carry: a float key, the same id as int and string)
-    out += [Hostile(f"API file: {n}", _wf(_api(edit)), "application/json", frozenset({400}))
+    out += [Hostile(f"API file: {n}", _wf(edited_api_graph(edit)), "application/json", frozenset({400}))
             for n, (edit, _) in API_MALFORMED.items() if n not in ("a key that is not an id", "the same id twice")]
     out += [Hostile("doubling Combine Params chain, 30 deep", _wf(doubling_chain(30)), "application/json",
                     frozenset({200})),  # converted where it can be; the capped chain stays, reported

@@ -184,7 +184,7 @@ def test_a_short_doubling_chain_still_unrolls_every_entry():
 
 # ---------------------------------------------------------------------------- malformed input
 
-def _ui(edit):
+def edited_ui_graph(edit):
     def make():
         wf = ui_graph()
         edit(wf)
@@ -245,11 +245,11 @@ UI_MALFORMED = {
 def test_malformed_editor_files_are_refused_naming_the_node_or_link(name):
     edit, words = UI_MALFORMED[name]
     with pytest.raises(ConversionError) as err:
-        convert(_ui(edit)())
+        convert(edited_ui_graph(edit)())
     assert all(w in str(err.value) for w in words), (words, str(err.value))
 
 
-def _api(edit):
+def edited_api_graph(edit):
     g = api_graph()
     g["21"] = theirs("IPAdapterAdvanced", {}, {"model": MODEL, "ipadapter": ["20", 1], "image": ["5", 0]})
     g["7"]["inputs"]["model"] = ["21", 0]
@@ -275,7 +275,7 @@ API_MALFORMED = {
 def test_malformed_api_workflows_are_refused_naming_the_node(name):
     edit, words = API_MALFORMED[name]
     with pytest.raises(ConversionError) as err:
-        convert(_api(edit))
+        convert(edited_api_graph(edit))
     assert all(w in str(err.value) for w in words), (words, str(err.value))
 
 
