@@ -112,10 +112,3 @@ def resize_to_tokens(mask: torch.Tensor, call_hw: tuple[int, int], n_tokens: int
                           mode="bilinear", align_corners=False)
     return small.reshape(mask.shape[0], h * w, 1).to(dtype)
 
-
-def mask_for_call(mask: torch.Tensor, latent_hw: tuple[int, int], n_tokens: int, chunks: int,
-                  dtype, device) -> torch.Tensor:
-    """Resize ``mask`` [M, H, W] to one call's token grid -> [rows or 1, n_tokens, 1], the
-    same mask rows for each of the ``chunks`` (cond/uncond) of the call's batch."""
-    small = resize_to_tokens(mask, latent_hw, n_tokens, dtype, device)
-    return small.repeat(chunks, 1, 1) if small.shape[0] > 1 else small

@@ -191,7 +191,7 @@ def _product(*factors):
 
 def model_family(model) -> str:
     """'sd15' or 'sdxl' from the UNet's cross-attention width; refuses other models."""
-    unet_config = _unet_config(model)
+    unet_config = unet_config_of(model)
     ctx = unet_config.get("context_dim")
     fam = FAMILY_BY_CROSS_DIM.get(ctx)
     if fam is None or "transformer_depth" not in unet_config:
@@ -202,14 +202,15 @@ def model_family(model) -> str:
     return fam
 
 
-def _unet_config(model) -> dict:
+def unet_config_of(model) -> dict:
+    """The ComfyUI unet_config of a ModelPatcher's model ({} when it has none)."""
     return getattr(getattr(model.model, "model_config", None), "unet_config", {}) or {}
 
 
 def check_model_layers(model, config) -> None:
     """Refuse a UNet of the family's width whose cross-attention layers are not where (or not as
     wide as) the adapter's are: distilled SDXL models (SSD-1B, Vega, KOALA), other depths or widths."""
-    diff = layout_difference(_unet_config(model), config.layers)
+    diff = layout_difference(unet_config_of(model), config.layers)
     if diff is not None:
         name = FAMILY_NAMES[config.family]
         raise IPAdapterMismatchError(

@@ -71,18 +71,6 @@ def tile_masks(boxes, height: int, width: int) -> torch.Tensor:
     return inside / count.clamp_min(1.0)
 
 
-def fit_masks(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Masks in reference coordinates -> the picture's ``height×width``: stretched (bilinear,
-    align_corners=False), so a tile covering the left third of the reference covers the left
-    third of the picture whatever the two aspect ratios. Bilinear weights sum to 1, so masks
-    that partition the reference still sum to 1 (within float rounding). The attention patch
-    does the same stretch to each call's token grid, so masks need not be fitted first."""
-    if masks.shape[-2:] == (height, width):
-        return masks
-    return F.interpolate(masks.unsqueeze(1).float(), size=(height, width), mode="bilinear",
-                         align_corners=False).squeeze(1)
-
-
 def cut_tiles(image: torch.Tensor, boxes) -> list[torch.Tensor]:
     """IMAGE [B, H, W, C] -> one [B, s, s, C] crop per box."""
     return [image[:, y0:y1, x0:x1] for (y0, x0, y1, x1) in boxes]

@@ -53,15 +53,6 @@ def test_tile_masks_share_overlaps_evenly():
     assert q[:, 5, 5].tolist() == [1, 0, 0, 0] and q[:, 60, 90].tolist() == [0, 0, 0, 1]
 
 
-def test_fit_masks_stretches_to_the_picture_and_keeps_the_partition():
-    m = T.tile_masks(BOXES[64, 128, 0], 64, 128)  # left half, right half of a 2:1 reference
-    fit = T.fit_masks(m, 96, 64)                   # onto a 2:3 picture
-    assert fit.shape == (2, 96, 64)
-    assert torch.allclose(fit.sum(0), torch.ones(96, 64), atol=1e-6)
-    assert (fit[0, :, :31] == 1).all() and (fit[0, :, 33:] == 0).all()  # still the left half
-    assert T.fit_masks(m, 64, 128) is m
-
-
 def test_bad_geometry_is_refused():
     with pytest.raises(IPAdapterError, match="tile_size"):
         T.tile_grid(10, 10, -1)

@@ -328,17 +328,3 @@ def _graph_notes(workflow: dict, fmt: str) -> list:
         notes.append("DualCFGGuider: theirs gives the positive image tokens to the guider's 'negative' cond "
                      "(it picks tokens by batch position), ours gives it the negative tokens")
     return notes
-
-
-def their_types_in(workflow: dict) -> list:
-    """The node ids of theirs a workflow uses (top level), for the editor's check."""
-    if not isinstance(workflow, dict):
-        return []
-    if isinstance(workflow.get("nodes"), list):
-        return sorted({n["type"] for n in workflow["nodes"] if isinstance(n, dict) and isinstance(n.get("type"), str)
-                       and n["type"] in THEIR_NODES})
-    return sorted({n["class_type"] for n in workflow.values() if isinstance(n, dict)
-                   and isinstance(n.get("class_type"), str) and n["class_type"] in THEIR_NODES})
-
-
-

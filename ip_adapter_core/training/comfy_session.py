@@ -9,7 +9,7 @@ import torch
 
 from ..errors import IPAdapterError, IPAdapterMismatchError
 from ..loader import AdapterHandle, encoder_of
-from ..patch import _unet_config, check_model_layers, model_family
+from ..patch import check_model_layers, model_family, unet_config_of
 from ..vision import ZERO_IMAGE_ATTR, encode
 from .adapter_init import comfy_text_kv, new_adapter, new_config
 from .comfy_train import TrainingSet
@@ -72,7 +72,7 @@ def adapter_for_model(model, data: TrainingSet, projection: str | None, handle=N
 
 def _adapter_for_model(model, data, projection, handle, seed):
     family = model_family(model)
-    channels = _unet_config(model).get("model_channels", 320)
+    channels = unet_config_of(model).get("model_channels", 320)
     if projection is not None:
         config = new_config(family, projection, encoder=data.encoder, model_channels=channels)
         check_model_layers(model, config)
