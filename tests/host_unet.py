@@ -41,6 +41,13 @@ def init_random_(module: torch.nn.Module, seed: int = 0) -> None:
                 p.zero_()
 
 
+def comfy_on_cuda() -> bool:
+    """True when ComfyUI runs on a CUDA GPU here (the GPU-only tests: IPADAPTER_TEST_GPU=1, bench/gpu_check.sh)."""
+    import comfy.model_management as mm
+
+    return torch.cuda.is_available() and mm.get_torch_device().type == "cuda"
+
+
 def comfy_model(family: str = "sd15", seed: int = 0, device=None, dtype=torch.float32):
     """A ComfyUI ModelPatcher around the real UNet class for ``family``, float32 unless ``dtype`` says."""
     import comfy.model_detection

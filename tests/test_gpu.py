@@ -9,18 +9,13 @@ import gc
 import pytest
 import torch
 
+from host_unet import comfy_on_cuda
 from test_host_nodes import apply, handle, prompt
 
 pytestmark = pytest.mark.host
 
 
-def _comfy_on_cuda() -> bool:
-    import comfy.model_management as mm
-
-    return torch.cuda.is_available() and mm.get_torch_device().type == "cuda"
-
-
-needs_cuda = pytest.mark.skipif(not _comfy_on_cuda(), reason="GPU CHECK SKIPPED: needs CUDA with ComfyUI on the GPU "
+needs_cuda = pytest.mark.skipif(not comfy_on_cuda(), reason="GPU CHECK SKIPPED: needs CUDA with ComfyUI on the GPU "
                                 "(bash bench/gpu_check.sh on a CUDA machine sets IPADAPTER_TEST_GPU=1)")
 
 

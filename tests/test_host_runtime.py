@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+from host_unet import comfy_on_cuda
 from test_host_nodes import apply, attn2, handle, prompt
 
 pytestmark = pytest.mark.host
@@ -176,13 +177,7 @@ def test_call_path_makes_no_tensors_from_python_data_and_reads_nothing_back(sd15
     assert forbidden == [], "host reads or tensors from Python data in the per-call path"
 
 
-def _comfy_on_cuda() -> bool:
-    import comfy.model_management as mm
-
-    return torch.cuda.is_available() and mm.get_torch_device().type == "cuda"
-
-
-@pytest.mark.skipif(not _comfy_on_cuda(), reason="needs CUDA with ComfyUI on the GPU (run the tests with "
+@pytest.mark.skipif(not comfy_on_cuda(), reason="needs CUDA with ComfyUI on the GPU (run the tests with "
                     "IPADAPTER_TEST_GPU=1 on a CUDA machine): torch.cuda.set_sync_debug_mode is checked only there")
 def test_no_cuda_sync_in_patched_layers_on_gpu(adapter_file):  # pragma: no cover - GPU only
     """On a GPU: after a warm-up evaluation, a patched UNet evaluation makes no host-device sync."""
