@@ -40,7 +40,7 @@ def image_attention_names() -> dict:
 def part_fns(patch, masked_patch, call) -> dict:
     from ipadapter_ext.ip_adapter_core.attention import add_few_key_branch, select_rows
     from ipadapter_ext.ip_adapter_core.patch import _attention
-    from ipadapter_ext.ip_adapter_core.run_state import RUN_KEY
+    from ipadapter_ext.ip_adapter_core.transformer_options import RUN_KEY
 
     text_attention, image_attention = _attention()
     q, extra, heads = call.q, call.extra, call.heads

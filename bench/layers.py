@@ -52,7 +52,8 @@ def layer_calls(captured: dict, latent: int, device, dtype=torch.float32, seed: 
     on the same shapes for each of them, so timing one and counting it ``count`` times
     buys 4× the repetitions, i.e. tighter medians, for the same run time."""
     from ipadapter_ext.ip_adapter_core.layers import layers_for
-    from ipadapter_ext.ip_adapter_core.run_state import RUN_KEY, RunState
+    from ipadapter_ext.ip_adapter_core.run_state import RunState
+    from ipadapter_ext.ip_adapter_core.transformer_options import RUN_KEY
 
     g = torch.Generator().manual_seed(seed)
     run = None

@@ -11,7 +11,7 @@ latent (nearest: no value leaks across a mask's edge) and averaged over the laye
 (input, middle, output) and over all layers. Maps are per image prompt, in the order they were applied,
 and per latent image. A masked-out position, a layer the prompt skips and λ = 0 give exactly 0.
 
-The recorder travels in ``transformer_options`` of a clone of the model (RECORD_KEY), so the model the
+The recorder travels in ``transformer_options`` of a clone of the model (transformer_options.RECORD_KEY), so the model the
 user connected is never changed; the patch hands it each branch's term only while it is there.
 """
 from __future__ import annotations
@@ -23,11 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from .attention import POSITIVE
+from .errors import IPAdapterError
 from .masks import tokens_hw
+from .patch import patches_of
+from .transformer_options import RECORD_KEY
 
 log = logging.getLogger("ipadapter")
 
-RECORD_KEY = "ipadapter_attention_map"
 GROUPS = ("input", "middle", "output", "all")
 EPS = 1e-6  # relative to the text attention's norm: a position where the text attention is 0 divides by it
 
@@ -143,9 +145,6 @@ def record(model, positive, negative, latent: dict, seed: int, steps: int, step:
     (see Recorder.maps), their labels, the recorder."""
     import comfy.sample  # noqa: PLC0415 - host only
     import comfy.samplers  # noqa: PLC0415
-
-    from .errors import IPAdapterError  # noqa: PLC0415
-    from .run_state import patches_of  # noqa: PLC0415
 
     if not 0 <= step < steps:
         raise IPAdapterError(f"step: expected a step from 0 to steps - 1 = {steps - 1}; got {step}.")

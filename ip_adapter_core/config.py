@@ -1,4 +1,5 @@
-"""The one place where an IP-Adapter's variant is decided, from keys and shapes only.
+"""The one place where an IP-Adapter's variant is decided, from keys and shapes only, and
+where a UNet is recognised (its family, and whether its layers are where an adapter's are).
 
 File names are never consulted: renamed files are the most reported failure of the
 popular extension. Everything downstream reads the immutable AdapterConfig.
@@ -10,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import IPAdapterFileError
-from .layers import base_channels, layers_of_width
+from .errors import IPAdapterFileError, IPAdapterMismatchError
+from .layers import base_channels, layers_of_width, layout_difference
 
 FAMILY_BY_CROSS_DIM = {768: "sd15", 2048: "sdxl"}
 FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
@@ -214,3 +215,36 @@ def _resampler_config(proj, path) -> ResamplerConfig:
         dim=dim, depth=depth, heads=inner // RESAMPLER_DIM_HEAD, dim_head=RESAMPLER_DIM_HEAD,
         num_queries=num_queries, embedding_dim=_shape(proj, "proj_in.weight", path, "image_proj")[1],
         output_dim=_shape(proj, "proj_out.weight", path, "image_proj")[0], ff_mult=ff // dim)
+
+
+# ---------------------------------------------------------------- what a UNet is
+
+def model_family(model) -> str:
+    """'sd15' or 'sdxl' from the UNet's cross-attention width; refuses other models."""
+    unet_config = unet_config_of(model)
+    ctx = unet_config.get("context_dim")
+    fam = FAMILY_BY_CROSS_DIM.get(ctx)
+    if fam is None or "transformer_depth" not in unet_config:
+        name = type(model.model).__name__
+        raise IPAdapterMismatchError(
+            f"model: IP-Adapter works on Stable Diffusion 1.5 and SDXL UNets; this model ({name}, "
+            f"cross-attention width {ctx}) is neither. Load an SD1.5 or SDXL checkpoint.")
+    return fam
+
+
+def unet_config_of(model) -> dict:
+    """The ComfyUI unet_config of a ModelPatcher's model ({} when it has none)."""
+    return getattr(getattr(model.model, "model_config", None), "unet_config", {}) or {}
+
+
+def check_model_layers(model, config) -> None:
+    """Refuse a UNet of the family's width whose cross-attention layers are not where (or not as
+    wide as) the adapter's are: distilled SDXL models (SSD-1B, Vega, KOALA), other depths or widths."""
+    diff = layout_difference(unet_config_of(model), config.layers)
+    if diff is not None:
+        name = FAMILY_NAMES[config.family]
+        raise IPAdapterMismatchError(
+            f"model: this {type(model.model).__name__} UNet reads {name}-width text but its layers differ "
+            f"from the {name} UNet the adapter was trained for: {diff}. Distilled models (SSD-1B, Segmind "
+            f"Vega, KOALA) and other variants need an IP-Adapter trained for them; use a standard {name} "
+            "checkpoint (or a fine-tune of it).")

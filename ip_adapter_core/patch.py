@@ -21,12 +21,12 @@ import torch
 
 from .attention import (V_ONLY, add_few_key_branch, add_image_branch, image_kv, scale_kv, sdpa_attention,
                         use_few_key_path)
-from .attention_map import RECORD_KEY
-from .config import FAMILY_BY_CROSS_DIM, FAMILY_NAMES
+from .config import FAMILY_NAMES, check_model_layers, model_family
 from .embeds import ImagePrompt
 from .errors import IPAdapterMismatchError
-from .layers import AttnLayer, layout_difference
-from .run_state import ALWAYS, NEVER, RUN_KEY, RunState, register
+from .layers import AttnLayer
+from .run_state import NEVER, RunState
+from .transformer_options import RECORD_KEY, RUN_KEY, WRAPPER_KEY
 
 log = logging.getLogger("ipadapter")
 
@@ -189,37 +189,6 @@ def _product(*factors):
     return out
 
 
-def model_family(model) -> str:
-    """'sd15' or 'sdxl' from the UNet's cross-attention width; refuses other models."""
-    unet_config = unet_config_of(model)
-    ctx = unet_config.get("context_dim")
-    fam = FAMILY_BY_CROSS_DIM.get(ctx)
-    if fam is None or "transformer_depth" not in unet_config:
-        name = type(model.model).__name__
-        raise IPAdapterMismatchError(
-            f"model: IP-Adapter works on Stable Diffusion 1.5 and SDXL UNets; this model ({name}, "
-            f"cross-attention width {ctx}) is neither. Load an SD1.5 or SDXL checkpoint.")
-    return fam
-
-
-def unet_config_of(model) -> dict:
-    """The ComfyUI unet_config of a ModelPatcher's model ({} when it has none)."""
-    return getattr(getattr(model.model, "model_config", None), "unet_config", {}) or {}
-
-
-def check_model_layers(model, config) -> None:
-    """Refuse a UNet of the family's width whose cross-attention layers are not where (or not as
-    wide as) the adapter's are: distilled SDXL models (SSD-1B, Vega, KOALA), other depths or widths."""
-    diff = layout_difference(unet_config_of(model), config.layers)
-    if diff is not None:
-        name = FAMILY_NAMES[config.family]
-        raise IPAdapterMismatchError(
-            f"model: this {type(model.model).__name__} UNet reads {name}-width text but its layers differ "
-            f"from the {name} UNet the adapter was trained for: {diff}. Distilled models (SSD-1B, Segmind "
-            f"Vega, KOALA) and other variants need an IP-Adapter trained for them; use a standard {name} "
-            "checkpoint (or a fine-tune of it).")
-
-
 def _existing_patch(attn2: dict, key):
     """The patch ComfyUI would call for ``key``: its 3-tuple entry, else the 2-tuple
     ``(block, number)`` entry it falls back to."""
@@ -268,3 +237,38 @@ def apply_image_prompt(model, adapter, prompt: ImagePrompt, mask: torch.Tensor |
             else Attn2Patch(layer, ((branch, scale),), previous=prev)
         out.set_model_attn2_replace(patch, *layer.key)
     return out
+
+
+# ---------------------------------------------------------------- the run around the patches
+
+def patches_of(model_options) -> list:
+    """The attn2 patches of ours in a model's options."""
+    attn2 = model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    return [p for p in attn2.values() if isinstance(p, Attn2Patch)]
+
+
+def outer_sample_wrapper(executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
+    """OUTER_SAMPLE wrapper: one RunState per sampling run, validated before the first step,
+    handed to the patches through the run's transformer_options, emptied at the end."""
+    guider = executor.class_obj
+    options = guider.model_options  # the guider's copy for this run (CFGGuider.sample clones it)
+    # conds are read lazily: inner_sample replaces guider.conds with processed copies (areas in
+    # latent units) after this point; their uuids stay.
+    run = RunState.for_sampling(guider.model_patcher, sigmas, noise.shape, lambda: getattr(guider, "conds", None))
+    branches = {b for p in patches_of(options) for b, _ in p.branches}
+    run.prepare(branches)
+    options.setdefault("transformer_options", {})[RUN_KEY] = run
+    try:
+        return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
+    finally:
+        options["transformer_options"].pop(RUN_KEY, None)
+        run.free()
+
+
+def register(model_patcher) -> None:
+    """Install outer_sample_wrapper on a model (once; clones inherit it with their model_options)."""
+    import comfy.patcher_extension as pe  # noqa: PLC0415 - host only
+
+    if not pe.get_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, model_patcher.model_options,
+                                    is_model_options=True):
+        model_patcher.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)

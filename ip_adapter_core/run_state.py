@@ -5,8 +5,8 @@
     Attn2Patch: layer, branches                  K'/V' per device, row index per layout,   up; builds nothing from
                                                  masks per call shape, cond roles           Python data, reads no
                                                                                             device tensor on the host
-A RunState is made when a sampler starts (an OUTER_SAMPLE wrapper that ``apply_image_prompt``
-registers once per model), travels to the patches inside ``transformer_options`` and is
+A RunState is made when a sampler starts (the OUTER_SAMPLE wrapper that ``patch.register``
+installs once per model), travels to the patches inside ``transformer_options`` and is
 emptied when the run ends, so no K'/V' or mask copy outlives it on any device. Input errors
 that depend on the run (a mask batch that fits no latent batch) are raised there, before
 the first step, instead of deep inside the UNet.
@@ -27,8 +27,6 @@ from .masks import call_window, check_mask_batch, chunk_frames, crop_to_area, ma
 
 log = logging.getLogger("ipadapter")
 
-RUN_KEY = "ipadapter_run"     # in transformer_options
-WRAPPER_KEY = "ipadapter"     # our key among the model's wrappers
 ALWAYS, NEVER, GATED = "always", "never", "gated"
 WHOLE_SCHEDULE = 1e8  # percent_to_sigma(0) is 999999999.9: a range starting there has no upper bound
 
@@ -345,39 +343,3 @@ def _call_area(area, latent_hw):
     if (h, w, y, x) == (H, W, 0, 0):
         return None
     return h, w, y, x
-
-
-def patches_of(model_options) -> list:
-    """The attn2 patches of ours in a model's options."""
-    from .patch import Attn2Patch  # noqa: PLC0415 - patch imports this module
-
-    attn2 = model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
-    return [p for p in attn2.values() if isinstance(p, Attn2Patch)]
-
-
-def outer_sample_wrapper(executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
-    """OUTER_SAMPLE wrapper: one RunState per sampling run, validated before the first step,
-    handed to the patches through the run's transformer_options, emptied at the end."""
-    guider = executor.class_obj
-    options = guider.model_options  # the guider's copy for this run (CFGGuider.sample clones it)
-    # conds are read lazily: inner_sample replaces guider.conds with processed copies (areas in
-    # latent units) after this point; their uuids stay.
-    run = RunState.for_sampling(guider.model_patcher, sigmas, noise.shape, lambda: getattr(guider, "conds", None))
-    branches = {b for p in patches_of(options) for b, _ in p.branches}
-    run.prepare(branches)
-    options.setdefault("transformer_options", {})[RUN_KEY] = run
-    try:
-        return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
-    finally:
-        options["transformer_options"].pop(RUN_KEY, None)
-        run.free()
-
-
-def register(model_patcher) -> None:
-    """Install the wrapper on a model (once; clones inherit it with their model_options)."""
-    import comfy.patcher_extension as pe  # noqa: PLC0415 - host only
-
-    if not pe.get_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, model_patcher.model_options,
-                                    is_model_options=True):
-        model_patcher.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)
-

@@ -3,7 +3,7 @@ import comfy.clip_vision
 from comfy_api.latest import io
 
 from ..ip_adapter_core.loader import load_adapter_handle
-from ..ip_adapter_core.patch import model_family
+from ..ip_adapter_core.config import model_family
 from ..ip_adapter_core.presets import PRESETS, preset_files
 from .types import CATEGORY, IPAModel
 

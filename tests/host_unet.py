@@ -71,7 +71,8 @@ def comfy_model(family: str = "sd15", seed: int = 0, device=None, dtype=torch.fl
 def unet_forward(model, x, sigma, context, cond_or_uncond, y=None, run=None):
     """The raw UNet noise prediction with transformer_options as the sampler passes them,
     including the extension's per-run state (made for this call unless ``run`` is given)."""
-    from ipadapter_ext.ip_adapter_core.run_state import RUN_KEY, RunState
+    from ipadapter_ext.ip_adapter_core.run_state import RunState
+    from ipadapter_ext.ip_adapter_core.transformer_options import RUN_KEY
 
     to = dict(model.model_options.get("transformer_options", {}))
     to["cond_or_uncond"] = list(cond_or_uncond)

@@ -149,7 +149,8 @@ def test_call_path_makes_no_tensors_from_python_data_and_reads_nothing_back(sd15
     assert spy.calls
     # replay the run's calls with a run state made as the sampler's wrapper makes it: one pass
     # to fill the per-layout caches (as the first step does), then the checked pass
-    from ipadapter_ext.ip_adapter_core.run_state import RUN_KEY, RunState
+    from ipadapter_ext.ip_adapter_core.run_state import RunState
+    from ipadapter_ext.ip_adapter_core.transformer_options import RUN_KEY
 
     run = RunState.for_sampling(model, torch.tensor([14.6, 7.0, 0.0]), (frames, 4, 16, 16))
     run.prepare({b for p in attn2(model).values() for b, _ in p.branches})
@@ -260,7 +261,7 @@ def test_foreign_patch_to_models_two_tuple_key_and_copies(sd15, adapter_file):
 # ---------------------------------------------------------------- 5. cache lifetime
 
 def test_run_state_is_emptied_after_sampling_and_patches_hold_no_run_tensors(sd15, adapter_file, monkeypatch):
-    from ipadapter_ext.ip_adapter_core import run_state
+    from ipadapter_ext.ip_adapter_core import run_state, transformer_options
 
     h = handle(adapter_file("ip-adapter_sd15"))
     mask = torch.ones(1, 64, 64)
@@ -279,7 +280,7 @@ def test_run_state_is_emptied_after_sampling_and_patches_hold_no_run_tensors(sd1
     for run, held in runs:
         assert held > 0 and run.cached_tensors() == [], "K'/V', rows, masks and gates are dropped at the end"
     # the model's own options hold no run state, and a patch holds no tensor but the node-time mask
-    assert run_state.RUN_KEY not in model.model_options.get("transformer_options", {})
+    assert transformer_options.RUN_KEY not in model.model_options.get("transformer_options", {})
     for patch in attn2(model).values():
         tensors = [v for v in vars(patch).values() if isinstance(v, torch.Tensor)]
         for branch, _ in patch.branches:

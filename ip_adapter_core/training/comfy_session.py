@@ -9,7 +9,7 @@ import torch
 
 from ..errors import IPAdapterError, IPAdapterMismatchError
 from ..loader import AdapterHandle, encoder_of
-from ..patch import check_model_layers, model_family, unet_config_of
+from ..config import check_model_layers, model_family, unet_config_of
 from ..vision import ZERO_IMAGE_ATTR, encode
 from .adapter_init import comfy_text_kv, new_adapter, new_config
 from .comfy_train import TrainingSet

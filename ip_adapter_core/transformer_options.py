@@ -1,0 +1,10 @@
+"""The keys this extension puts in ComfyUI's ``transformer_options`` and among a model's wrappers.
+
+ComfyUI hands ``transformer_options`` to every attention patch (as ``extra_options``); the patch
+finds what a sampling run resolved and what the attention map records there. One place for the
+names, so a writer and a reader cannot drift apart and no module imports another for a string.
+"""
+
+RUN_KEY = "ipadapter_run"                # run_state.RunState of the sampling run in progress
+RECORD_KEY = "ipadapter_attention_map"   # attention_map.Recorder, only in the runs it makes
+WRAPPER_KEY = "ipadapter"                # our OUTER_SAMPLE wrapper among the model's wrappers
