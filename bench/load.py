@@ -55,7 +55,7 @@ def _touch(module) -> None:
 
 def encoder_numbers(n_images: int) -> dict:
     """ViT-H/14: file load time, encode rate, and the one-time zero-image pass."""
-    from ipadapter_ext.ip_adapter_core.loader import zero_image_features
+    from ipadapter_ext.ip_adapter_core.vision import zero_image_features
 
     from .vision import encode_rate, load_vit_h, vit_h_file
 

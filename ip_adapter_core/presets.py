@@ -1,12 +1,9 @@
 """Presets: the IP-Adapter and CLIP vision files for a common case, found by what they hold.
 
 The popular extension's unified loader matches file names, so a renamed file is not found
-and a misnamed one is loaded as the wrong kind. Here every file in the model folders
-(extra_model_paths.yaml included) is classified by its tensors (config.detect_config for
-adapters, clip_vision_files for encoders) and a preset is a test on the resulting
-AdapterConfig. Classifications are cached by (size, mtime_ns), so a re-scan costs one stat
-per file and a changed file is classified again; a file is classified once whatever names
-(links) it has, and the cache keeps the CACHE_SIZE most recently used files.
+and a misnamed one is loaded as the wrong kind. Here every file in the model folders is
+classified by its tensors (model_folders.py) and a preset is a test on the resulting
+AdapterConfig.
 
 Two pairs of presets are the same network with different training, and no shape tells
 them apart: LIGHT and STANDARD on SD1.5 (ip-adapter_sd15_light is ip-adapter_sd15 trained
@@ -20,25 +17,16 @@ given file.
 from __future__ import annotations
 
 import logging
-import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
-
-from .clip_vision_files import encoder_of_file
-from .config import FAMILY_NAMES, VIT_BIGG, VIT_H, AdapterConfig, detect_config
+from .config import FAMILY_NAMES, VIT_BIGG, VIT_H, AdapterConfig
 from .errors import IPAdapterError
-from .files import flatten_state_dict, load_pickle, sniff_format, split_sections
-from .loader import EXTENSIONS, FOLDER
+from .model_folders import CLIP_VISION, FOLDER, Skipped, folders, scan
 
 log = logging.getLogger("ipadapter")
 
-CLIP_VISION = "clip_vision"
-# comfy.clip_vision.load reads these (clip_vision_files sniffs which loader ComfyUI would use)
-ENCODER_EXTENSIONS = {".safetensors", ".sft", ".bin", ".pt", ".pth", ".ckpt"}
 HF = "https://huggingface.co/h94/IP-Adapter/resolve/main/"
 SAME_TENSORS = ("{a} and {b} files have the same tensors (only the training differs), so {preset} "
                 "takes either; to use a given file, load it with IP-Adapter Loader.")
@@ -103,118 +91,6 @@ class PresetFiles:
     adapter: str
     config: AdapterConfig
     clip_vision: str
-
-
-# ---------------------------------------------------------------- classifying files
-
-def adapter_config_of_file(path) -> AdapterConfig:
-    """The variant of an IP-Adapter file from its keys and shapes, reading no weights where the
-    format allows (safetensors header; zip pickles memory-mapped; legacy pickles read whole)."""
-    path = Path(path)
-    fmt = sniff_format(path)  # the bytes decide, as when the file is loaded
-    if fmt == "safetensors":
-        flat = _safetensors_shapes(path)
-    else:
-        flat = flatten_state_dict(load_pickle(path, mmap=fmt == "zip-pickle"), path)
-    sections, rest = split_sections(flat)
-    return detect_config(sections, path, rest)
-
-
-def _safetensors_shapes(path: Path) -> dict[str, torch.Tensor]:
-    """Meta tensors of the header's shapes: detect_config reads shapes only."""
-    import safetensors
-
-    with safetensors.safe_open(str(path), framework="pt") as f:
-        return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A file that is not of the kind the folder is for; ``reason`` says why."""
-
-    reason: str
-
-
-# Enough for every model file of a large collection; beyond it the least recently used entry goes,
-# so files that come and go over a long session cannot grow the cache without end.
-CACHE_SIZE = 4096
-# (kind, st_dev, st_ino) -> ((size, mtime_ns), result): one entry per file, whatever names it has
-_CACHE: OrderedDict[tuple[str, int, int], tuple[tuple[int, int], object]] = OrderedDict()
-
-
-def _classified(kind: str, path: str, st: os.stat_result):
-    """The cached classification of ``path`` (an AdapterConfig, an encoder name or Skipped),
-    redone when the file's size or mtime changed. Never raises: a bad file is Skipped."""
-    key, stamp = (kind, st.st_dev, st.st_ino), (st.st_size, st.st_mtime_ns)
-    hit = _CACHE.get(key)
-    if hit is not None and hit[0] == stamp:
-        _CACHE.move_to_end(key)
-        return hit[1]
-    classify = adapter_config_of_file if kind == FOLDER else encoder_of_file
-    try:
-        result = classify(path)
-    except Exception as e:  # any unreadable or foreign file: a scan must not fail on it
-        # the file's own error names the path; the listing names it already
-        result = Skipped(str(getattr(e, "problem", None) or e).rstrip("."))
-        log.debug("%s: skipped %s: %s", kind, path, e)
-    _CACHE[key] = (stamp, result)
-    _CACHE.move_to_end(key)
-    while len(_CACHE) > CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return result
-
-
-def folders(kind: str) -> list[str]:
-    """The folders ComfyUI has for ``kind`` (models/<kind> and extra_model_paths.yaml's)."""
-    import folder_paths
-
-    try:
-        return folder_paths.get_folder_paths(kind)
-    except KeyError:  # never registered: nothing to scan
-        return []
-
-
-def model_files(roots, extensions) -> list[tuple[str, os.stat_result | OSError]]:
-    """(path, stat or the error stating it) of every file with one of ``extensions`` under ``roots``
-    and their subfolders (symlinked ones too, as ComfyUI lists them), sorted by path.
-
-    Each real folder is walked once: two links back to their parent would otherwise make 2^40
-    paths before the kernel's symlink limit ends them. A file reached under several names (links,
-    an extra folder inside another) is listed once, under the first name by path."""
-    seen_dirs, files, unreadable = set(), {}, []
-    for root in roots:
-        for dirpath, dirnames, names in os.walk(root, followlinks=True):
-            dirnames.sort()  # which name of a linked folder is kept must not depend on the disk's order
-            try:
-                st = os.stat(dirpath)
-            except OSError:
-                dirnames[:] = []
-                continue
-            if (st.st_dev, st.st_ino) in seen_dirs:
-                dirnames[:] = []  # met before under another name: its files and subfolders are listed
-                continue
-            seen_dirs.add((st.st_dev, st.st_ino))
-            for name in names:
-                if Path(name).suffix.lower() not in extensions:
-                    continue
-                path = os.path.abspath(os.path.join(dirpath, name))
-                try:
-                    fst = os.stat(path)
-                except OSError as e:  # a dangling link: listed, with why it cannot be read
-                    unreadable.append((path, e))
-                    continue
-                ident = (fst.st_dev, fst.st_ino)
-                if ident not in files or path < files[ident][0]:
-                    files[ident] = (path, fst)
-    return sorted([*files.values(), *unreadable], key=lambda f: f[0])
-
-
-def scan(kind: str) -> list[tuple[str, object]]:
-    """(path, classification) of every model file under the ``kind`` folders, sorted by path."""
-    extensions = EXTENSIONS if kind == FOLDER else ENCODER_EXTENSIONS
-    return [(path, Skipped(f"cannot be read ({st.strerror})") if isinstance(st, OSError)
-             else _classified(kind, path, st))
-            for path, st in model_files(folders(kind), extensions)]
 
 
 # ---------------------------------------------------------------- choosing files

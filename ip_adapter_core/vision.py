@@ -1,14 +1,15 @@
-"""CLIP vision encoding for IP-Adapter: crop modes, an optional mask, and the zero-image
-features the hidden-state variants need for their negative tokens (host only)."""
+"""Every CLIP vision question: which encoder a loaded model is (and whether it is the one an adapter
+needs), encoding for IP-Adapter (crop modes, an optional mask), and the zero-image features the
+hidden-state variants need for their negative tokens (host only). Which file holds which encoder
+is model_folders.py."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .config import IMAGE_EMBEDS
+from .config import IMAGE_EMBEDS, AdapterConfig, encoder_by_widths
 from .embeds import ImagePrompt
-from .errors import IPAdapterError
-from .loader import check_encoder, zero_image_features
+from .errors import IPAdapterError, IPAdapterMismatchError
 from .references import CROP_POSITIONS, INTERPOLATIONS, prepare_reference
 from .tokens import parse_image_weights, project
 
@@ -16,6 +17,42 @@ CROP_MODES = ("center", "squash", "pad")
 # "default": ComfyUI's encoder does the resizing (bicubic, antialiased), as before the options existed.
 ENCODE_INTERPOLATIONS = ("default",) + INTERPOLATIONS
 ZERO_IMAGE_ATTR = "ipadapter_zero_image_penultimate"
+
+
+def encoder_of(clip_vision) -> str | None:
+    """Name the CLIP vision model (ViT-H/14, ViT-bigG/14) from its structure, or None."""
+    try:
+        emb = clip_vision.model.vision_model.embeddings.class_embedding.shape[-1]
+        proj = clip_vision.model.visual_projection.weight.shape[0]
+    except AttributeError:
+        return None
+    return encoder_by_widths(emb, proj)
+
+
+def check_encoder(config: AdapterConfig, clip_vision, what="clip_vision") -> None:
+    found = encoder_of(clip_vision)
+    if found != config.encoder:
+        raise IPAdapterMismatchError(
+            f"{what}: the adapter ({config.name}) needs the {config.encoder} CLIP vision model; the "
+            f"one connected is {found or 'another encoder'}. Load the {config.encoder} file from "
+            "models/clip_vision (README.md, Models).")
+
+
+def zero_image_features(clip_vision) -> torch.Tensor:
+    """Penultimate hidden states for an all-zero *normalised* pixel tensor: the reference's
+    negative input for the Resampler and full-face variants."""
+    import comfy.model_management as mm
+
+    cached = getattr(clip_vision, "_ipadapter_zero_image", None)
+    if cached is not None:  # one full encoder pass; the same for every image (bench: ~5 s on CPU)
+        return cached
+    mm.load_model_gpu(clip_vision.patcher)
+    size = getattr(clip_vision, "image_size", 224)
+    pixels = torch.zeros(1, 3, size, size, device=clip_vision.load_device)
+    with torch.no_grad():
+        out = clip_vision.model(pixel_values=pixels, intermediate_output=-2)
+    clip_vision._ipadapter_zero_image = out[1].to(mm.intermediate_device()).float()
+    return clip_vision._ipadapter_zero_image
 
 
 def _mean(clip_vision, image):

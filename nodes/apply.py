@@ -2,7 +2,7 @@
 from comfy_api.latest import io
 
 from ..ip_adapter_core.attention import SCALING_MODES, V_ONLY
-from ..ip_adapter_core.loader import check_encoder
+from ..ip_adapter_core.vision import check_encoder
 from ..ip_adapter_core.masks import check_mask
 from ..ip_adapter_core.patch import apply_image_prompt
 from ..ip_adapter_core.vision import encode, image_prompt

@@ -3,7 +3,8 @@ import comfy.clip_vision
 import folder_paths
 from comfy_api.latest import io
 
-from ..ip_adapter_core.loader import FOLDER, find_clip_vision_file, load_adapter_handle
+from ..ip_adapter_core.loader import load_adapter_handle
+from ..ip_adapter_core.model_folders import FOLDER, find_clip_vision_file
 from .types import CATEGORY, IPAModel
 
 
@@ -34,5 +35,4 @@ class IPACLIPVisionLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, ipadapter) -> io.NodeOutput:
-        name = find_clip_vision_file(ipadapter.config)
-        return io.NodeOutput(comfy.clip_vision.load(folder_paths.get_full_path_or_raise("clip_vision", name)))
+        return io.NodeOutput(comfy.clip_vision.load(find_clip_vision_file(ipadapter.config)))

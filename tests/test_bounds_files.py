@@ -46,7 +46,7 @@ def test_shared_references_are_refused_naming_the_file(tmp_path):
 
 
 def test_preset_classification_refuses_the_same_pickle(tmp_path):
-    from ipadapter_ext.ip_adapter_core.presets import adapter_config_of_file
+    from ipadapter_ext.ip_adapter_core.model_folders import adapter_config_of_file
 
     path = tmp_path / "bomb.bin"
     torch.save({"image_proj": shared_chain(12), "ip_adapter": {}}, path)
@@ -82,23 +82,23 @@ def test_a_plain_nested_state_dict_still_flattens(tmp_path):
 # ---------------------------------------------------------------- the preset scan
 
 @pytest.fixture
-def presets(monkeypatch):
-    """The module with an empty cache; ``presets.calls``: the inode of each file classified."""
-    from ipadapter_ext.ip_adapter_core import presets
+def model_folders(monkeypatch):
+    """The module with an empty cache; ``model_folders.calls``: the inode of each file classified."""
+    from ipadapter_ext.ip_adapter_core import model_folders
 
-    saved = dict(presets._CACHE)
-    presets._CACHE.clear()
+    saved = dict(model_folders.CLASSIFIED)
+    model_folders.CLASSIFIED.clear()
     calls = []
-    monkeypatch.setattr(presets, "adapter_config_of_file", lambda p: calls.append(os.stat(p).st_ino) or
-                        presets.Skipped("test file"))
-    presets.calls = calls
-    yield presets
-    presets._CACHE.clear()
-    presets._CACHE.update(saved)
-    del presets.calls
+    monkeypatch.setattr(model_folders, "adapter_config_of_file", lambda p: calls.append(os.stat(p).st_ino) or
+                        model_folders.Skipped("test file"))
+    model_folders.calls = calls
+    yield model_folders
+    model_folders.CLASSIFIED.clear()
+    model_folders.CLASSIFIED.update(saved)
+    del model_folders.calls
 
 
-def test_scan_survives_symlink_loops_and_classifies_each_file_once(tmp_path, presets, monkeypatch):
+def test_scan_survives_symlink_loops_and_classifies_each_file_once(tmp_path, model_folders, monkeypatch):
     root = tmp_path / "ipadapter"
     (root / "sub").mkdir(parents=True)
     (root / "a.safetensors").write_bytes(b"not a model")
@@ -109,32 +109,32 @@ def test_scan_survives_symlink_loops_and_classifies_each_file_once(tmp_path, pre
     os.symlink(root, root / "loop")
     os.symlink(root / "a.safetensors", root / "z_alias.safetensors")  # a second name for a
     os.link(root / "sub" / "b.bin", root / "c_hard.bin")      # a hard link: a second name for b
-    monkeypatch.setattr(presets, "folders", lambda kind: [str(root), str(root / "sub")])  # overlapping
+    monkeypatch.setattr(model_folders, "folders", lambda kind: [str(root), str(root / "sub")])  # overlapping
 
-    files = presets.scan("ipadapter")
+    files = model_folders.scan("ipadapter")
     # by hand: two real files; each listed once, under its first name by path
     assert [p for p, _ in files] == [str(root / "a.safetensors"), str(root / "c_hard.bin")]
-    assert sorted(presets.calls) == sorted({os.stat(root / "a.safetensors").st_ino,
+    assert sorted(model_folders.calls) == sorted({os.stat(root / "a.safetensors").st_ino,
                                             os.stat(root / "sub" / "b.bin").st_ino})
-    assert all(isinstance(r, presets.Skipped) for _, r in files)
+    assert all(isinstance(r, model_folders.Skipped) for _, r in files)
 
-    presets.scan("ipadapter")
-    assert len(presets.calls) == 2  # nothing changed: nothing classified again
+    model_folders.scan("ipadapter")
+    assert len(model_folders.calls) == 2  # nothing changed: nothing classified again
 
 
-def test_scan_cache_is_bounded_and_keeps_the_most_recent(tmp_path, presets, monkeypatch):
+def test_scan_cache_is_bounded_and_keeps_the_most_recent(tmp_path, model_folders, monkeypatch):
     root = tmp_path / "ipadapter"
     root.mkdir()
     for name in "abc":
         (root / f"{name}.safetensors").write_bytes(name.encode() * 16)
-    monkeypatch.setattr(presets, "folders", lambda kind: [str(root)])
-    monkeypatch.setattr(presets, "CACHE_SIZE", 2, raising=False)
+    monkeypatch.setattr(model_folders, "folders", lambda kind: [str(root)])
+    monkeypatch.setattr(model_folders, "CACHE_SIZE", 2, raising=False)
 
-    presets.scan("ipadapter")
-    assert len(presets.calls) == 3
-    assert len(presets._CACHE) == 2
+    model_folders.scan("ipadapter")
+    assert len(model_folders.calls) == 3
+    assert len(model_folders.CLASSIFIED) == 2
     # the two scanned last are kept: b and c are cache hits, a is classified again
-    presets.calls.clear()
+    model_folders.calls.clear()
     os.remove(root / "a.safetensors")
-    presets.scan("ipadapter")
-    assert presets.calls == []
+    model_folders.scan("ipadapter")
+    assert model_folders.calls == []

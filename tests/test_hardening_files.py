@@ -15,7 +15,7 @@ import torch
 
 from adapter_files import SD15_HIDDEN, CodeRunningPickle
 from ipadapter_ext.ip_adapter_core import config as cfgmod
-from ipadapter_ext.ip_adapter_core.clip_vision_files import NotAnEncoder, encoder_of_file
+from ipadapter_ext.ip_adapter_core.model_folders import NotAnEncoder, encoder_of_file
 from ipadapter_ext.ip_adapter_core.config import AdapterConfig, ResamplerConfig
 from ipadapter_ext.ip_adapter_core.embeds import ImagePrompt
 from ipadapter_ext.ip_adapter_core.embeds_io import FIELD_KINDS, FORMAT, load_prompt, save_prompt
@@ -238,14 +238,14 @@ def _fill_with_non_encoders(folder):
 
 @pytest.mark.host
 def test_finder_reads_openclip_and_pickles_and_says_why_it_skipped(clip_vision_folder, caplog):
-    from ipadapter_ext.ip_adapter_core.loader import find_clip_vision_file
+    from ipadapter_ext.ip_adapter_core.model_folders import find_clip_vision_file
 
     folder = clip_vision_folder
     _fill_with_non_encoders(folder)
     _write_clip(folder / "b-openclip-h.safetensors", _clip_state("openclip", H), "safetensors")
     _write_clip(folder / "c-hf-bigg.bin", _clip_state("hf", G), "zip pickle")
-    assert find_clip_vision_file(SD15_BASE) == "b-openclip-h.safetensors"
-    assert find_clip_vision_file(SDXL_BIGG) == "c-hf-bigg.bin"
+    assert find_clip_vision_file(SD15_BASE) == str(folder / "b-openclip-h.safetensors")
+    assert find_clip_vision_file(SDXL_BIGG) == str(folder / "c-hf-bigg.bin")
 
     (folder / "c-hf-bigg.bin").unlink()
     import folder_paths
@@ -268,7 +268,7 @@ def test_finder_reads_openclip_and_pickles_and_says_why_it_skipped(clip_vision_f
 
 @pytest.mark.host
 def test_finder_skips_pickles_on_old_torch(clip_vision_folder, monkeypatch):
-    from ipadapter_ext.ip_adapter_core.loader import find_clip_vision_file
+    from ipadapter_ext.ip_adapter_core.model_folders import find_clip_vision_file
 
     _write_clip(clip_vision_folder / "hf-h.bin", _clip_state("hf", H), "zip pickle")
     monkeypatch.setattr(torch, "__version__", "2.5.1")

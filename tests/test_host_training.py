@@ -300,7 +300,7 @@ def _assert_same_state(model, before):
     after = _state_of(model)
     for (m, attrs), (_, now) in zip(before["attrs"], after["attrs"]):
         assert now.keys() == attrs.keys(), (type(m).__name__, now.keys() ^ attrs.keys())  # nothing of ours left
-        assert all(now[k] is v for k, v in attrs.items()), (type(m).__name__, [k for k in attrs if now[k] is not v])
+        assert all(now[k] is v for k, v in attrs.items()), (type(m).__name__, [k for k, v in attrs.items() if now[k] is not v])
     for (m, params, buffers), (_, p_now, b_now) in zip(before["tensors"], after["tensors"]):
         assert p_now.keys() == params.keys(), type(m).__name__
         assert [k for k in params if p_now[k] is not params[k]] == [], f"{type(m).__name__}: tensors not put back"

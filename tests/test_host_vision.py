@@ -22,7 +22,7 @@ def images():
 
 
 def test_encode_gives_features_and_reference_zero_image(vit_h, images):
-    from ipadapter_ext.ip_adapter_core.loader import encoder_of
+    from ipadapter_ext.ip_adapter_core.vision import encoder_of
     from ipadapter_ext.ip_adapter_core.vision import ZERO_IMAGE_ATTR
     from ipadapter_ext.nodes.image_prompt import IPAEncodeImage
 
@@ -75,7 +75,8 @@ def test_clip_vision_finder_picks_by_shapes(tmp_path, adapter_file):
 
     import host_models
     from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
-    from ipadapter_ext.ip_adapter_core.loader import find_clip_vision_file, load_adapter_handle
+    from ipadapter_ext.ip_adapter_core.loader import load_adapter_handle
+    from ipadapter_ext.ip_adapter_core.model_folders import find_clip_vision_file
 
     folder = tmp_path / "clip_vision"
     folder.mkdir()
@@ -85,7 +86,7 @@ def test_clip_vision_finder_picks_by_shapes(tmp_path, adapter_file):
     folder_paths.filename_list_cache.clear()
     try:
         h = load_adapter_handle(adapter_file("ip-adapter_sd15"))
-        assert find_clip_vision_file(h.config) == "my-renamed-encoder.safetensors"
+        assert find_clip_vision_file(h.config) == str(folder / "my-renamed-encoder.safetensors")
         bigg = load_adapter_handle(adapter_file("ip-adapter_sdxl"))
         with pytest.raises(IPAdapterError, match="no ViT-bigG/14 CLIP vision model found"):
             find_clip_vision_file(bigg.config)
@@ -96,7 +97,8 @@ def test_clip_vision_finder_picks_by_shapes(tmp_path, adapter_file):
 
 def test_wrong_encoder_for_adapter_is_named(vit_h, adapter_file):
     from ipadapter_ext.ip_adapter_core.errors import IPAdapterMismatchError
-    from ipadapter_ext.ip_adapter_core.loader import check_encoder, load_adapter_handle
+    from ipadapter_ext.ip_adapter_core.loader import load_adapter_handle
+    from ipadapter_ext.ip_adapter_core.vision import check_encoder
 
     h = load_adapter_handle(adapter_file("ip-adapter_sdxl"))
     with pytest.raises(IPAdapterMismatchError, match="needs the ViT-bigG/14 .* connected is ViT-H/14"):

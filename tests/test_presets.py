@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from adapter_files import VARIANTS, image_proj_state, ip_layers_state, write_adapter
+from ipadapter_ext.ip_adapter_core import model_folders
 
 pytestmark = pytest.mark.host
 
@@ -121,14 +122,16 @@ def library(tmp_path_factory):
 
 @pytest.fixture
 def presets():
-    """The module, with an empty classification cache (tests count classifier calls)."""
+    """The module, with an empty classification cache (model_folders.py; tests count classifier calls)."""
     from ipadapter_ext.ip_adapter_core import presets
 
-    saved = dict(presets._CACHE)
-    presets._CACHE.clear()
+    from ipadapter_ext.ip_adapter_core import model_folders
+
+    saved = dict(model_folders.CLASSIFIED)
+    model_folders.CLASSIFIED.clear()
     yield presets
-    presets._CACHE.clear()
-    presets._CACHE.update(saved)
+    model_folders.CLASSIFIED.clear()
+    model_folders.CLASSIFIED.update(saved)
 
 
 def point_folders(monkeypatch, ipadapter: list, clip_vision: list) -> None:
@@ -187,15 +190,15 @@ def test_sd15_only_presets_are_refused_on_sdxl(folders, presets, preset):
 
 def test_foreign_files_are_skipped_with_a_debug_line(folders, presets, caplog):
     with caplog.at_level(logging.DEBUG, logger="ipadapter"):
-        files = dict(presets.scan("ipadapter"))
-        encoders = dict(presets.scan("clip_vision"))
+        files = dict(model_folders.scan("ipadapter"))
+        encoders = dict(model_folders.scan("clip_vision"))
     for path in (folders["main"] / "notes.safetensors", folders["extra"] / "lora.safetensors"):
-        assert isinstance(files[str(path)], presets.Skipped)
+        assert isinstance(files[str(path)], model_folders.Skipped)
         assert f"skipped {path}" in caplog.text
     assert str(folders["main"] / "readme.txt") not in files
     assert "LoRA" in files[str(folders["extra"] / "lora.safetensors")].reason
-    assert isinstance(encoders[str(folders["clip_vision"] / "truncated.bin")], presets.Skipped)
-    assert isinstance(encoders[str(folders["clip_vision"] / "misplaced_adapter.safetensors")], presets.Skipped)
+    assert isinstance(encoders[str(folders["clip_vision"] / "truncated.bin")], model_folders.Skipped)
+    assert isinstance(encoders[str(folders["clip_vision"] / "misplaced_adapter.safetensors")], model_folders.Skipped)
     assert encoders[str(folders["clip_vision"] / "CLIP-ViT-H.safetensors")] == "ViT-H/14"
 
 
@@ -205,7 +208,7 @@ def test_header_read_equals_the_full_load(folders, presets):
 
     for name in ("ip-adapter_sd15.safetensors", "my face.bin", "zz_standard.safetensors"):
         path = folders["main"] / name
-        assert presets.adapter_config_of_file(path) == read_adapter(path)[0]
+        assert model_folders.adapter_config_of_file(path) == read_adapter(path)[0]
 
 
 # ---------------------------------------------------------------- duplicates
@@ -298,7 +301,7 @@ def test_unregistered_folder_is_an_empty_scan(presets, monkeypatch):
     import folder_paths
 
     monkeypatch.delitem(folder_paths.folder_names_and_paths, "ipadapter", raising=False)
-    assert presets.scan("ipadapter") == []
+    assert model_folders.scan("ipadapter") == []
 
 
 # ---------------------------------------------------------------- the classification cache
@@ -312,8 +315,8 @@ def test_cache_is_used_until_a_file_changes(tmp_path, library, presets, monkeypa
     write_adapter(ipa, "ip-adapter-plus_sd15", name="b.safetensors")
     point_folders(monkeypatch, [ipa], [library["clip_vision"]])
     calls = []
-    real = presets.adapter_config_of_file
-    monkeypatch.setattr(presets, "adapter_config_of_file", lambda p: calls.append(p) or real(p))
+    real = model_folders.adapter_config_of_file
+    monkeypatch.setattr(model_folders, "adapter_config_of_file", lambda p: calls.append(p) or real(p))
 
     assert Path(presets.preset_files("STANDARD", SD15).adapter) == path
     assert len(calls) == 2
@@ -329,7 +332,7 @@ def test_cache_is_used_until_a_file_changes(tmp_path, library, presets, monkeypa
 
     st = os.stat(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # same size, touched
-    presets.scan("ipadapter")
+    model_folders.scan("ipadapter")
     assert calls[3:] == [str(path)]
 
 

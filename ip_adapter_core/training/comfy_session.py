@@ -7,10 +7,10 @@ import os
 
 import torch
 
-from ..errors import IPAdapterError, IPAdapterMismatchError
-from ..loader import AdapterHandle, encoder_of
 from ..config import check_model_layers, model_family, unet_config_of
-from ..vision import ZERO_IMAGE_ATTR, encode
+from ..errors import IPAdapterError, IPAdapterMismatchError
+from ..loader import AdapterHandle
+from ..vision import ZERO_IMAGE_ATTR, encode, encoder_of
 from .adapter_init import comfy_text_kv, new_adapter, new_config
 from .comfy_train import TrainingSet
 from .save import save_adapter
