@@ -11,15 +11,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-POSITIVE, NEGATIVE = 0, 1  # ComfyUI's cond_or_uncond codes (the role of a chunk of the batch)
-# The token sets a branch's K'/V' stack holds; a route picks one per role. Defined with the routes in
-# schedules.py, which stays free of torch so that the workflow converter can read the layer tables.
-from .schedules import IMAGE_SET, NEGATIVE_SET, ZERO_SET  # noqa: E402,F401
+from .blocks import K_MEAN_V_PENALTY, K_V, K_V_PENALTY
 
-# Where λ enters (the popular extension's "embeds scaling"): on the output (the paper), or on K' and
-# V' inside the attention, optionally with its penalty of the layer width C over 1280.
-V_ONLY, K_V, K_V_PENALTY, K_MEAN_V_PENALTY = "V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty"
-SCALING_MODES = (V_ONLY, K_V, K_V_PENALTY, K_MEAN_V_PENALTY)
+# The token sets a branch's K'/V' stack holds (a route picks one per role) and the embeds scaling modes
+# are settings of the prompt, defined in blocks.py (torch-free, so the workflow converter reads them).
+POSITIVE, NEGATIVE = 0, 1  # ComfyUI's cond_or_uncond codes (the role of a chunk of the batch)
 
 
 def sdpa_attention(q, k, v, heads, mask=None, **_ignored):

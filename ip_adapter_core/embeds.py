@@ -2,21 +2,16 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 import torch
 
-from .attention import SCALING_MODES, V_ONLY
+from .blocks import DEFAULT_ROUTE, SCALING_MODES, V_ONLY, layer_lambdas
 from .config import AdapterConfig
 from .errors import IPAdapterError
 from .frames import FrameSpec
-from .input_bounds import MAX_CUSTOM_BLOCK_ENTRIES, MAX_ENTRY_CHARS, check_count, read_number
-from .layers import BLOCK_PRESETS, layers_for
-from .schedules import DEFAULT_ROUTE, TimeSchedule, layer_table
-
-BLOCK_CHOICES = ("all", "style", "composition", "style and composition", "custom")
+from .schedules import TimeSchedule
 
 
 @dataclass(frozen=True)
@@ -25,7 +20,7 @@ class ImagePrompt:
 
     ``layer_weights`` maps ComfyUI attn2 keys to a multiplier of ``weight`` (the weight type's
     factor times the ``blocks`` choice's); ``None`` means every layer at 1. ``layer_routes`` maps
-    the keys where the precise weight types route token sets differently (schedules.py).
+    the keys where the precise weight types route token sets differently (blocks.py).
     ``schedule`` makes λ change over the sampling range. A prompt of N token sets (projected one
     per frame) gives frame f of a latent batch the image ``frames`` assigns it (frame i = image i
     by default) and a λ multiplier per frame. Immutable: nodes derive new prompts with ``replace``.
@@ -85,10 +80,8 @@ class ImagePrompt:
             raise IPAdapterError(f"start_at/end_at: need 0 <= start_at <= end_at <= 1; got {start_at}, {end_at}.")
         if scaling not in SCALING_MODES:
             raise IPAdapterError(f"embeds_scaling: expected one of {', '.join(SCALING_MODES)}; got {scaling!r}.")
-        family = self.config.family
-        table = layer_table(family, weight_type, style_boost, composition_boost)
-        blocks_mult = block_weights(family, blocks, custom)
-        mults = {k: m * (1.0 if blocks_mult is None else blocks_mult.get(k, 0.0)) for k, (m, _) in table.items()}
+        table = layer_lambdas(self.config.family, weight_type, blocks, custom, style_boost, composition_boost)
+        mults = {k: m for k, (m, _) in table.items()}
         routes = {k: r for k, (_, r) in table.items() if r != DEFAULT_ROUTE}
         return replace(self, weight=float(weight),
                        layer_weights=None if all(m == 1.0 for m in mults.values()) else MappingProxyType(mults),
@@ -99,49 +92,3 @@ class ImagePrompt:
     def scheduled(self, schedule: TimeSchedule | None) -> "ImagePrompt":
         """A copy whose λ follows ``schedule`` over the sampling range (None: constant λ)."""
         return replace(self, schedule=schedule)
-
-
-def block_weights(family: str, blocks: str, custom: str = "") -> MappingProxyType | None:
-    """Per-layer multipliers for a ``blocks`` choice (None = all layers at 1)."""
-    if blocks == "all":
-        return None
-    layers = layers_for(family)
-    presets = BLOCK_PRESETS[family]
-    if blocks in ("style", "composition", "style and composition"):
-        wanted = set()
-        for name in blocks.split(" and "):
-            wanted.update(presets[name])
-        return MappingProxyType({l.key: 1.0 for l in layers if l.key[:2] in wanted})
-    if blocks == "custom":
-        return MappingProxyType(parse_custom(family, custom))
-    raise IPAdapterError(f"blocks: expected one of {BLOCK_CHOICES}, got {blocks!r}.")
-
-
-_ENTRY = re.compile(r"^\s*(input|middle|output)\s+(\d+)(?:\s*:\s*(\d+))?\s*=\s*(-?[\d.]+)\s*$")
-CUSTOM_EXAMPLE = "'input 8 = 1.0' or 'output 1:2 = 0.5', separated by commas"
-
-
-def parse_custom(family: str, text: str) -> dict:
-    """Parse ``"input 8 = 1, output 1 = 0.5, output 1:3 = 0"``: block, number, optional
-    transformer index, multiplier. Layers not named get 0. Later entries win. At most
-    MAX_CUSTOM_BLOCK_ENTRIES entries; multipliers as input_bounds.read_number allows."""
-    layers = layers_for(family)
-    parts = [p for p in re.split(r"[,;\n]", text or "") if p.strip()]
-    check_count(len(parts), MAX_CUSTOM_BLOCK_ENTRIES, "custom_blocks", "entries")
-    out = {}
-    for part in parts:
-        m = _ENTRY.match(part) if len(part) <= MAX_ENTRY_CHARS else None
-        if not m:
-            raise IPAdapterError(f"custom_blocks: cannot read {part.strip()[:80]!r}; write entries like "
-                                 f"{CUSTOM_EXAMPLE}.")
-        block, number, t = m.group(1), int(m.group(2)), m.group(3)
-        value = read_number(m.group(4), f"custom_blocks ({block} {number})", CUSTOM_EXAMPLE)
-        hit = [l.key for l in layers if l.key[:2] == (block, number) and (t is None or l.key[2] == int(t))]
-        if not hit:
-            valid = sorted({f"{b} {n}" for b, n, _ in (l.key for l in layers)})
-            raise IPAdapterError(f"custom_blocks: {part.strip()!r} names no cross-attention layer of this "
-                                 f"{family} model; valid blocks: {', '.join(valid)}.")
-        out.update({k: value for k in hit})
-    if not out:
-        raise IPAdapterError("custom_blocks: blocks is 'custom' but no entries were given, e.g. 'input 8 = 1'.")
-    return out

@@ -114,22 +114,6 @@ LAYERS: MappingProxyType = MappingProxyType({
     "sdxl": layers_of_width("sdxl", 320),
 })
 
-# Named groups of ComfyUI blocks. InstantStyle (arXiv 2404.02733) found that for SDXL
-# up_blocks.0.attentions.1 carries style and down_blocks.2.attentions.1 layout.
-BLOCK_PRESETS: MappingProxyType = MappingProxyType({
-    "sdxl": MappingProxyType({
-        "style": (("output", 1),),
-        "composition": (("input", 8),),
-    }),
-    # SD1.5 has one transformer per attention; the analogous positions are the first
-    # attention of the lowest-resolution up level and the last of the deepest down level.
-    "sd15": MappingProxyType({
-        "style": (("output", 4),),
-        "composition": (("input", 8),),
-    }),
-})
-
-
 def layers_for(family: str) -> tuple[AttnLayer, ...]:
     """The attn2 layers of a base-model family ('sd15' or 'sdxl')."""
     try:

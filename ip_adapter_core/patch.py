@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import (V_ONLY, add_few_key_branch, add_image_branch, image_kv, scale_kv, sdpa_attention,
+from .attention import (add_few_key_branch, add_image_branch, image_kv, scale_kv, sdpa_attention,
                         use_few_key_path)
+from .blocks import V_ONLY
 from .config import FAMILY_NAMES, check_model_layers, model_family
 from .embeds import ImagePrompt
 from .errors import IPAdapterMismatchError

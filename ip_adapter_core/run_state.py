@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import NEGATIVE, POSITIVE, V_ONLY, ZERO_SET, per_head_kv, scale_kv
+from .attention import NEGATIVE, POSITIVE, per_head_kv, scale_kv
+from .blocks import V_ONLY, ZERO_SET
 from .frames import plan_frames, row_tracks
 from .masks import call_window, check_mask_batch, chunk_frames, crop_to_area, mask_rows, resize_to_tokens
 

@@ -1,7 +1,7 @@
 """Apply nodes: add an image prompt to a model's cross-attention (on a clone)."""
 from comfy_api.latest import io
 
-from ..ip_adapter_core.attention import SCALING_MODES, V_ONLY
+from ..ip_adapter_core.blocks import SCALING_MODES, V_ONLY
 from ..ip_adapter_core.vision import check_encoder
 from ..ip_adapter_core.masks import check_mask
 from ..ip_adapter_core.patch import apply_image_prompt

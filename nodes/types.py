@@ -2,7 +2,7 @@
 so they cannot be wired to a look-alike type from another IP-Adapter extension."""
 from comfy_api.latest import io
 
-from ..ip_adapter_core.schedules import WEIGHT_TYPES
+from ..ip_adapter_core.blocks import WEIGHT_TYPES
 
 IPAModel = io.Custom("IPA_MODEL")
 IPAEmbeds = io.Custom("IPA_EMBEDS")

@@ -17,7 +17,7 @@ from adapter_files import SD15_HIDDEN
 from ipadapter_ext.ip_adapter_core import input_bounds as B
 from ipadapter_ext.ip_adapter_core import tiles as T
 from ipadapter_ext.ip_adapter_core.config import AdapterConfig
-from ipadapter_ext.ip_adapter_core.embeds import block_weights
+from ipadapter_ext.ip_adapter_core.blocks import block_weights
 from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
 from ipadapter_ext.ip_adapter_core.frames import FrameSpec, curve_weights, parse_weights
 from ipadapter_ext.ip_adapter_core.schedules import make_schedule

@@ -14,9 +14,8 @@ from __future__ import annotations
 import pytest
 
 from ipadapter_ext.ip_adapter_core.convert import convert
-from ipadapter_ext.ip_adapter_core.embeds import block_weights
 from ipadapter_ext.ip_adapter_core.layers import layers_for
-from ipadapter_ext.ip_adapter_core.schedules import IMAGE_TO_NEGATIVE, WEIGHT_TYPES, block_order, layer_table
+from ipadapter_ext.ip_adapter_core.blocks import IMAGE_TO_NEGATIVE, WEIGHT_TYPES, block_order, block_weights, layer_table
 from plus_graphs import SD15_CKPT, SDXL_CKPT, core, theirs
 
 MIDDLE = {"sd15": 6, "sdxl": 4}

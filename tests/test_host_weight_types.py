@@ -53,7 +53,7 @@ TYPES = ["ease in", "ease out", "ease in-out", "reverse in-out", "weak input", "
 
 @pytest.mark.parametrize("weight_type", TYPES)
 def test_weight_type_differs_from_linear_except_where_it_is_one(sd15, base, weight_type):
-    from ipadapter_ext.ip_adapter_core.schedules import DEFAULT_ROUTE, layer_table
+    from ipadapter_ext.ip_adapter_core.blocks import DEFAULT_ROUTE, layer_table
 
     h, embeds = base
     table = layer_table("sd15", weight_type, SB, CB)

@@ -6,13 +6,13 @@ counts SpatialTransformer blocks in the forward pass: SD1.5 t = 0..15 is input 1
 output 3..11; SDXL t = 0..10 is input 4 5 7 8, middle, output 0..5. With weight w = 1, style_boost
 sb = 2 and composition_boost cb = 3 (as multiples of w), so every entry shows where it comes from.
 One difference, by design: their middle block (t 6 / t 4) is never patched; ours is, with the value
-the same formula gives (see schedules.py)."""
+the same formula gives (see blocks.py)."""
 import pytest
 
+from ipadapter_ext.ip_adapter_core.blocks import DEFAULT_ROUTE, IMAGE_TO_NEGATIVE, WEIGHT_TYPES, layer_table
 from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
 from ipadapter_ext.ip_adapter_core.layers import layers_for
-from ipadapter_ext.ip_adapter_core.schedules import (IMAGE_TO_NEGATIVE, DEFAULT_ROUTE, WEIGHT_TYPES, layer_table,
-                                                     make_schedule, parse_keyframes)
+from ipadapter_ext.ip_adapter_core.schedules import make_schedule, parse_keyframes
 
 SB, CB = 2.0, 3.0
 BLOCKS = {

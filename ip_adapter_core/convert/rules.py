@@ -5,14 +5,14 @@ Apply, with each setting on the node that owns it here; their loaders, encoder, 
 prepare nodes become ours one for one. Where the maths differ, the rule says so in a note, and the
 README's mapping table lists every case ("Converting ComfyUI_IPAdapter_plus workflows"). The formulas
 behind each mapping: theirs in IPAdapterPlus.py (``ipadapter_execute``, the node classes) and
-CrossAttentionPatch.py; ours in ``schedules.py`` and the nodes. Two deliberate differences stay: our
+CrossAttentionPatch.py; ours in ``blocks.py`` and the nodes. Two deliberate differences stay: our
 middle block is patched (theirs registers it under a key ComfyUI never calls), and our default
 negative for plus / full-face adapters is the reference's (zero normalised pixels, theirs encodes a
 black image).
 """
 from __future__ import annotations
 
-from ..schedules import block_order, layer_table
+from ..blocks import block_order, layer_lambdas
 from .context import Ctx, Unconvertible
 from .limits import MAX_PARAM_ENTRIES
 
@@ -150,8 +150,8 @@ def layered(c: Ctx, text: str, weight, weight_type, settings, common):
     except ValueError:
         raise Unconvertible(f"layer_weights {text!r}: expected 'index:value, ...'") from None
     precise = weight_type in ("style transfer precise", "composition precise")
-    table = layer_table(c.family, weight_type if precise else "linear", settings["style_boost"],
-                        settings["composition_boost"])
+    table = layer_lambdas(c.family, weight_type if precise else "linear", style_boost=settings["style_boost"],
+                          composition_boost=settings["composition_boost"])
     factor = {key[:2]: mult for key, (mult, _) in table.items()}
     routed, plain = [], []
     for t, value in entries:
