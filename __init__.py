@@ -12,7 +12,7 @@ except ImportError:  # pragma: no cover - depends on the host version
     log.error("IP-Adapter nodes need ComfyUI 0.8 or newer (comfy_api.latest is missing): update ComfyUI.")
     raise
 
-from .ip_adapter_core.loader import register_model_folder
+from .ip_adapter_core.files.loader import register_model_folder
 from .ip_adapter_core.package_info import version
 from .nodes import IPAdapterExtension
 from .nodes.routes import register as register_routes

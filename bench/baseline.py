@@ -55,7 +55,7 @@ class StraightforwardPatch:
 
 def straightforward_patches(handle, prompt, mask=None) -> dict:
     """One StraightforwardPatch per SD1.5 attn2 key, for the same adapter and prompt."""
-    from ipadapter_ext.ip_adapter_core.layers import layers_for
+    from ipadapter_ext.ip_adapter_core.files.layers import layers_for
 
     return {layer.key: StraightforwardPatch(handle.model.layer(layer.file_index), prompt.positive,
                                             prompt.negative, prompt.layer_scale(layer.key), mask)

@@ -14,7 +14,7 @@ log = logging.getLogger("bench.breakdown")
 
 # Parts of the patch's hot path, in call order ("mask on" parts replace their neighbour).
 PARTS = [
-    ("choose", "attention choice (`_attention()`)"),
+    ("choose", "attention choice (`attention_functions()`)"),
     ("plan", "sampling-range plan lookup (resolved at run start)"),
     ("roles", "chunk roles from cond_or_uncond/uuids"),
     ("row_index", "row index lookup (cached per layout)"),
@@ -31,18 +31,18 @@ HOST_IMG = ("img_attn_host", "for comparison, not added: image attention through
 
 
 def image_attention_names() -> dict:
-    from ipadapter_ext.ip_adapter_core.patch import _attention
+    from ipadapter_ext.ip_adapter_core.apply.attention import attention_functions
 
-    text, image = _attention()
+    text, image = attention_functions()
     return {"text": text.__name__, "image": image.__name__}
 
 
 def part_fns(patch, masked_patch, call) -> dict:
-    from ipadapter_ext.ip_adapter_core.attention import add_few_key_branch, select_rows
-    from ipadapter_ext.ip_adapter_core.patch import _attention
-    from ipadapter_ext.ip_adapter_core.transformer_options import RUN_KEY
+    from ipadapter_ext.ip_adapter_core.apply.attention import add_few_key_branch, select_rows
+    from ipadapter_ext.ip_adapter_core.apply.attention import attention_functions
+    from ipadapter_ext.ip_adapter_core.apply.transformer_options import RUN_KEY
 
-    text_attention, image_attention = _attention()
+    text_attention, image_attention = attention_functions()
     q, extra, heads = call.q, call.extra, call.heads
     kw = dict(attn_precision=extra.get("attn_precision"), transformer_options=extra)
     (branch, scale), = patch.branches
@@ -60,7 +60,7 @@ def part_fns(patch, masked_patch, call) -> dict:
     img = image_attention(q, k_rows, v_rows, heads, **kw)
     return {
         "text": lambda: text_attention(q, call.k, call.v, heads, **kw),
-        "choose": _attention,
+        "choose": attention_functions,
         "plan": lambda: run.plan(branch),
         "roles": lambda: run.roles(extra),
         "row_index": lambda: run.row_index(roles, rows, q.device),

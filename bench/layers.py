@@ -51,9 +51,9 @@ def layer_calls(captured: dict, latent: int, device, dtype=torch.float32, seed: 
     16 layers -- standing for every layer of that shape. The patch runs the same code
     on the same shapes for each of them, so timing one and counting it ``count`` times
     buys 4× the repetitions, i.e. tighter medians, for the same run time."""
-    from ipadapter_ext.ip_adapter_core.layers import layers_for
-    from ipadapter_ext.ip_adapter_core.run_state import RunState
-    from ipadapter_ext.ip_adapter_core.transformer_options import RUN_KEY
+    from ipadapter_ext.ip_adapter_core.files.layers import layers_for
+    from ipadapter_ext.ip_adapter_core.apply.run_state import RunState
+    from ipadapter_ext.ip_adapter_core.apply.transformer_options import RUN_KEY
 
     g = torch.Generator().manual_seed(seed)
     run = None

@@ -18,7 +18,7 @@ FORMATS = ("safetensors", "bin")
 
 
 def adapter_load_times(repeats: int) -> list[dict]:
-    from ipadapter_ext.ip_adapter_core.loader import load_adapter_handle
+    from ipadapter_ext.ip_adapter_core.files.loader import load_adapter_handle
 
     rows = []
     for tokens, variant in VARIANTS.items():
@@ -55,7 +55,7 @@ def _touch(module) -> None:
 
 def encoder_numbers(n_images: int) -> dict:
     """ViT-H/14: file load time, encode rate, and the one-time zero-image pass."""
-    from ipadapter_ext.ip_adapter_core.vision import zero_image_features
+    from ipadapter_ext.ip_adapter_core.prompt.vision import zero_image_features
 
     from .vision import encode_rate, load_vit_h, vit_h_file
 

@@ -52,7 +52,7 @@ def adapter_path(variant: str, fmt: str = "safetensors") -> Path:
 
 
 def load_handle(variant: str, fmt: str = "safetensors"):
-    from ipadapter_ext.ip_adapter_core.loader import load_adapter_handle
+    from ipadapter_ext.ip_adapter_core.files.loader import load_adapter_handle
 
     return load_adapter_handle(adapter_path(variant, fmt))
 
@@ -65,9 +65,9 @@ def adapter_bytes(handle) -> int:
 def make_prompt(handle, seed: int = 0, weight: float = LAMBDA):
     """Image tokens through the real projection from random CLIP features of the adapter's
     encoder widths (the encoder itself is benchmarked separately in load.py)."""
-    from ipadapter_ext.ip_adapter_core.config import PENULTIMATE
-    from ipadapter_ext.ip_adapter_core.embeds import ImagePrompt
-    from ipadapter_ext.ip_adapter_core.tokens import project
+    from ipadapter_ext.ip_adapter_core.files.config import PENULTIMATE
+    from ipadapter_ext.ip_adapter_core.prompt.embeds import ImagePrompt
+    from ipadapter_ext.ip_adapter_core.prompt.tokens import project
 
     cfg = handle.config
     g = torch.Generator().manual_seed(seed)
@@ -123,7 +123,7 @@ def capture_attn2_calls(model, inp: StepInputs) -> dict:
     per-layer benchmark replays exactly these (no hand-built options to drift)."""
     from comfy.ldm.modules.attention import optimized_attention
 
-    from ipadapter_ext.ip_adapter_core.layers import layers_for
+    from ipadapter_ext.ip_adapter_core.files.layers import layers_for
 
     seen = {}
 

@@ -103,7 +103,7 @@ def load_vit_h():
 def encode_rate(clip_vision, n_images: int, size: int = 512, repeats: int = 1) -> dict:
     """Images per second through the extension's encode path (crop, ComfyUI's encode_image,
     and the zero-image features the plus/full-face variants need)."""
-    from ipadapter_ext.ip_adapter_core.vision import encode
+    from ipadapter_ext.ip_adapter_core.prompt.vision import encode
 
     g = torch.Generator().manual_seed(3)
     images = torch.rand(n_images, size, size, 3, generator=g)
@@ -167,7 +167,7 @@ def encode_worker(batch_size: int, n_frames: int, size: int, out_dir: Path, devi
     during the encode minus RSS just before it (the frames and the model are in both); the
     kernel's peak-RSS mark, reset just before, checks the sampler.
     Writes result.json and the output's tensor fields (features.pt) to ``out_dir``."""
-    from ipadapter_ext.ip_adapter_core.vision import encode
+    from ipadapter_ext.ip_adapter_core.prompt.vision import encode
 
     from .memory import PeakRSS
 

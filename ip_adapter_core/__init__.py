@@ -1,8 +1,15 @@
-"""The IP-Adapter engine. Importable without ComfyUI, except the host modules.
+"""The IP-Adapter engine, in rooms along the path of an image prompt (docs/architecture.md):
 
-Host-free: files (safe reading), config (variant detection), layers (layer maps),
-adapter (weights as modules), tokens (projection, negatives), attention (decoupled
-attention maths), masks, embeds (λ, blocks, timing), embeds_io.
-Host side (import comfy): loader (model folder, ModelPatcher), patch (attn2 patch),
-vision (CLIP encoding).
+- ``files/``: reading and recognising files (safe formats, what an adapter file and a UNet are, layer
+  tables, what each file in the model folders holds, loading, presets);
+- ``prompt/``: building the image prompt (references, CLIP vision, tokens, combine, tiles, frames,
+  λ per layer in blocks.py, λ over time in schedules.py);
+- ``apply/``: applying it inside the model (the UNet patch, per-run state, attention maths, masks, the
+  attention map);
+- ``training/`` and ``convert/``; shared by all: ``networks/`` (the projection networks as torch modules),
+  errors, input_bounds, host, package_info.
+
+A module imports from its own room or an earlier one, never a later one (tests/test_architecture.py).
+Modules that talk to ComfyUI import ``comfy`` inside their functions, so every module imports without it.
+Nothing is re-exported here: import a module by its path.
 """

@@ -1,10 +1,11 @@
 """Bounds on numbers that users type into text inputs (``custom_blocks``, ``keyframes``,
-``image_weights``) or wire in as lists (frame weights), and on how many entries those lists hold.
+``image_weights``) or wire in as lists (frame weights), on how many entries those lists hold, and the
+shape of IMAGE inputs.
 
 Python reads a 400-digit number as ``inf``, and a finite 1e300 multiplier overflows the first
 half-precision layer it reaches, so both are refused before they reach the model; a token is
 measured before it is converted, and a list is counted before its entries are read. The caps
-are listed here once and named in every message (README › What is guaranteed).
+are listed here once and named in every message (docs/guarantees.md).
 """
 from __future__ import annotations
 
@@ -56,3 +57,13 @@ def check_count(count: int, cap: int, what: str, unit: str) -> None:
     """Refuse a list of more than ``cap`` entries (``unit``: what one entry is) before reading it."""
     if count > cap:
         raise IPAdapterError(f"{what}: {count:,} {unit}; at most {cap:,} are allowed. Give fewer.")
+
+
+def check_image_batch(image, what: str = "image"):
+    """``image`` if it is a ComfyUI IMAGE batch [images, height, width, 3 or 4] with at least one image of at
+    least one pixel, else IPAdapterError naming ``what``."""
+    shape = tuple(getattr(image, "shape", ()))
+    if len(shape) != 4 or shape[0] == 0 or shape[-1] not in (3, 4) or 0 in shape[1:3]:
+        raise IPAdapterError(f"{what}: expected an IMAGE batch [images, height, width, 3] with at least one "
+                             f"image; got shape {shape}.")
+    return image

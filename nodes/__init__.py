@@ -1,7 +1,6 @@
 """ComfyUI nodes (V3 schema). Thin glue: every node parses inputs and calls ip_adapter_core."""
-from typing_extensions import override
-
 from comfy_api.latest import ComfyExtension, io
+from typing_extensions import override
 
 from .apply import IPAApply, IPAApplySimple
 from .attention_map import IPAAttentionMap

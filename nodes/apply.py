@@ -1,11 +1,10 @@
 """Apply nodes: add an image prompt to a model's cross-attention (on a clone)."""
 from comfy_api.latest import io
 
-from ..ip_adapter_core.blocks import SCALING_MODES, V_ONLY
-from ..ip_adapter_core.vision import check_encoder
-from ..ip_adapter_core.masks import check_mask
-from ..ip_adapter_core.patch import apply_image_prompt
-from ..ip_adapter_core.vision import encode, image_prompt
+from ..ip_adapter_core.apply.masks import check_mask
+from ..ip_adapter_core.apply.unet_patch import apply_image_prompt
+from ..ip_adapter_core.prompt.blocks import SCALING_MODES, V_ONLY
+from ..ip_adapter_core.prompt.vision import check_encoder, encode, image_prompt
 from .types import CATEGORY, IPAEmbeds, IPAModel, range_inputs, weight_inputs, weight_type_inputs
 
 

@@ -3,7 +3,7 @@ import comfy.samplers
 import torch.nn.functional as F
 from comfy_api.latest import io
 
-from ..ip_adapter_core.attention_map import colorize, normalized, overlay, record
+from ..ip_adapter_core.apply.attention_map import colorize, normalized, overlay, record
 from .types import CATEGORY
 
 

@@ -2,8 +2,8 @@
 (CLIP features) or after it (projected embeds)."""
 from comfy_api.latest import io
 
-from ..ip_adapter_core.combine import combine_features, combine_prompts
-from ..ip_adapter_core.tokens import COMBINE_MODES
+from ..ip_adapter_core.prompt.combine import combine_features, combine_prompts
+from ..ip_adapter_core.prompt.tokens import COMBINE_MODES
 from .types import CATEGORY, IPAEmbeds
 
 SLOTS = 5

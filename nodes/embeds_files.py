@@ -4,7 +4,7 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from ..ip_adapter_core.embeds_io import EXTENSION, fingerprint, load_prompt, save_prompt
+from ..ip_adapter_core.prompt.embeds_io import EXTENSION, fingerprint, load_prompt, save_prompt
 from .types import CATEGORY, IPAEmbeds
 
 

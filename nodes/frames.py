@@ -3,8 +3,8 @@ from dataclasses import replace
 
 from comfy_api.latest import io
 
-from ..ip_adapter_core.frames import TRANSITIONS, WEIGHT_CURVES, FrameSpec, curve_weights, parse_weights
 from ..ip_adapter_core.input_bounds import MAX_FRAMES
+from ..ip_adapter_core.prompt.frames import TRANSITIONS, WEIGHT_CURVES, FrameSpec, curve_weights, parse_weights
 from .types import CATEGORY, IPAEmbeds
 
 

@@ -1,9 +1,9 @@
 """Encode -> project: turning images into an IP-Adapter image prompt."""
 from comfy_api.latest import io
 
-from ..ip_adapter_core.references import CROP_POSITIONS
-from ..ip_adapter_core.tokens import PROJECT_MODES
-from ..ip_adapter_core.vision import ENCODE_INTERPOLATIONS, encode, image_prompt
+from ..ip_adapter_core.prompt.references import CROP_POSITIONS
+from ..ip_adapter_core.prompt.tokens import PROJECT_MODES
+from ..ip_adapter_core.prompt.vision import ENCODE_INTERPOLATIONS, encode, image_prompt
 from .references import INTERPOLATION_TOOLTIP, SHARPENING_TOOLTIP
 from .types import CATEGORY, IPAEmbeds, IPAModel
 

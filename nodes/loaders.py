@@ -3,8 +3,8 @@ import comfy.clip_vision
 import folder_paths
 from comfy_api.latest import io
 
-from ..ip_adapter_core.loader import load_adapter_handle
-from ..ip_adapter_core.model_folders import FOLDER, find_clip_vision_file
+from ..ip_adapter_core.files.loader import load_adapter_handle
+from ..ip_adapter_core.files.model_folders import FOLDER, find_clip_vision_file
 from .types import CATEGORY, IPAModel
 
 

@@ -2,9 +2,9 @@
 import comfy.clip_vision
 from comfy_api.latest import io
 
-from ..ip_adapter_core.loader import load_adapter_handle
-from ..ip_adapter_core.config import model_family
-from ..ip_adapter_core.presets import PRESETS, preset_files
+from ..ip_adapter_core.files.config import model_family
+from ..ip_adapter_core.files.loader import load_adapter_handle
+from ..ip_adapter_core.files.presets import PRESETS, preset_files
 from .types import CATEGORY, IPAModel
 
 PRESET_TOOLTIP = ("Which adapter to find in models/ipadapter, by its weights (file names do not matter): "

@@ -1,8 +1,13 @@
 """Reference images before encoding: the encoder's view of a reference, and noisy negatives."""
 from comfy_api.latest import io
 
-from ..ip_adapter_core.references import (CROP_POSITIONS, INTERPOLATIONS, NOISE_KINDS, noise_negative,
-                                          prepare_reference)
+from ..ip_adapter_core.prompt.references import (
+    CROP_POSITIONS,
+    INTERPOLATIONS,
+    NOISE_KINDS,
+    noise_negative,
+    prepare_reference,
+)
 from .types import CATEGORY
 
 CROP_TOOLTIP = ("center / top / bottom / left / right: keep the square of side min(width, height) at that "

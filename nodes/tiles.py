@@ -3,10 +3,16 @@ encode (whole-image features mixed with those of a grid of cells)."""
 import torch
 from comfy_api.latest import io
 
-from ..ip_adapter_core.vision import check_encoder
-from ..ip_adapter_core.patch import apply_image_prompt
-from ..ip_adapter_core.tiles import (MAX_ENHANCE_TILES, MAX_TILES, MIN_TILE_SIZE, PLACEMENTS, enhanced_features,
-                                     tiled_prompts)
+from ..ip_adapter_core.apply.unet_patch import apply_image_prompt
+from ..ip_adapter_core.prompt.tiles import (
+    MAX_ENHANCE_TILES,
+    MAX_TILES,
+    MIN_TILE_SIZE,
+    PLACEMENTS,
+    enhanced_features,
+    tiled_prompts,
+)
+from ..ip_adapter_core.prompt.vision import check_encoder
 from .types import CATEGORY, IPAModel, weight_inputs, weight_type_inputs
 
 

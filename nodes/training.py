@@ -3,11 +3,11 @@ import logging
 
 from comfy_api.latest import io
 
+from ..ip_adapter_core.prompt.vision import CROP_MODES
 from ..ip_adapter_core.training import drop
 from ..ip_adapter_core.training.adapter_init import VARIANT_NAMES
 from ..ip_adapter_core.training.comfy_session import adapter_for_model, make_training_set, save_trained, trained_handle
 from ..ip_adapter_core.training.comfy_train import COMPUTE_DTYPES, TrainSettings, train
-from ..ip_adapter_core.vision import CROP_MODES
 from .types import CATEGORY, IPAModel
 
 log = logging.getLogger("ipadapter")

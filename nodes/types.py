@@ -2,7 +2,7 @@
 so they cannot be wired to a look-alike type from another IP-Adapter extension."""
 from comfy_api.latest import io
 
-from ..ip_adapter_core.blocks import WEIGHT_TYPES
+from ..ip_adapter_core.prompt.blocks import WEIGHT_TYPES
 
 IPAModel = io.Custom("IPA_MODEL")
 IPAEmbeds = io.Custom("IPA_EMBEDS")
@@ -27,4 +27,5 @@ def weight_type_inputs() -> list:
     return [io.Combo.Input("weight_type", optional=True, options=list(WEIGHT_TYPES), default="linear",
                            tooltip="λ per block, with ComfyUI_IPAdapter_plus's names: curves over the blocks "
                                    "(ease ...), weak/strong kinds of block, or the style / composition blocks "
-                                   "(precise: the image also goes to the negative elsewhere). README lists each.")]
+                                   "(precise: the image also goes to the negative elsewhere). The node's help page "
+                                   "lists each.")]

@@ -1,8 +1,8 @@
 """The λ node: how strongly, where in the UNet and when during sampling an image prompt acts."""
 from comfy_api.latest import io
 
-from ..ip_adapter_core.blocks import BLOCK_CHOICES, SCALING_MODES, V_ONLY
-from ..ip_adapter_core.schedules import SCHEDULE_CURVES, make_schedule
+from ..ip_adapter_core.prompt.blocks import BLOCK_CHOICES, SCALING_MODES, V_ONLY
+from ..ip_adapter_core.prompt.schedules import SCHEDULE_CURVES, make_schedule
 from .types import CATEGORY, IPAEmbeds, range_inputs, weight_inputs, weight_type_inputs
 
 

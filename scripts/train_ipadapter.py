@@ -13,7 +13,7 @@ initialisation, decoupled attention on the diffusers UNet, DDPM noising, ε loss
 image / text / both drop rule and the file format. Data order and every sample's randomness
 depend only on (--seed, the sample's position in the data stream), so the result does not depend
 on the number of processes, and --resume-from continues a run exactly (scripts/train_data.py).
-README.md (Training at scale) has the data format and the checkpoint layout."""
+docs/training.md (Training at scale) has the data format and the checkpoint layout."""
 from __future__ import annotations
 
 import argparse
@@ -128,8 +128,8 @@ def encode_image(encoder, pixels, feature, image_embeds_name):
 
 
 def build_adapter(args, unet, family, image_encoder):
-    from ipadapter_ext.ip_adapter_core.adapter import load_adapter
-    from ipadapter_ext.ip_adapter_core.config import encoder_by_widths
+    from ipadapter_ext.ip_adapter_core.files.adapter import load_adapter
+    from ipadapter_ext.ip_adapter_core.files.config import encoder_by_widths
     from ipadapter_ext.ip_adapter_core.training import adapter_init
 
     channels = unet.config.block_out_channels[0]
@@ -164,7 +164,7 @@ def main(argv=None):
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from ipadapter_ext.ip_adapter_core.config import IMAGE_EMBEDS
+    from ipadapter_ext.ip_adapter_core.files.config import IMAGE_EMBEDS
     from ipadapter_ext.ip_adapter_core.training import diffusers_unet, drop, noise, save
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

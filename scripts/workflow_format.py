@@ -58,7 +58,7 @@ def load(path) -> dict:
     return data
 
 
-def _ordered_inputs(spec: dict) -> list[tuple[str, str, list]]:
+def ordered_inputs(spec: dict) -> list[tuple[str, str, list]]:
     """(section, name, config) for every input of a node definition, in the editor's order."""
     inputs = spec.get("input", {})
     order = spec.get("input_order", {})
@@ -70,7 +70,7 @@ def _ordered_inputs(spec: dict) -> list[tuple[str, str, list]]:
     return out
 
 
-def _is_widget(config) -> bool:
+def is_widget(config) -> bool:
     kind = config[0]
     opts = config[1] if len(config) > 1 and isinstance(config[1], dict) else {}
     return (isinstance(kind, list) or kind in WIDGET_TYPES) and not opts.get("forceInput", False)
@@ -81,10 +81,10 @@ def widget_slots(spec: dict) -> list[str]:
     appear as CONTROL or UPLOAD. The editor appends the upload button to the required inputs;
     with an ``input_order`` (which lacks it) it sorts it after every listed input."""
     slots, upload, required_end = [], False, None
-    for section, name, config in _ordered_inputs(spec):
+    for section, name, config in ordered_inputs(spec):
         if section == "optional" and required_end is None:
             required_end = len(slots)
-        if not _is_widget(config):
+        if not is_widget(config):
             continue
         kind = "COMBO" if isinstance(config[0], list) else config[0]
         opts = config[1] if len(config) > 1 and isinstance(config[1], dict) else {}

@@ -75,7 +75,7 @@ def cache_dir() -> Path:
     return path
 
 
-def _cached(stem: str, build) -> Path:
+def cached_build(stem: str, build) -> Path:
     """Return the cached file ``stem-VERSION.safetensors``, building it first if absent."""
     path = cache_dir() / f"{stem}-{VERSION}.safetensors"
     if path.is_file():
@@ -168,7 +168,7 @@ def _model_config(sdxl: bool, channels: int):
     return (sm.SDXL if sdxl else sm.SD15)(unet_config(sdxl, channels))
 
 
-def _unet(sdxl: bool, channels: int, controlnet: bool = False):
+def random_unet(sdxl: bool, channels: int, controlnet: bool = False):
     import comfy.ops  # noqa: PLC0415
     from comfy.cldm.cldm import ControlNet  # noqa: PLC0415
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: PLC0415
@@ -197,7 +197,7 @@ def _checkpoint(sdxl: bool, channels: int) -> dict[str, torch.Tensor]:
     with torch.device("meta"):
         te = comfy.sdxl_clip.SDXLClipModel(device="meta") if sdxl else comfy.sd1_clip.SD1ClipModel(device="meta")
     seed = SEED + (2 if sdxl else 1)
-    sd = config.process_unet_state_dict_for_saving(_random_state_dict(_unet(sdxl, channels), seed))
+    sd = config.process_unet_state_dict_for_saving(_random_state_dict(random_unet(sdxl, channels), seed))
     sd.update(config.process_vae_state_dict_for_saving(_random_state_dict(_vae(), seed + 10)))
     sd.update(config.process_clip_state_dict_for_saving(_random_state_dict(te, seed + 20)))
     if not sdxl:
@@ -211,7 +211,7 @@ def sd15_checkpoint(tiny: bool = True) -> Path:
     if tiny:
         register_tiny_model_configs()
     channels = TINY_CHANNELS if tiny else 320
-    return _cached(f"sd15-{'tiny' if tiny else 'full'}", lambda: _checkpoint(False, channels))
+    return cached_build(f"sd15-{'tiny' if tiny else 'full'}", lambda: _checkpoint(False, channels))
 
 
 def sdxl_checkpoint(tiny: bool = True) -> Path:
@@ -219,7 +219,7 @@ def sdxl_checkpoint(tiny: bool = True) -> Path:
     if tiny:
         register_tiny_model_configs()
     channels = TINY_CHANNELS if tiny else 320
-    return _cached(f"sdxl-{'tiny' if tiny else 'full'}", lambda: _checkpoint(True, channels))
+    return cached_build(f"sdxl-{'tiny' if tiny else 'full'}", lambda: _checkpoint(True, channels))
 
 
 def controlnet_sd15(tiny: bool = True) -> Path:
@@ -227,8 +227,8 @@ def controlnet_sd15(tiny: bool = True) -> Path:
     if tiny:
         register_tiny_model_configs()
     channels = TINY_CHANNELS if tiny else 320
-    return _cached(f"controlnet-sd15-{'tiny' if tiny else 'full'}",
-                   lambda: _prefixed(_random_state_dict(_unet(False, channels, controlnet=True), SEED + 3),
+    return cached_build(f"controlnet-sd15-{'tiny' if tiny else 'full'}",
+                   lambda: _prefixed(_random_state_dict(random_unet(False, channels, controlnet=True), SEED + 3),
                                      "control_model."))
 
 
@@ -248,7 +248,7 @@ def _clip_vision(config_name: str, seed: int) -> dict[str, torch.Tensor]:
 
 def clip_vision_vit_h() -> Path:
     """OpenCLIP ViT-H/14 vision tower with projection (HF layout, fp16, ~1.26 GB)."""
-    return _cached("clip-vision-vit-h", lambda: _clip_vision("clip_vision_config_h.json", SEED + 4))
+    return cached_build("clip-vision-vit-h", lambda: _clip_vision("clip_vision_config_h.json", SEED + 4))
 
 
 def clip_vision_vit_bigg_state_dict() -> dict[str, torch.Tensor]:
@@ -259,7 +259,7 @@ def clip_vision_vit_bigg_state_dict() -> dict[str, torch.Tensor]:
 
 def clip_vision_vit_bigg() -> Path:
     """OpenCLIP ViT-bigG/14 vision tower with projection (HF layout, fp16, ~3.7 GB)."""
-    return _cached("clip-vision-vit-bigg", clip_vision_vit_bigg_state_dict)
+    return cached_build("clip-vision-vit-bigg", clip_vision_vit_bigg_state_dict)
 
 
 # --------------------------------------------------------------------------- folders

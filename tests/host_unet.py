@@ -71,8 +71,8 @@ def comfy_model(family: str = "sd15", seed: int = 0, device=None, dtype=torch.fl
 def unet_forward(model, x, sigma, context, cond_or_uncond, y=None, run=None):
     """The raw UNet noise prediction with transformer_options as the sampler passes them,
     including the extension's per-run state (made for this call unless ``run`` is given)."""
-    from ipadapter_ext.ip_adapter_core.run_state import RunState
-    from ipadapter_ext.ip_adapter_core.transformer_options import RUN_KEY
+    from ipadapter_ext.ip_adapter_core.apply.run_state import RunState
+    from ipadapter_ext.ip_adapter_core.apply.transformer_options import RUN_KEY
 
     to = dict(model.model_options.get("transformer_options", {}))
     to["cond_or_uncond"] = list(cond_or_uncond)
@@ -81,3 +81,15 @@ def unet_forward(model, x, sigma, context, cond_or_uncond, y=None, run=None):
     t = model.get_model_object("model_sampling").timestep(sigma).float()
     with torch.no_grad():
         return model.model.diffusion_model(x, t, context=context, y=y, transformer_options=to)
+
+
+def sdxl_family_model(**changes):
+    """(a ModelPatcher on the meta device, its model config) of an SDXL-family UNet with ``changes`` to its
+    config, detected by ComfyUI itself (distilled and other variants)."""
+    import comfy.model_detection
+    import comfy.model_patcher
+
+    cfg = dict(comfy_unet_config("sdxl"), **changes)
+    model_config = comfy.model_detection.model_config_from_unet_config(cfg)
+    model = model_config.get_model({}, device="meta")
+    return comfy.model_patcher.ModelPatcher(model, load_device="cpu", offload_device="cpu"), model_config

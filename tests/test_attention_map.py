@@ -34,8 +34,8 @@ def run_map(model, latent_hw=(32, 32), weight=None):
 
 
 def test_ratio_at_one_layer(sd15, adapter_file):
-    from ipadapter_ext.ip_adapter_core.attention_map import Recorder
-    from ipadapter_ext.ip_adapter_core.transformer_options import RECORD_KEY
+    from ipadapter_ext.ip_adapter_core.apply.attention_map import Recorder
+    from ipadapter_ext.ip_adapter_core.apply.transformer_options import RECORD_KEY
 
     h = handle(adapter_file("ip-adapter_sd15"))
     p = prompt(h, weight=0.7)
@@ -56,7 +56,7 @@ def test_ratio_at_one_layer(sd15, adapter_file):
 
 
 def test_masked_prompts_map_to_their_halves_and_zero_elsewhere(sd15, adapter_file):
-    from ipadapter_ext.ip_adapter_core.transformer_options import RECORD_KEY
+    from ipadapter_ext.ip_adapter_core.apply.transformer_options import RECORD_KEY
 
     h = handle(adapter_file("ip-adapter_sd15"))
     model = apply(apply(sd15, h, prompt(h, seed=1), mask=half("left")), h, prompt(h, weight=0.5, seed=2),

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from conftest import rel_err
-from ipadapter_ext.ip_adapter_core.embeds import ImagePrompt
-from ipadapter_ext.ip_adapter_core.layers import layers_for
-from ipadapter_ext.ip_adapter_core.loader import load_adapter
-from ipadapter_ext.ip_adapter_core.patch import Attn2Patch, Branch
+from ipadapter_ext.ip_adapter_core.prompt.embeds import ImagePrompt
+from ipadapter_ext.ip_adapter_core.files.layers import layers_for
+from ipadapter_ext.ip_adapter_core.files.loader import load_adapter
+from ipadapter_ext.ip_adapter_core.apply.unet_patch import Attn2Patch, Branch
 
 MODES = ("V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty")
 WEIGHT, SB, CB = 0.7, 2.0, 1.5

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from ipadapter_ext.ip_adapter_core import blocks
-from ipadapter_ext.ip_adapter_core.blocks import (BLOCK_CHOICES, DEFAULT_ROUTE, INSTANTSTYLE_BLOCKS,
-                                                  IPADAPTER_PLUS_BLOCKS, WEIGHT_TYPES, block_weights, layer_lambdas,
-                                                  layer_table)
+from ipadapter_ext.ip_adapter_core.prompt import blocks
+from ipadapter_ext.ip_adapter_core.prompt.blocks import (BLOCK_CHOICES, DEFAULT_ROUTE, INSTANTSTYLE_BLOCKS,
+                                                         IPADAPTER_PLUS_BLOCKS, WEIGHT_TYPES, block_weights,
+                                                         layer_lambdas, layer_table)
 from ipadapter_ext.ip_adapter_core.convert import plus_nodes
-from ipadapter_ext.ip_adapter_core.layers import layers_for
+from ipadapter_ext.ip_adapter_core.files.layers import layers_for
 
 REPO = Path(__file__).resolve().parent.parent
 HOME = "ip_adapter_core/prompt/blocks.py" if (REPO / "ip_adapter_core/prompt").is_dir() else "ip_adapter_core/blocks.py"
@@ -84,8 +84,8 @@ def test_the_prompt_uses_layer_lambdas():
     """ImagePrompt.weighted stores exactly layer_lambdas' multipliers and non-default routes."""
     import torch
 
-    from ipadapter_ext.ip_adapter_core.config import AdapterConfig
-    from ipadapter_ext.ip_adapter_core.embeds import ImagePrompt
+    from ipadapter_ext.ip_adapter_core.files.config import AdapterConfig
+    from ipadapter_ext.ip_adapter_core.prompt.embeds import ImagePrompt
 
     cfg = AdapterConfig("sdxl", "linear", 4, "ViT-H/14", "image_embeds", 1024, 2048, (640,) * 70, "x")
     p = ImagePrompt(torch.zeros(1, 4, 2048), torch.zeros(1, 4, 2048), cfg)

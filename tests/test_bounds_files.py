@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from ipadapter_ext.ip_adapter_core import files as F
+from ipadapter_ext.ip_adapter_core.files import formats as F
 from ipadapter_ext.ip_adapter_core.errors import IPAdapterFileError
 
 
@@ -46,7 +46,7 @@ def test_shared_references_are_refused_naming_the_file(tmp_path):
 
 
 def test_preset_classification_refuses_the_same_pickle(tmp_path):
-    from ipadapter_ext.ip_adapter_core.model_folders import adapter_config_of_file
+    from ipadapter_ext.ip_adapter_core.files.model_folders import adapter_config_of_file
 
     path = tmp_path / "bomb.bin"
     torch.save({"image_proj": shared_chain(12), "ip_adapter": {}}, path)
@@ -84,7 +84,7 @@ def test_a_plain_nested_state_dict_still_flattens(tmp_path):
 @pytest.fixture
 def model_folders(monkeypatch):
     """The module with an empty cache; ``model_folders.calls``: the inode of each file classified."""
-    from ipadapter_ext.ip_adapter_core import model_folders
+    from ipadapter_ext.ip_adapter_core.files import model_folders
 
     saved = dict(model_folders.CLASSIFIED)
     model_folders.CLASSIFIED.clear()

@@ -15,13 +15,13 @@ import torch
 
 from adapter_files import SD15_HIDDEN
 from ipadapter_ext.ip_adapter_core import input_bounds as B
-from ipadapter_ext.ip_adapter_core import tiles as T
-from ipadapter_ext.ip_adapter_core.config import AdapterConfig
-from ipadapter_ext.ip_adapter_core.blocks import block_weights
+from ipadapter_ext.ip_adapter_core.prompt import tiles as T
+from ipadapter_ext.ip_adapter_core.files.config import AdapterConfig
+from ipadapter_ext.ip_adapter_core.prompt.blocks import block_weights
 from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
-from ipadapter_ext.ip_adapter_core.frames import FrameSpec, curve_weights, parse_weights
-from ipadapter_ext.ip_adapter_core.schedules import make_schedule
-from ipadapter_ext.ip_adapter_core.tokens import parse_image_weights
+from ipadapter_ext.ip_adapter_core.prompt.frames import FrameSpec, curve_weights, parse_weights
+from ipadapter_ext.ip_adapter_core.prompt.schedules import make_schedule
+from ipadapter_ext.ip_adapter_core.prompt.tokens import parse_image_weights
 
 HUGE = "9" * 400        # float() reads it as inf
 BIG = "1" + "0" * 299   # 1e299: finite, 299 digits
@@ -80,7 +80,7 @@ class MeanColourEncoder:
 
     def __init__(self):
         self.calls = []
-        self._ipadapter_zero_image = torch.zeros(1, 5, 3)  # loader.zero_image_features' cache
+        self._ipadapter_zero_image = torch.zeros(1, 5, 3)  # vision.zero_image_features' cache
 
     def encode_image(self, pixels, crop=True):
         import comfy.clip_vision

@@ -166,8 +166,8 @@ def test_workflow_opens_in_the_editor(editor, object_info, name, tmp_path):
         if spec is None:  # frontend-only nodes (MarkdownNote)
             continue
         links = {i["name"]: i["link"] for i in node["inputs"]}
-        for section, input_name, config in wf._ordered_inputs(spec):
-            if section == "required" and not wf._is_widget(config):
+        for section, input_name, config in wf.ordered_inputs(spec):
+            if section == "required" and not wf.is_widget(config):
                 assert links.get(input_name) is not None, f"{where}: required input {input_name} is not linked"
     editor.command("Comfy.Canvas.FitView")
     time.sleep(0.3)

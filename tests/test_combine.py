@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from conftest import assert_close_reordered
-from ipadapter_ext.ip_adapter_core.config import AdapterConfig
-from ipadapter_ext.ip_adapter_core.embeds import ImagePrompt
+from ipadapter_ext.ip_adapter_core.files.config import AdapterConfig
+from ipadapter_ext.ip_adapter_core.prompt.embeds import ImagePrompt
 from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
-from ipadapter_ext.ip_adapter_core.tokens import COMBINE_MODES, combine, parse_image_weights
+from ipadapter_ext.ip_adapter_core.prompt.tokens import COMBINE_MODES, combine, parse_image_weights
 
 MODES = ("concat", "add", "subtract", "average", "norm average", "max", "min")
 F = torch.tensor([[1.0, 2.0, 3.0, 4.0],
@@ -196,7 +196,7 @@ def test_combine_embeds_refusals():
 def features(n=1, seed=0, zero=True, hidden=1280, embeds_dim=1024):
     from comfy.clip_vision import Output
 
-    from ipadapter_ext.ip_adapter_core.vision import ZERO_IMAGE_ATTR
+    from ipadapter_ext.ip_adapter_core.prompt.vision import ZERO_IMAGE_ATTR
 
     g = torch.Generator().manual_seed(seed)
     out = Output()
@@ -211,7 +211,7 @@ def batch(*outs):
     """Several outputs as one batch, as Encode Image gives for an IMAGE batch."""
     from comfy.clip_vision import Output
 
-    from ipadapter_ext.ip_adapter_core.vision import ZERO_IMAGE_ATTR
+    from ipadapter_ext.ip_adapter_core.prompt.vision import ZERO_IMAGE_ATTR
 
     out = Output()
     for name in ("image_embeds", "penultimate_hidden_states"):
@@ -237,7 +237,7 @@ def project(h, image_features, combine="concat", image_weights=""):
 
 
 def handle(path):
-    from ipadapter_ext.ip_adapter_core.loader import load_adapter_handle
+    from ipadapter_ext.ip_adapter_core.files.loader import load_adapter_handle
 
     return load_adapter_handle(path)
 
@@ -245,7 +245,7 @@ def handle(path):
 @pytest.mark.host
 @pytest.mark.parametrize("mode", MODES)
 def test_combine_features_over_all_images_of_all_inputs(mode):
-    from ipadapter_ext.ip_adapter_core.vision import ZERO_IMAGE_ATTR
+    from ipadapter_ext.ip_adapter_core.prompt.vision import ZERO_IMAGE_ATTR
 
     a, b = features(2, seed=0, zero=False), features(1, seed=1)
     out = combine_features(mode, a, b, weights=[1.0, 0.5])

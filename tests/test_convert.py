@@ -278,7 +278,7 @@ def test_a_workflow_without_their_nodes_comes_back_unchanged():
 
 # ---------------------------------------------------------------------------- their own examples
 
-EXAMPLES = {  # their examples/*.json at commit 9d076a3: how each converts (README "Their example workflows")
+EXAMPLES = {  # their examples/*.json at commit 9d076a3: how each converts (docs/converting.md, their examples)
     "IPAdapter_FaceIDv2_Kolors.json": "not at all", "ipadapter_advanced.json": "fully",
     "ipadapter_clipvision_enhancer.json": "fully", "ipadapter_combine_embeds.json": "fully",
     "ipadapter_cosxl_edit.json": "fully", "ipadapter_faceid.json": "not at all",
@@ -311,7 +311,7 @@ def test_their_examples_convert_as_documented():
     folder = their_examples()
     if folder is None:
         pytest.skip("THEIR EXAMPLES NOT CHECKED: IPADAPTER_PLUS_EXAMPLES is not set to a folder with "
-                    "ComfyUI_IPAdapter_plus's examples/*.json (README › Tests; .ci/run sets it in CI)")
+                    "ComfyUI_IPAdapter_plus's examples/*.json (docs/testing.md; .ci/run sets it in CI)")
     files = sorted(p.name for p in folder.glob("*.json"))
     assert files == sorted(EXAMPLES)
     for name in files:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import pytest
 
 from ipadapter_ext.ip_adapter_core.convert import convert
-from ipadapter_ext.ip_adapter_core.layers import layers_for
-from ipadapter_ext.ip_adapter_core.blocks import IMAGE_TO_NEGATIVE, WEIGHT_TYPES, block_order, block_weights, layer_table
+from ipadapter_ext.ip_adapter_core.files.layers import layers_for
+from ipadapter_ext.ip_adapter_core.prompt.blocks import (IMAGE_TO_NEGATIVE, WEIGHT_TYPES, block_order, block_weights,
+                                                         layer_table)
 from plus_graphs import SD15_CKPT, SDXL_CKPT, core, theirs
 
 MIDDLE = {"sd15": 6, "sdxl": 4}

@@ -55,7 +55,7 @@ def _json(path):
 
 @pytest.fixture(scope="module")
 def schemas():
-    from ipadapter_ext.ip_adapter_core.loader import register_model_folder
+    from ipadapter_ext.ip_adapter_core.files.loader import register_model_folder
 
     register_model_folder()  # IPALoader's schema lists models/ipadapter (ComfyUI's __init__ does this)
     from ipadapter_ext.nodes import NODES

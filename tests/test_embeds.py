@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from ipadapter_ext.ip_adapter_core.blocks import block_weights
-from ipadapter_ext.ip_adapter_core.config import AdapterConfig
-from ipadapter_ext.ip_adapter_core.embeds import ImagePrompt
+from ipadapter_ext.ip_adapter_core.prompt.blocks import block_weights
+from ipadapter_ext.ip_adapter_core.files.config import AdapterConfig
+from ipadapter_ext.ip_adapter_core.prompt.embeds import ImagePrompt
 from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
 
 

@@ -65,8 +65,8 @@ def reset_interrupt():
 
 
 def test_batches_equal_the_single_call(vit_h, images, monkeypatch):
-    from ipadapter_ext.ip_adapter_core import vision
-    from ipadapter_ext.ip_adapter_core.vision import ZERO_IMAGE_ATTR, encode
+    from ipadapter_ext.ip_adapter_core.prompt import vision
+    from ipadapter_ext.ip_adapter_core.prompt.vision import ZERO_IMAGE_ATTR, encode
 
     zero_calls = []
     real_zero = vision.zero_image_features
@@ -108,7 +108,7 @@ def test_node_passes_encode_batch_size(monkeypatch):
 def test_chunks_concatenate_and_progress_adds_up(batch_size, chunks, monkeypatch, reset_interrupt):
     import comfy.utils
 
-    from ipadapter_ext.ip_adapter_core.vision import encode_batches
+    from ipadapter_ext.ip_adapter_core.prompt.vision import encode_batches
 
     bars = []
 
@@ -137,7 +137,7 @@ def test_chunks_concatenate_and_progress_adds_up(batch_size, chunks, monkeypatch
 
 
 def test_interrupt_before_a_chunk_stops_the_encode(reset_interrupt):
-    from ipadapter_ext.ip_adapter_core.vision import encode_batches
+    from ipadapter_ext.ip_adapter_core.prompt.vision import encode_batches
 
     mm = reset_interrupt
     fake = FakeEncoder()
@@ -154,7 +154,7 @@ def test_interrupt_before_a_chunk_stops_the_encode(reset_interrupt):
 
 def test_negative_batch_size_is_named():
     from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
-    from ipadapter_ext.ip_adapter_core.vision import encode_batches
+    from ipadapter_ext.ip_adapter_core.prompt.vision import encode_batches
 
     with pytest.raises(IPAdapterError, match="encode_batch_size"):
         encode_batches(FakeEncoder(), torch.rand(2, 8, 8, 3), False, -1)

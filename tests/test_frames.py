@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from ipadapter_ext.ip_adapter_core import frames as F
+from ipadapter_ext.ip_adapter_core.prompt import frames as F
 from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
 
 log = logging.getLogger("ipadapter.tests.frames")
@@ -236,7 +236,7 @@ def frame_runs(sd15, adapter_file):
     windowed_model = ContextWindowsManualNode.execute(model, 2, 0, "standard_static", 1, False, "pyramid", 0,
                                                       False).result[0]
     windows = []
-    from ipadapter_ext.ip_adapter_core import patch as patch_mod
+    from ipadapter_ext.ip_adapter_core.apply import unet_patch as patch_mod
 
     real = patch_mod.Attn2Patch.__call__
 
@@ -291,7 +291,7 @@ def test_context_windows_give_each_window_its_frames_images(frame_runs):
 def test_a_call_of_part_of_the_frames_without_a_window_is_refused(sd15, adapter_file):
     from test_host_nodes import apply, attn2, handle
 
-    from ipadapter_ext.ip_adapter_core.run_state import RunState
+    from ipadapter_ext.ip_adapter_core.apply.run_state import RunState
 
     h = handle(adapter_file("ip-adapter_sd15"))
     patch = attn2(apply(sd15, h, per_frame(h, 4)))[("input", 1, 0)]
@@ -306,8 +306,8 @@ def test_a_call_of_part_of_the_frames_without_a_window_is_refused(sd15, adapter_
 def test_per_frame_embeds_save_load_and_combine(tmp_path, adapter_file):
     from test_host_nodes import handle
 
-    from ipadapter_ext.ip_adapter_core.combine import combine_prompts
-    from ipadapter_ext.ip_adapter_core.embeds_io import load_prompt, save_prompt
+    from ipadapter_ext.ip_adapter_core.prompt.combine import combine_prompts
+    from ipadapter_ext.ip_adapter_core.prompt.embeds_io import load_prompt, save_prompt
 
     h = handle(adapter_file("ip-adapter_sd15"))
     emb = per_frame(h, 3)
@@ -332,7 +332,7 @@ def test_a_window_call_routes_rows_to_its_frames(sd15, adapter_file, source):
     from comfy.context_windows import IndexListContextWindow
     from test_host_nodes import apply, attn2, handle
 
-    from ipadapter_ext.ip_adapter_core.run_state import RunState
+    from ipadapter_ext.ip_adapter_core.apply.run_state import RunState
 
     h = handle(adapter_file("ip-adapter_sd15"))
     emb = per_frame(h, 4, frames=(1, 0, "linear", [1.0, 0.5, 2.0, 0.25]))

@@ -14,13 +14,13 @@ import safetensors.torch
 import torch
 
 from adapter_files import SD15_HIDDEN, CodeRunningPickle
-from ipadapter_ext.ip_adapter_core import config as cfgmod
-from ipadapter_ext.ip_adapter_core.model_folders import NotAnEncoder, encoder_of_file
-from ipadapter_ext.ip_adapter_core.config import AdapterConfig, ResamplerConfig
-from ipadapter_ext.ip_adapter_core.embeds import ImagePrompt
-from ipadapter_ext.ip_adapter_core.embeds_io import FIELD_KINDS, FORMAT, load_prompt, save_prompt
+from ipadapter_ext.ip_adapter_core.files import config as cfgmod
+from ipadapter_ext.ip_adapter_core.files.model_folders import NotAnEncoder, encoder_of_file
+from ipadapter_ext.ip_adapter_core.files.config import AdapterConfig, ResamplerConfig
+from ipadapter_ext.ip_adapter_core.prompt.embeds import ImagePrompt
+from ipadapter_ext.ip_adapter_core.prompt.embeds_io import FIELD_KINDS, FORMAT, load_prompt, save_prompt
 from ipadapter_ext.ip_adapter_core.errors import IPAdapterError, IPAdapterFileError
-from ipadapter_ext.ip_adapter_core.files import read_flat_state_dict, torch_unpickles_safely
+from ipadapter_ext.ip_adapter_core.files.formats import read_flat_state_dict, torch_unpickles_safely
 from package_alias import REPO_ROOT
 
 H, G = "ViT-H/14", "ViT-bigG/14"
@@ -238,7 +238,7 @@ def _fill_with_non_encoders(folder):
 
 @pytest.mark.host
 def test_finder_reads_openclip_and_pickles_and_says_why_it_skipped(clip_vision_folder, caplog):
-    from ipadapter_ext.ip_adapter_core.model_folders import find_clip_vision_file
+    from ipadapter_ext.ip_adapter_core.files.model_folders import find_clip_vision_file
 
     folder = clip_vision_folder
     _fill_with_non_encoders(folder)
@@ -268,7 +268,7 @@ def test_finder_reads_openclip_and_pickles_and_says_why_it_skipped(clip_vision_f
 
 @pytest.mark.host
 def test_finder_skips_pickles_on_old_torch(clip_vision_folder, monkeypatch):
-    from ipadapter_ext.ip_adapter_core.model_folders import find_clip_vision_file
+    from ipadapter_ext.ip_adapter_core.files.model_folders import find_clip_vision_file
 
     _write_clip(clip_vision_folder / "hf-h.bin", _clip_state("hf", H), "zip pickle")
     monkeypatch.setattr(torch, "__version__", "2.5.1")

@@ -120,8 +120,8 @@ def test_cache_builds_once_and_atomically(tmp_path, monkeypatch):
         calls.append(1)
         return {"w": torch.ones(2, dtype=torch.float16)}
 
-    first = hm._cached("probe", build)
-    assert first == hm._cached("probe", build) and len(calls) == 1
+    first = hm.cached_build("probe", build)
+    assert first == hm.cached_build("probe", build) and len(calls) == 1
     assert first.parent == tmp_path and hm.VERSION in first.name
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary left over
 
@@ -144,7 +144,7 @@ def test_unet_config_round_trips_through_detection(sdxl, channels):
     import comfy.supported_models as sm  # noqa: PLC0415
 
     hm.register_tiny_model_configs()
-    sd = {"model.diffusion_model." + k: v for k, v in hm._unet(sdxl, channels).state_dict().items()}
+    sd = {"model.diffusion_model." + k: v for k, v in hm.random_unet(sdxl, channels).state_dict().items()}
     assert md.detect_unet_config(sd, "model.diffusion_model.") == hm.unet_config(sdxl, channels)
     found = md.model_config_from_unet_config(hm.unet_config(sdxl, channels), sd)
     expected = sm.SDXL if sdxl else sm.SD15

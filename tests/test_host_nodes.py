@@ -40,7 +40,7 @@ def test_nodes_load_in_comfyui_with_display_names():
 def test_model_folder_registration_keeps_extra_model_paths(tmp_path):
     import folder_paths
 
-    from ipadapter_ext.ip_adapter_core.loader import register_model_folder
+    from ipadapter_ext.ip_adapter_core.files.loader import register_model_folder
 
     saved = folder_paths.folder_names_and_paths.pop("ipadapter", None)
     try:
@@ -62,7 +62,7 @@ def test_model_folder_registration_keeps_extra_model_paths(tmp_path):
 # ---------------------------------------------------------------- helpers
 
 def handle(path):
-    from ipadapter_ext.ip_adapter_core.loader import load_adapter_handle
+    from ipadapter_ext.ip_adapter_core.files.loader import load_adapter_handle
 
     return load_adapter_handle(path)
 
@@ -71,7 +71,7 @@ def features(cfg, n=1, seed=0):
     """A CLIP_VISION_OUTPUT-like object with features of the adapter's encoder widths."""
     from comfy.clip_vision import Output
 
-    from ipadapter_ext.ip_adapter_core.vision import ZERO_IMAGE_ATTR
+    from ipadapter_ext.ip_adapter_core.prompt.vision import ZERO_IMAGE_ATTR
 
     g = torch.Generator().manual_seed(seed)
     out = Output()
@@ -124,7 +124,7 @@ def run(model, io_, layout=(1, 0)):
 # ---------------------------------------------------------------- behaviour
 
 def test_apply_clones_and_patches_all_16_layers(sd15, adapter_file):
-    from ipadapter_ext.ip_adapter_core.layers import LAYERS
+    from ipadapter_ext.ip_adapter_core.files.layers import LAYERS
 
     h = handle(adapter_file("ip-adapter_sd15"))
     before = attn2(sd15).copy()
@@ -171,7 +171,7 @@ def reference_image_attention(q, tokens, wk, wv, heads):
 
 
 def test_chained_adapters_add_up_in_one_patch(sd15, adapter_file):
-    from ipadapter_ext.ip_adapter_core.attention import sdpa_attention
+    from ipadapter_ext.ip_adapter_core.apply.attention import sdpa_attention
 
     h1, h2 = handle(adapter_file("ip-adapter_sd15")), handle(adapter_file("ip-adapter-plus_sd15"))
     m = apply(apply(sd15, h1, prompt(h1, weight=0.7)), h2, prompt(h2, weight=0.4, seed=1))
@@ -205,7 +205,7 @@ def test_clones_share_adapter_weights(sd15, adapter_file):
 
 
 def test_start_end_follow_sigmas(sd15, adapter_file):
-    from ipadapter_ext.ip_adapter_core.run_state import ALWAYS, GATED, RunState
+    from ipadapter_ext.ip_adapter_core.apply.run_state import ALWAYS, GATED, RunState
 
     h = handle(adapter_file("ip-adapter_sd15"))
     m = apply(sd15, h, prompt(h, start=0.2, end=0.6))
@@ -256,7 +256,7 @@ def test_wrong_encoder_features_are_refused(adapter_file):
 
 def test_bad_mask_and_empty_images_are_refused(sd15, adapter_file):
     from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
-    from ipadapter_ext.ip_adapter_core.vision import prepare
+    from ipadapter_ext.ip_adapter_core.prompt.vision import prepare
 
     h = handle(adapter_file("ip-adapter_sd15"))
     with pytest.raises(IPAdapterError, match="attn_mask: expected a MASK"):
@@ -287,7 +287,7 @@ def test_sampler_layouts_area_conds_and_masks(sd15, adapter_file, monkeypatch):
     Every patched call must see a layout it can split and a mask sized to its own shape."""
     import comfy.sample
 
-    from ipadapter_ext.ip_adapter_core import patch as patch_mod
+    from ipadapter_ext.ip_adapter_core.apply import unet_patch as patch_mod
 
     h = handle(adapter_file("ip-adapter_sd15"))
     mask = torch.zeros(1, 64, 64)

@@ -137,7 +137,7 @@ def pair(request, image_encoder, adapter_file):
     # tensors (SDXL's: 0.7 GB each, 2 GB while being drawn) to keep the peak low.
     for variant in {"sd15": SD15_VARIANTS, "sdxl": SDXL_VARIANTS}[family]:
         adapter_file(variant)
-    adapter_files._sections.cache_clear()
+    adapter_files.forget_sections()
     gc.collect()
     t0 = time.perf_counter()
     unet = diffusers_unet(family)
@@ -163,7 +163,7 @@ def features(encoder, pixels):
     encoder diffusers' pipeline uses."""
     from comfy.clip_vision import Output
 
-    from ipadapter_ext.ip_adapter_core.vision import ZERO_IMAGE_ATTR
+    from ipadapter_ext.ip_adapter_core.prompt.vision import ZERO_IMAGE_ATTR
 
     out = Output()
     with torch.no_grad():
@@ -191,7 +191,7 @@ def diffusers_with_adapter(pair: Pair, path, lam, layout):
 
 def ours_patched(pair: Pair, path, lam, feats):
     """The model a workflow gets: load -> IPAProject -> IPAWeight -> IPAApply."""
-    from ipadapter_ext.ip_adapter_core.loader import load_adapter_handle
+    from ipadapter_ext.ip_adapter_core.files.loader import load_adapter_handle
     from ipadapter_ext.nodes.apply import IPAApply
     from ipadapter_ext.nodes.image_prompt import IPAProject
     from ipadapter_ext.nodes.weight import IPAWeight
@@ -215,7 +215,7 @@ def check_case(pair: Pair, image_encoder, parity, path, variant, lam, layout):
         if len(layout) == 2:
             assert torch.equal(d_embeds[0][0, 0], torch.zeros_like(pos))
     else:
-        from ipadapter_ext.ip_adapter_core.vision import ZERO_IMAGE_ATTR
+        from ipadapter_ext.ip_adapter_core.prompt.vision import ZERO_IMAGE_ATTR
 
         assert torch.equal(pos, feats.penultimate_hidden_states[0])
         if len(layout) == 2:

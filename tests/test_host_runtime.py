@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from host_unet import comfy_on_cuda
+from host_unet import comfy_on_cuda, sdxl_family_model
 from test_host_nodes import apply, attn2, handle, prompt
 
 pytestmark = pytest.mark.host
@@ -46,7 +46,7 @@ class Spy:
     """Records what our patches see (and the run state they get) while calling through."""
 
     def __init__(self, monkeypatch):
-        from ipadapter_ext.ip_adapter_core import patch as patch_mod
+        from ipadapter_ext.ip_adapter_core.apply import unet_patch as patch_mod
 
         self.calls = []
         real = patch_mod.Attn2Patch.__call__
@@ -77,7 +77,7 @@ def test_context_window_calls_get_their_frames_mask_rows(sd15, adapter_file):
     """A call that covers frames [1, 3] of a 4-frame latent (ComfyUI's context windows) gets masks 1 and 3."""
     from comfy.context_windows import IndexListContextWindow
 
-    from ipadapter_ext.ip_adapter_core.run_state import RunState
+    from ipadapter_ext.ip_adapter_core.apply.run_state import RunState
 
     h = handle(adapter_file("ip-adapter_sd15"))
     masks = torch.stack([torch.full((16, 16), v) for v in (0.1, 0.2, 0.3, 0.4)])
@@ -97,7 +97,7 @@ def test_context_window_calls_get_their_frames_mask_rows(sd15, adapter_file):
                                               ((27, 13), 7 * 3, (7, 3)),         # odd size, halved twice
                                               ((96, 64), 24 * 16, (24, 16))])
 def test_token_grid_from_count_and_aspect(latent_hw, n, want):
-    from ipadapter_ext.ip_adapter_core.masks import tokens_hw
+    from ipadapter_ext.ip_adapter_core.apply.masks import tokens_hw
 
     assert tokens_hw(latent_hw, n) == want
 
@@ -149,8 +149,8 @@ def test_call_path_makes_no_tensors_from_python_data_and_reads_nothing_back(sd15
     assert spy.calls
     # replay the run's calls with a run state made as the sampler's wrapper makes it: one pass
     # to fill the per-layout caches (as the first step does), then the checked pass
-    from ipadapter_ext.ip_adapter_core.run_state import RunState
-    from ipadapter_ext.ip_adapter_core.transformer_options import RUN_KEY
+    from ipadapter_ext.ip_adapter_core.apply.run_state import RunState
+    from ipadapter_ext.ip_adapter_core.apply.transformer_options import RUN_KEY
 
     run = RunState.for_sampling(model, torch.tensor([14.6, 7.0, 0.0]), (frames, 4, 16, 16))
     run.prepare({b for p in attn2(model).values() for b, _ in p.branches})
@@ -184,7 +184,7 @@ def test_no_cuda_sync_in_patched_layers_on_gpu(adapter_file):  # pragma: no cove
     """On a GPU: after a warm-up evaluation, a patched UNet evaluation makes no host-device sync."""
     from host_unet import comfy_model, unet_forward
 
-    from ipadapter_ext.ip_adapter_core.run_state import RunState
+    from ipadapter_ext.ip_adapter_core.apply.run_state import RunState
 
     model = comfy_model("sd15", device="cuda")
     h = handle(adapter_file("ip-adapter_sd15"))
@@ -261,7 +261,7 @@ def test_foreign_patch_to_models_two_tuple_key_and_copies(sd15, adapter_file):
 # ---------------------------------------------------------------- 5. cache lifetime
 
 def test_run_state_is_emptied_after_sampling_and_patches_hold_no_run_tensors(sd15, adapter_file, monkeypatch):
-    from ipadapter_ext.ip_adapter_core import run_state, transformer_options
+    from ipadapter_ext.ip_adapter_core.apply import run_state, transformer_options
 
     h = handle(adapter_file("ip-adapter_sd15"))
     mask = torch.ones(1, 64, 64)
@@ -294,7 +294,7 @@ def test_run_state_is_emptied_after_sampling_and_patches_hold_no_run_tensors(sd1
 def test_range_follows_model_sampling_patched_after_apply(sd15, adapter_file, monkeypatch):
     from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
 
-    from ipadapter_ext.ip_adapter_core import run_state
+    from ipadapter_ext.ip_adapter_core.apply import run_state
 
     h = handle(adapter_file("ip-adapter_sd15"))
     applied = apply(sd15, h, prompt(h, start=0.3, end=0.7))
@@ -332,17 +332,6 @@ def test_embeds_of_another_encoder_are_refused(sd15, adapter_file):
 
 # ---------------------------------------------------------------- 8. model layouts
 
-def _sdxl_family_model(**changes):
-    import comfy.model_detection
-    import comfy.model_patcher
-    from host_unet import comfy_unet_config
-
-    cfg = dict(comfy_unet_config("sdxl"), **changes)
-    model_config = comfy.model_detection.model_config_from_unet_config(cfg)
-    model = model_config.get_model({}, device="meta")
-    return comfy.model_patcher.ModelPatcher(model, load_device="cpu", offload_device="cpu"), model_config
-
-
 @pytest.mark.parametrize("name,changes", [
     ("SSD1B", dict(transformer_depth=[0, 0, 2, 2, 4, 4], transformer_depth_output=[0, 0, 0, 1, 1, 1, 4, 4, 4],
                    transformer_depth_middle=0)),
@@ -352,7 +341,7 @@ def _sdxl_family_model(**changes):
 def test_distilled_sdxl_models_are_refused(adapter_file, name, changes):
     from ipadapter_ext.ip_adapter_core.errors import IPAdapterMismatchError
 
-    model, model_config = _sdxl_family_model(**changes)
+    model, model_config = sdxl_family_model(**changes)
     assert type(model_config).__name__ == name  # ComfyUI itself detects the distilled model
     h = handle(adapter_file("ip-adapter_sdxl_vit-h"))
     with pytest.raises(IPAdapterMismatchError, match=r"model: .*layers differ.*SSD-1B"):
@@ -360,7 +349,7 @@ def test_distilled_sdxl_models_are_refused(adapter_file, name, changes):
 
 
 def test_standard_sdxl_model_is_accepted_on_meta(adapter_file):
-    model, _ = _sdxl_family_model()
+    model, _ = sdxl_family_model()
     h = handle(adapter_file("ip-adapter_sdxl_vit-h"))
     assert len(attn2(apply(model, h, prompt(h)))) == 70
 
@@ -373,11 +362,11 @@ def test_dual_cfg_guider_gives_negative_tokens_to_the_negative_cond(sd15, adapte
     import comfy.samplers
     from comfy_extras.nodes_custom_sampler import Guider_DualCFG
 
-    from ipadapter_ext.ip_adapter_core.attention import NEGATIVE, POSITIVE
+    from ipadapter_ext.ip_adapter_core.apply.attention import NEGATIVE, POSITIVE
 
     h = handle(adapter_file("ip-adapter_sd15"))
     model = apply(sd15, h, prompt(h))
-    from ipadapter_ext.ip_adapter_core import run_state
+    from ipadapter_ext.ip_adapter_core.apply import run_state
 
     seen = set()
     real_roles = run_state.RunState.roles
@@ -406,7 +395,7 @@ def test_dual_cfg_guider_gives_negative_tokens_to_the_negative_cond(sd15, adapte
 def test_area_cond_call_gets_the_mask_of_its_area(sd15, adapter_file, monkeypatch):
     """Mask = left half of the picture; an area cond over the top-left quarter lies wholly inside
     it, so its cropped calls see a mask of ones (the old rule squeezed the whole mask: half ones)."""
-    from ipadapter_ext.ip_adapter_core import run_state
+    from ipadapter_ext.ip_adapter_core.apply import run_state
 
     h = handle(adapter_file("ip-adapter_sd15"))
     mask = left_half_mask()

@@ -154,8 +154,8 @@ def test_cancel_stops_between_steps_and_leaves_the_model_unpatched(tiny, trainin
 def test_saved_file_loads_and_applies(tiny, training_set, tmp_path, monkeypatch):
     import folder_paths
 
-    from ipadapter_ext.ip_adapter_core.adapter import load_adapter, read_adapter
-    from ipadapter_ext.ip_adapter_core.loader import load_adapter_handle
+    from ipadapter_ext.ip_adapter_core.files.adapter import load_adapter, read_adapter
+    from ipadapter_ext.ip_adapter_core.files.loader import load_adapter_handle
     from ipadapter_ext.nodes.apply import IPAApply
     from ipadapter_ext.nodes.image_prompt import IPAProject
     from ipadapter_ext.nodes.training import IPASaveAdapterNode

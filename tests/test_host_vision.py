@@ -22,8 +22,8 @@ def images():
 
 
 def test_encode_gives_features_and_reference_zero_image(vit_h, images):
-    from ipadapter_ext.ip_adapter_core.vision import encoder_of
-    from ipadapter_ext.ip_adapter_core.vision import ZERO_IMAGE_ATTR
+    from ipadapter_ext.ip_adapter_core.prompt.vision import encoder_of
+    from ipadapter_ext.ip_adapter_core.prompt.vision import ZERO_IMAGE_ATTR
     from ipadapter_ext.nodes.image_prompt import IPAEncodeImage
 
     assert encoder_of(vit_h) == "ViT-H/14"
@@ -38,7 +38,7 @@ def test_encode_gives_features_and_reference_zero_image(vit_h, images):
 
 
 def test_crop_modes_and_mask_change_what_is_seen(vit_h, images):
-    from ipadapter_ext.ip_adapter_core.vision import encode, prepare
+    from ipadapter_ext.ip_adapter_core.prompt.vision import encode, prepare
 
     center = encode(vit_h, images, "center").image_embeds
     squash = encode(vit_h, images, "squash").image_embeds
@@ -57,7 +57,7 @@ def test_core_clip_vision_encode_output_works_with_clip_vision_input(vit_h, imag
     clip_vision input connected, IPAProject computes them and matches our encode node."""
     import nodes
 
-    from ipadapter_ext.ip_adapter_core.loader import load_adapter_handle
+    from ipadapter_ext.ip_adapter_core.files.loader import load_adapter_handle
     from ipadapter_ext.nodes.image_prompt import IPAEncodeImage, IPAProject
 
     h = load_adapter_handle(adapter_file("ip-adapter-plus_sd15"))
@@ -75,8 +75,8 @@ def test_clip_vision_finder_picks_by_shapes(tmp_path, adapter_file):
 
     import host_models
     from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
-    from ipadapter_ext.ip_adapter_core.loader import load_adapter_handle
-    from ipadapter_ext.ip_adapter_core.model_folders import find_clip_vision_file
+    from ipadapter_ext.ip_adapter_core.files.loader import load_adapter_handle
+    from ipadapter_ext.ip_adapter_core.files.model_folders import find_clip_vision_file
 
     folder = tmp_path / "clip_vision"
     folder.mkdir()
@@ -97,8 +97,8 @@ def test_clip_vision_finder_picks_by_shapes(tmp_path, adapter_file):
 
 def test_wrong_encoder_for_adapter_is_named(vit_h, adapter_file):
     from ipadapter_ext.ip_adapter_core.errors import IPAdapterMismatchError
-    from ipadapter_ext.ip_adapter_core.loader import load_adapter_handle
-    from ipadapter_ext.ip_adapter_core.vision import check_encoder
+    from ipadapter_ext.ip_adapter_core.files.loader import load_adapter_handle
+    from ipadapter_ext.ip_adapter_core.prompt.vision import check_encoder
 
     h = load_adapter_handle(adapter_file("ip-adapter_sdxl"))
     with pytest.raises(IPAdapterMismatchError, match="needs the ViT-bigG/14 .* connected is ViT-H/14"):
@@ -106,10 +106,10 @@ def test_wrong_encoder_for_adapter_is_named(vit_h, adapter_file):
 
 
 def test_embeds_roundtrip_through_safetensors(tmp_path, adapter_file):
-    from ipadapter_ext.ip_adapter_core.embeds_io import load_prompt, save_prompt
-    from ipadapter_ext.ip_adapter_core.loader import load_adapter_handle
-    from ipadapter_ext.ip_adapter_core.tokens import project
-    from ipadapter_ext.ip_adapter_core.embeds import ImagePrompt
+    from ipadapter_ext.ip_adapter_core.prompt.embeds_io import load_prompt, save_prompt
+    from ipadapter_ext.ip_adapter_core.files.loader import load_adapter_handle
+    from ipadapter_ext.ip_adapter_core.prompt.tokens import project
+    from ipadapter_ext.ip_adapter_core.prompt.embeds import ImagePrompt
 
     h = load_adapter_handle(adapter_file("ip-adapter-plus_sd15"))
     pos, neg = project(h.model.image_proj, h.config, torch.randn(1, 257, 1280),

@@ -53,7 +53,7 @@ TYPES = ["ease in", "ease out", "ease in-out", "reverse in-out", "weak input", "
 
 @pytest.mark.parametrize("weight_type", TYPES)
 def test_weight_type_differs_from_linear_except_where_it_is_one(sd15, base, weight_type):
-    from ipadapter_ext.ip_adapter_core.blocks import DEFAULT_ROUTE, layer_table
+    from ipadapter_ext.ip_adapter_core.prompt.blocks import DEFAULT_ROUTE, layer_table
 
     h, embeds = base
     table = layer_table("sd15", weight_type, SB, CB)
@@ -82,14 +82,14 @@ def test_linear_is_the_weighting_of_before(sd15, base):
 
 
 def test_sdxl_style_transfer_patches_only_output_block_1(adapter_file):
-    from test_host_runtime import _sdxl_family_model
+    from host_unet import sdxl_family_model
 
-    from ipadapter_ext.ip_adapter_core.layers import layers_for
+    from ipadapter_ext.ip_adapter_core.files.layers import layers_for
     from ipadapter_ext.nodes.image_prompt import IPAProject
 
     h = handle(adapter_file("ip-adapter_sdxl_vit-h"))
     embeds = IPAProject.execute(h, features(h.config), "concat").result[0]
-    model = apply(_sdxl_family_model()[0], h, weighted(embeds, "style transfer"))
+    model = apply(sdxl_family_model()[0], h, weighted(embeds, "style transfer"))
     patched = attn2(model)
     assert sorted(patched) == [("output", 1, t) for t in range(10)]
     g = torch.Generator().manual_seed(0)
@@ -98,7 +98,7 @@ def test_sdxl_style_transfer_patches_only_output_block_1(adapter_file):
         q = torch.randn(2, 64, layer.hidden, generator=g)
         k, v = (torch.randn(2, 77, layer.hidden, generator=g) for _ in range(2))
         extra = {"n_heads": layer.heads, "cond_or_uncond": [1, 0], "original_shape": [1, 4, 8, 8]}
-        from ipadapter_ext.ip_adapter_core.patch import Attn2Patch
+        from ipadapter_ext.ip_adapter_core.apply.unet_patch import Attn2Patch
 
         with torch.no_grad():
             assert not torch.equal(patch(q, k, v, extra), Attn2Patch(layer, ())(q, k, v, extra)), key
@@ -110,7 +110,7 @@ class LambdaRecorder:
     """Records, at every image-attention call, the λ the call applies: scale × the per-step factor."""
 
     def __init__(self, monkeypatch):
-        from ipadapter_ext.ip_adapter_core import patch as patch_mod
+        from ipadapter_ext.ip_adapter_core.apply import unet_patch as patch_mod
 
         self.seen = []  # (layer key, sigma, λ)
         real_call = patch_mod.Attn2Patch._add_branch

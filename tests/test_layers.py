@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from ipadapter_ext.ip_adapter_core.layers import LAYERS
+from ipadapter_ext.ip_adapter_core.files.layers import LAYERS
 from unet_configs import sd15_config, sdxl_config
 
 CONFIGS = {"sd15": sd15_config, "sdxl": sdxl_config}
@@ -98,7 +98,7 @@ def test_table_matches_comfyui_unet_and_key_conversion(family):
 def test_narrower_unets_of_the_same_structure_have_the_same_keys(family):
     """Training and test UNets (e.g. 32 base channels) keep every key and file index; only the
     widths scale, so their adapters are handled like any other."""
-    from ipadapter_ext.ip_adapter_core.layers import base_channels, layers_of_width
+    from ipadapter_ext.ip_adapter_core.files.layers import base_channels, layers_of_width
 
     std, tiny = layers_of_width(family, 320), layers_of_width(family, 32)
     assert [(l.key, l.file_index) for l in tiny] == [(l.key, l.file_index) for l in std]

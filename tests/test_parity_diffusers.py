@@ -8,11 +8,12 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0, IP
 
 from adapter_files import adapter_sections
 from conftest import rel_err
-from ipadapter_ext.ip_adapter_core.adapter import load_adapter
-from ipadapter_ext.ip_adapter_core.embeds import ImagePrompt
-from ipadapter_ext.ip_adapter_core.layers import layers_for
-from ipadapter_ext.ip_adapter_core.patch import Attn2Patch, Branch, _attention
-from ipadapter_ext.ip_adapter_core.tokens import project
+from ipadapter_ext.ip_adapter_core.files.adapter import load_adapter
+from ipadapter_ext.ip_adapter_core.prompt.embeds import ImagePrompt
+from ipadapter_ext.ip_adapter_core.files.layers import layers_for
+from ipadapter_ext.ip_adapter_core.apply.attention import attention_functions
+from ipadapter_ext.ip_adapter_core.apply.unet_patch import Attn2Patch, Branch
+from ipadapter_ext.ip_adapter_core.prompt.tokens import project
 
 TOL = 1e-5
 
@@ -134,7 +135,7 @@ def test_every_layer_matches_diffusers_processor(adapter_file, variant, parity):
                 attn.set_processor(AttnProcessor2_0())
                 with torch.no_grad():
                     plain = attn(x, encoder_hidden_states=text)
-                    text_only = attn.to_out[0](_attention()[0](q, k, v, layer.heads))
+                    text_only = attn.to_out[0](attention_functions()[0](q, k, v, layer.heads))
                 # λ = 0 is the unpatched layer's own attention, bit for bit; and that is diffusers' plain one
                 assert torch.equal(got, text_only), f"λ=0 differs from the text attention at layer {layer.key}"
                 assert rel_err(got, plain) < TOL
@@ -188,7 +189,7 @@ def test_masked_image_branch_matches_diffusers(adapter_file, parity):
 def test_few_key_path_equals_sdpa_path_and_diffusers(adapter_file, tokens, masked, parity, monkeypatch):
     """The explicit batched-matmul image branch (chosen on CPU for few keys) and the SDPA branch
     give the same result, and both match diffusers' processor: chunks [1, 0], a mask or none."""
-    from ipadapter_ext.ip_adapter_core import patch as patch_mod
+    from ipadapter_ext.ip_adapter_core.apply import unet_patch as patch_mod
 
     variant = {4: "ip-adapter_sd15", 16: "ip-adapter-plus_sd15", 257: "ip-adapter-full-face_sd15"}[tokens]
     ad = load_adapter(adapter_file(variant), dtype=torch.float32)

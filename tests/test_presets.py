@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from adapter_files import VARIANTS, image_proj_state, ip_layers_state, write_adapter
-from ipadapter_ext.ip_adapter_core import model_folders
+from ipadapter_ext.ip_adapter_core.files import model_folders
 
 pytestmark = pytest.mark.host
 
@@ -123,9 +123,9 @@ def library(tmp_path_factory):
 @pytest.fixture
 def presets():
     """The module, with an empty classification cache (model_folders.py; tests count classifier calls)."""
-    from ipadapter_ext.ip_adapter_core import presets
+    from ipadapter_ext.ip_adapter_core.files import presets
 
-    from ipadapter_ext.ip_adapter_core import model_folders
+    from ipadapter_ext.ip_adapter_core.files import model_folders
 
     saved = dict(model_folders.CLASSIFIED)
     model_folders.CLASSIFIED.clear()
@@ -170,7 +170,7 @@ def models():
 
 @pytest.mark.parametrize("preset,family", sorted(EXPECTED))
 def test_each_preset_finds_its_files_by_their_tensors(folders, presets, models, preset, family):
-    from ipadapter_ext.ip_adapter_core.config import model_family
+    from ipadapter_ext.ip_adapter_core.files.config import model_family
 
     assert model_family(models[family]) == family
     folder, name, encoder = EXPECTED[preset, family]
@@ -204,7 +204,7 @@ def test_foreign_files_are_skipped_with_a_debug_line(folders, presets, caplog):
 
 def test_header_read_equals_the_full_load(folders, presets):
     """The shapes-only classification is the config the adapter loads with."""
-    from ipadapter_ext.ip_adapter_core.adapter import read_adapter
+    from ipadapter_ext.ip_adapter_core.files.adapter import read_adapter
 
     for name in ("ip-adapter_sd15.safetensors", "my face.bin", "zz_standard.safetensors"):
         path = folders["main"] / name

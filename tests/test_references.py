@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ipadapter_ext.ip_adapter_core import references as R
+from ipadapter_ext.ip_adapter_core.prompt import references as R
 from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -235,7 +235,7 @@ def test_noise_inputs_are_checked():
 # ---------------------------------------------------------------- the encoder's input (host-free stub)
 
 def test_encode_prepare_defaults_are_unchanged_and_options_use_prepare_reference():
-    from ipadapter_ext.ip_adapter_core.vision import prepare
+    from ipadapter_ext.ip_adapter_core.prompt.vision import prepare
 
     cv = types.SimpleNamespace(image_size=224, image_mean=list(MEAN))
     img = rand_image(96, 128, b=2)

@@ -9,10 +9,10 @@ One difference, by design: their middle block (t 6 / t 4) is never patched; ours
 the same formula gives (see blocks.py)."""
 import pytest
 
-from ipadapter_ext.ip_adapter_core.blocks import DEFAULT_ROUTE, IMAGE_TO_NEGATIVE, WEIGHT_TYPES, layer_table
+from ipadapter_ext.ip_adapter_core.prompt.blocks import DEFAULT_ROUTE, IMAGE_TO_NEGATIVE, WEIGHT_TYPES, layer_table
 from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
-from ipadapter_ext.ip_adapter_core.layers import layers_for
-from ipadapter_ext.ip_adapter_core.schedules import make_schedule, parse_keyframes
+from ipadapter_ext.ip_adapter_core.files.layers import layers_for
+from ipadapter_ext.ip_adapter_core.prompt.schedules import make_schedule, parse_keyframes
 
 SB, CB = 2.0, 3.0
 BLOCKS = {

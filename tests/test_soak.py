@@ -89,9 +89,9 @@ RSS_GROWTH_MAX = 0.10
 
 def _wrong_shape_embeds(path: Path) -> Path:
     """A well-formed .ipaembeds file of the base adapter whose tokens are 1024 wide, not 768."""
-    from ipadapter_ext.ip_adapter_core.config import detect_config  # noqa: PLC0415
-    from ipadapter_ext.ip_adapter_core.embeds import ImagePrompt  # noqa: PLC0415
-    from ipadapter_ext.ip_adapter_core.embeds_io import save_prompt  # noqa: PLC0415
+    from ipadapter_ext.ip_adapter_core.files.config import detect_config  # noqa: PLC0415
+    from ipadapter_ext.ip_adapter_core.prompt.embeds import ImagePrompt  # noqa: PLC0415
+    from ipadapter_ext.ip_adapter_core.prompt.embeds_io import save_prompt  # noqa: PLC0415
 
     config = detect_config(adapter_sections("ip-adapter_sd15"))
     wrong = torch.randn(1, config.num_tokens, 1024, generator=torch.Generator().manual_seed(3))
@@ -143,7 +143,7 @@ def env(tmp_path_factory, adapter_file) -> Env:
         img = Image.open(REPO / "workflows" / "input" / SOURCES[key])
         img.resize((SIZE, SIZE), Image.NEAREST if key == "mask" else Image.LANCZOS).save(inp / name)
     _wrong_shape_embeds(inp / WRONG_EMBEDS)
-    adapter_files._sections.cache_clear()  # the SDXL adapter's 0.7 GB of tensors: not needed any more
+    adapter_files.forget_sections()  # the SDXL adapter's 0.7 GB of tensors: not needed any more
     return Env(root, config, inp, marker)
 
 

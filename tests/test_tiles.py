@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ipadapter_ext.ip_adapter_core import tiles as T
+from ipadapter_ext.ip_adapter_core.prompt import tiles as T
 from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
 
 # (height, width, tile) -> boxes (y0, x0, y1, x1), worked out by hand:
@@ -111,7 +111,7 @@ def _attn2(model):
 
 @pytest.mark.host
 def test_one_tile_equals_the_untiled_prompt(vit_h, sd15, adapter_file):
-    from ipadapter_ext.ip_adapter_core.loader import load_adapter_handle
+    from ipadapter_ext.ip_adapter_core.files.loader import load_adapter_handle
     from ipadapter_ext.nodes.apply import IPAApply
     from ipadapter_ext.nodes.image_prompt import IPAEncodeImage, IPAProject
     from ipadapter_ext.nodes.tiles import IPAApplyTiled
@@ -140,14 +140,14 @@ def test_one_tile_equals_the_untiled_prompt(vit_h, sd15, adapter_file):
 def test_two_tiles_where_they_lie_and_everywhere(vit_h, sd15, adapter_file, family):
     """The same tiles, masks and per-tile prompts on every cross-attention layer of SD1.5 (16) and SDXL
     (70; a UNet of the real SDXL layout on the meta device: applying needs no weights)."""
-    from test_host_runtime import _sdxl_family_model
+    from host_unet import sdxl_family_model
 
-    from ipadapter_ext.ip_adapter_core.layers import layers_for
-    from ipadapter_ext.ip_adapter_core.loader import load_adapter_handle
-    from ipadapter_ext.ip_adapter_core.vision import encode, image_prompt
+    from ipadapter_ext.ip_adapter_core.files.layers import layers_for
+    from ipadapter_ext.ip_adapter_core.files.loader import load_adapter_handle
+    from ipadapter_ext.ip_adapter_core.prompt.vision import encode, image_prompt
     from ipadapter_ext.nodes.tiles import IPAApplyTiled
 
-    unet = sd15 if family == "sd15" else _sdxl_family_model()[0]
+    unet = sd15 if family == "sd15" else sdxl_family_model()[0]
     h = load_adapter_handle(adapter_file(f"ip-adapter-plus_{family}" + ("_vit-h" if family == "sdxl" else "")))
     width = h.config.cross_dim
     image = torch.rand(1, 32, 64, 3, generator=torch.Generator().manual_seed(3))
@@ -174,7 +174,7 @@ def test_two_tiles_where_they_lie_and_everywhere(vit_h, sd15, adapter_file, fami
 
 @pytest.mark.host
 def test_enhancer_ratio_zero_is_plain_and_others_are_the_mix(vit_h):
-    from ipadapter_ext.ip_adapter_core.vision import ZERO_IMAGE_ATTR, encode
+    from ipadapter_ext.ip_adapter_core.prompt.vision import ZERO_IMAGE_ATTR, encode
     from ipadapter_ext.nodes.tiles import IPAEncodeEnhanced
 
     image = torch.rand(1, 40, 48, 3, generator=torch.Generator().manual_seed(4))

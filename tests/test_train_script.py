@@ -5,6 +5,8 @@ SDXL structures (--tiny-random) on 4 generated images:
   * checkpoints hold the adapter, its optimizer / scheduler / RNG state and nothing of the UNet;
   * the final file is what read_adapter detects as the trained config, loads strictly in ours and
     in diffusers' load_ip_adapter, and means the same in both;
+  * docs/training.md's diffusers code, as written (its paths pointed at this module's files), loads it
+    into a real StableDiffusionPipeline that generates and predicts the noise ours predicts;
   * two gloo ranks (torchrun) at batch 1 end bit-identical to each other and equal to one process
     at batch 2 (the data order and every sample's randomness depend on the stream position only);
   * one loss-log line per step with finite losses, and a progress bar.
@@ -18,6 +20,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -273,9 +276,24 @@ def test_checkpoint_holds_only_the_adapter_and_its_optimizer(runs, tiny):
     assert (state["step"], state["samples"]) == (EVERY, 2 * EVERY)
 
 
-def test_final_file_is_detected_and_loads_in_ours_and_diffusers(runs, tiny, initial):
-    from ipadapter_ext.ip_adapter_core.adapter import load_adapter, read_adapter
+def _noise_ours(path, tiny):
+    """Inputs for one UNet call, and the noise this extension's attention predicts with the adapter file."""
+    from ipadapter_ext.ip_adapter_core.files.adapter import load_adapter
     from ipadapter_ext.ip_adapter_core.training import diffusers_unet
+
+    loaded = load_adapter(path, dtype=torch.float32)  # strict
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([500, 500])
+    text, feats = torch.randn(2, 77, 768, generator=g), torch.randn(2, 1024, generator=g)
+    unet = copy.deepcopy(tiny["unet"]).eval().requires_grad_(False)
+    diffusers_unet.install_processors(unet, loaded.model)
+    with torch.no_grad():
+        ours = diffusers_unet.predict_noise(unet, loaded.model, x, t, text, feats)
+    return loaded, (x, t, text, feats), ours
+
+
+def test_final_file_is_detected_and_loads_in_ours_and_diffusers(runs, tiny, initial):
+    from ipadapter_ext.ip_adapter_core.files.adapter import read_adapter
     from ipadapter_ext.ip_adapter_core.training.adapter_init import new_config
     from conftest import rel_err
     from unet_pairs import diffusers_ip_host
@@ -285,25 +303,61 @@ def test_final_file_is_detected_and_loads_in_ours_and_diffusers(runs, tiny, init
     cfg, sd = read_adapter(path)
     assert cfg == new_config("sd15", "linear", model_channels=32)
     assert all(v.dtype == torch.float16 for v in sd.values())
-    loaded = load_adapter(path, dtype=torch.float32)  # strict
+    loaded, (x, t, text, feats), ours = _noise_ours(path, tiny)
     trained = _state(full.out / f"checkpoint-{STEPS}" / "model.safetensors", "adapter.")
     for k, v in loaded.model.state_dict().items():
         assert torch.equal(v, trained[k].half().float()), k
     assert _rel(trained, initial) > 1e-4, "training did not move the adapter"
 
-    g = torch.Generator().manual_seed(0)
-    x, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([500, 500])
-    text, feats = torch.randn(2, 77, 768, generator=g), torch.randn(2, 1024, generator=g)
-    unet = copy.deepcopy(tiny["unet"]).eval().requires_grad_(False)
-    diffusers_unet.install_processors(unet, loaded.model)
-    with torch.no_grad():
-        ours = diffusers_unet.predict_noise(unet, loaded.model, x, t, text, feats)
     unet = copy.deepcopy(tiny["unet"]).eval().requires_grad_(False)
     host = diffusers_ip_host("sd15", unet, None)
     host.load_ip_adapter(str(path.parent), subfolder="", weight_name=path.name, image_encoder_folder=None,
                          local_files_only=True)
     with torch.no_grad():
         theirs = unet(x, t, encoder_hidden_states=text, added_cond_kwargs={"image_embeds": [feats[:, None]]}).sample
+    assert rel_err(theirs, ours) < 1e-4
+
+
+# The paths docs/training.md's snippet names; the test points each at a file of its own.
+DOC_PATHS = ("models/stable-diffusion-v1-5", "models/IP-Adapter/models/image_encoder", "runs/plus-sd15",
+             "reference.png")
+
+
+def test_documented_diffusers_snippet_loads_the_trained_file(runs, tiny, tmp_path):
+    """The python block of docs/training.md, run as written with its paths pointed at a tiny SD1.5
+    pipeline folder, the tiny encoder's folder, the trained adapter and one training image: a snippet
+    that does not run (diffusers looking for an image_encoder/ folder beside the adapter) fails here."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+    from conftest import rel_err
+
+    text_md = (REPO_ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text_md, re.S) if "load_ip_adapter" in b]
+    assert len(blocks) == 1, "docs/training.md: expected one python block that calls load_ip_adapter"
+    full = runs["full"].check()
+    path = full.out / "adapter.safetensors"
+    model_dir, encoder_dir = tmp_path / "sd15", tmp_path / "vit-h"
+    StableDiffusionPipeline(vae=tiny["vae"], text_encoder=tiny["text_encoders"][0], tokenizer=tiny["tokenizers"][0],
+                            unet=tiny["unet"], scheduler=DDPMScheduler(  # SD1.5's betas and settings
+                                beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                clip_sample=False, steps_offset=1),
+                            safety_checker=None, feature_extractor=None, image_encoder=None,
+                            requires_safety_checker=False).save_pretrained(model_dir)
+    tiny["image_encoder"].save_pretrained(encoder_dir)
+    here = dict(zip(DOC_PATHS, (model_dir, encoder_dir, path.parent, full.out.parent / "data" / "img0.png")))
+    code = blocks[0]
+    for doc_path, ours in here.items():
+        assert f'"{doc_path}"' in code, f"docs/training.md's snippet no longer names {doc_path!r}: update DOC_PATHS"
+        code = code.replace(f'"{doc_path}"', repr(str(ours)))
+    assert f'weight_name="{path.name}"' in code, "docs/training.md's snippet loads another file than the script writes"
+
+    scope: dict = {}
+    with torch.random.fork_rng(devices=[]):  # the pipeline draws its noise from the global generator
+        exec(compile(code, "docs/training.md", "exec"), scope)
+    assert scope["image"].size == (64, 64)
+    _, (x, t, text, feats), ours = _noise_ours(path, tiny)
+    with torch.no_grad():
+        theirs = scope["pipe"].unet(x, t, encoder_hidden_states=text,
+                                    added_cond_kwargs={"image_embeds": [feats[:, None]]}).sample
     assert rel_err(theirs, ours) < 1e-4
 
 
@@ -355,7 +409,7 @@ def test_loss_log_and_progress(runs):
 
 
 def test_sdxl_full_face_from_model_folders_and_jsonl_with_accumulation(runs):
-    from ipadapter_ext.ip_adapter_core.adapter import read_adapter
+    from ipadapter_ext.ip_adapter_core.files.adapter import read_adapter
     from ipadapter_ext.ip_adapter_core.training.adapter_init import new_config
 
     run = runs["sdxl"].check()

@@ -11,9 +11,9 @@ import pytest
 import safetensors
 import torch
 
-from ipadapter_ext.ip_adapter_core.adapter import load_adapter, read_adapter
+from ipadapter_ext.ip_adapter_core.files.adapter import load_adapter, read_adapter
 from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
-from ipadapter_ext.ip_adapter_core.layers import layers_of_width
+from ipadapter_ext.ip_adapter_core.files.layers import layers_of_width
 from ipadapter_ext.ip_adapter_core.training import save
 from ipadapter_ext.ip_adapter_core.training.adapter_init import diffusers_text_kv, new_adapter, new_config
 
@@ -116,10 +116,10 @@ def _comfy_forward(patcher, x, t, sigma, ctx, layout):
 @pytest.mark.host
 def test_diffusers_load_ip_adapter_on_saved_file_equals_our_patch(tmp_path, parity):
     from conftest import rel_err
-    from ipadapter_ext.ip_adapter_core.embeds import ImagePrompt
-    from ipadapter_ext.ip_adapter_core.loader import load_adapter_handle
-    from ipadapter_ext.ip_adapter_core.patch import apply_image_prompt
-    from ipadapter_ext.ip_adapter_core.tokens import project
+    from ipadapter_ext.ip_adapter_core.prompt.embeds import ImagePrompt
+    from ipadapter_ext.ip_adapter_core.files.loader import load_adapter_handle
+    from ipadapter_ext.ip_adapter_core.apply.unet_patch import apply_image_prompt
+    from ipadapter_ext.ip_adapter_core.prompt.tokens import project
     from unet_pairs import diffusers_ip_host, tiny_sd15_pair
 
     unet, comfy = tiny_sd15_pair(seed=0)

@@ -89,10 +89,10 @@ def test_our_node_table_matches_the_server(sd15):
     for kind, spec in SPECS.items():
         live = info[kind]
         sockets, widget_types, defaults = [], [], []
-        for _, name, cfg in wf._ordered_inputs(live):
+        for _, name, cfg in wf.ordered_inputs(live):
             kind_ = "COMBO" if isinstance(cfg[0], list) else cfg[0]
             opts = cfg[1] if len(cfg) > 1 and isinstance(cfg[1], dict) else {}
-            if wf._is_widget(cfg):
+            if wf.is_widget(cfg):
                 widget_types.append((name, kind_))
                 if "default" in opts:
                     defaults.append((name, opts["default"]))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .layout import NODE_WIDTH, GAP, Placer, box, height, pair
+from .layout import GAP, NODE_WIDTH, Placer, box, height, pair
 from .limits import MAX_NODES
 from .our_nodes import CONTROL, SPECS
 from .plus_nodes import NODES as THEIR_NODES

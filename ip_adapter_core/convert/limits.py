@@ -1,5 +1,5 @@
 """The converter's documented bounds, in one place: the route (nodes/routes.py), the command line
-(scripts/convert_workflow.py) and ``convert()`` read them from here, and README › "What is guaranteed"
+(scripts/convert_workflow.py) and ``convert()`` read them from here, and docs/guarantees.md
 quotes them.
 
 The sizes leave room for any workflow a person builds: their 21 example files have 10-27 nodes in

@@ -2,8 +2,8 @@
 
 The UI format stores widget values by position and links by socket number, so writing one needs each
 node's layout. These are this extension's nodes and the two core nodes the converter uses;
-``tests/test_convert_host.py`` checks every entry against the running server's ``/object_info``, so a
-node change that is not copied here fails the tests. ``CONTROL`` is the editor's extra "control
+``tests/test_workflows_plus.py`` (test_our_node_table_matches_the_server) checks every entry against
+the running server's ``/object_info``, so a node change that is not copied here fails the tests. ``CONTROL`` is the editor's extra "control
 after generate" value that follows a seed-like widget.
 """
 from __future__ import annotations

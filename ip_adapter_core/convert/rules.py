@@ -3,7 +3,7 @@
 The apply nodes of theirs become the modular chain IP-Adapter Encode Image → Project → Weight (λ) →
 Apply, with each setting on the node that owns it here; their loaders, encoder, combine, noise and
 prepare nodes become ours one for one. Where the maths differ, the rule says so in a note, and the
-README's mapping table lists every case ("Converting ComfyUI_IPAdapter_plus workflows"). The formulas
+mapping table of docs/converting.md lists every case ("Node by node"). The formulas
 behind each mapping: theirs in IPAdapterPlus.py (``ipadapter_execute``, the node classes) and
 CrossAttentionPatch.py; ours in ``blocks.py`` and the nodes. Two deliberate differences stay: our
 middle block is patched (theirs registers it under a key ComfyUI never calls), and our default
@@ -12,7 +12,7 @@ black image).
 """
 from __future__ import annotations
 
-from ..blocks import block_order, layer_lambdas
+from ..prompt.blocks import block_order, layer_lambdas
 from .context import Ctx, Unconvertible
 from .limits import MAX_PARAM_ENTRIES
 

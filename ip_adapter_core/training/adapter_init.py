@@ -8,11 +8,19 @@ from collections.abc import Mapping
 
 import torch
 
-from ..adapter import IPAdapterModel
-from ..config import (ENCODERS, IMAGE_EMBEDS, PENULTIMATE, UNCOND_ENCODE_ZERO_IMAGE, UNCOND_PROJECT_ZEROS, VIT_H,
-                      AdapterConfig, ResamplerConfig)
 from ..errors import IPAdapterError
-from ..layers import layers_of_width
+from ..files.adapter import IPAdapterModel
+from ..files.config import (
+    ENCODERS,
+    IMAGE_EMBEDS,
+    PENULTIMATE,
+    UNCOND_ENCODE_ZERO_IMAGE,
+    UNCOND_PROJECT_ZEROS,
+    VIT_H,
+    AdapterConfig,
+    ResamplerConfig,
+)
+from ..files.layers import layers_of_width
 
 CROSS_DIM = {"sd15": 768, "sdxl": 2048}
 # The released variants' token counts; new adapters of each kind default to them.

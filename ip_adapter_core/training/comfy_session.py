@@ -7,10 +7,11 @@ import os
 
 import torch
 
-from ..config import check_model_layers, model_family, unet_config_of
 from ..errors import IPAdapterError, IPAdapterMismatchError
-from ..loader import AdapterHandle
-from ..vision import ZERO_IMAGE_ATTR, encode, encoder_of
+from ..files.config import check_model_layers, model_family, unet_config_of
+from ..files.loader import AdapterHandle
+from ..input_bounds import check_image_batch
+from ..prompt.vision import ZERO_IMAGE_ATTR, encode, encoder_of
 from .adapter_init import comfy_text_kv, new_adapter, new_config
 from .comfy_train import TrainingSet
 from .save import save_adapter
@@ -40,8 +41,7 @@ def _encode_text(clip, text: str):
 
 
 def make_training_set(images, captions, vae, clip, clip_vision, crop) -> TrainingSet:
-    if images.ndim != 4 or images.shape[0] == 0:
-        raise IPAdapterError(f"images: expected an IMAGE batch [N, H, W, 3]; got shape {tuple(images.shape)}.")
+    check_image_batch(images, "images")
     n, h, w = images.shape[:3]
     if h % 8 or w % 8:
         raise IPAdapterError(f"images: {w}×{h} pixels; the VAE needs sides that are multiples of 8. Resize or "

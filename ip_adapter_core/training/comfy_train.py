@@ -21,12 +21,14 @@ from dataclasses import dataclass
 
 import torch
 
+from ..apply.attention import host_kernel_is_chunked
+from ..apply.transformer_options import TRAIN_TOKENS_KEY
+from ..files.config import IMAGE_EMBEDS
 from . import drop, noise
 
 log = logging.getLogger("ipadapter")
 
 COMPUTE_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-TOKENS_KEY = "ipadapter_train_tokens"  # in transformer_options: the batch's image tokens [B, T, C]
 
 
 class TrainAttn2:
@@ -42,7 +44,7 @@ class TrainAttn2:
         heads = extra["n_heads"]
         out = A.optimized_attention(q, k, v, heads, attn_precision=extra.get("attn_precision"),
                                     transformer_options=extra)
-        tokens = extra[TOKENS_KEY]
+        tokens = extra[TRAIN_TOKENS_KEY]
         ip_k = self.ip_layer.to_k_ip(tokens).to(q.dtype)
         ip_v = self.ip_layer.to_v_ip(tokens).to(q.dtype)
         return out + A.attention_pytorch(q, ip_k, ip_v, heads)
@@ -59,7 +61,7 @@ def _attention_override() -> dict:
     are kept."""
     import comfy.ldm.modules.attention as A
 
-    if A.optimized_attention not in (A.attention_sub_quad, A.attention_split, A.attention_basic):
+    if not host_kernel_is_chunked(A):
         return {}
     # the wrapper passes _inside_attn_wrapper on, so this call does not come back here
     return {"optimized_attention_override": lambda func, *args, **kwargs: A.attention_pytorch(*args, **kwargs)}
@@ -92,7 +94,7 @@ class TrainingSet:
 
     def features(self, config):
         """(features [N, ...], the dropped value [1, ...]) for an adapter of ``config``."""
-        if config.feature == "image_embeds":
+        if config.feature == IMAGE_EMBEDS:
             return self.image_embeds, torch.zeros_like(self.image_embeds[:1])
         return self.penultimate, self.zero_penultimate
 
@@ -198,7 +200,7 @@ def predict_eps(model_patcher, adapter, x_t, t, cond, features, pooled=None, siz
     device, dtype = weight.device, weight.dtype
     tokens = adapter.image_proj(features.to(device, torch.float32))
     to = {"patches_replace": {"attn2": {l.key: TrainAttn2(adapter.layer(l.file_index)) for l in adapter.config.layers}},
-          TOKENS_KEY: tokens, **_attention_override()}
+          TRAIN_TOKENS_KEY: tokens, **_attention_override()}
     y = adm(base, pooled, size)
     return dm(x_t.to(device, dtype), t.to(device).float(), context=cond.to(device, dtype),
               y=None if y is None else y.to(device, dtype), transformer_options=to)

@@ -9,9 +9,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .errors import IPAdapterError
+from ..errors import IPAdapterError
+from ..files.config import CLIP_VISION_FEATURES
+from ..input_bounds import check_image_batch
+from .vision import encode, image_prompt
 
-FEATURE_KEYS = ("image_embeds", "penultimate_hidden_states", "last_hidden_state")
 MAX_ENHANCE_TILES = 16
 # Each tile is an encoder pass, an attention branch in every cross-attention layer and a
 # full-size mask (tiles × H × W floats): at tile_size 8 a 768² reference made 9,216 tiles and
@@ -84,11 +86,9 @@ def tiled_prompts(adapter, clip_vision, image: torch.Tensor, placement: str, til
     mask [1, H, W] (None when one tile covers the image: exactly the untiled prompt).
     "everywhere": one prompt of all tiles' tokens (tile-major, the batch's images within
     each tile), no mask."""
-    from .vision import encode, image_prompt
-
     if placement not in PLACEMENTS:
         raise IPAdapterError(f"placement: expected one of {PLACEMENTS}, got {placement!r}.")
-    _check_image(image)
+    check_image_batch(image)
     boxes = tile_grid(image.shape[1], image.shape[2], tile)
     crops = cut_tiles(image[..., :3], boxes)
     masks = tile_masks(boxes, image.shape[1], image.shape[2])
@@ -137,10 +137,10 @@ def merge_cells(features: torch.Tensor, tiles: int, key: str) -> torch.Tensor:
 
 
 def mix_features(whole, cells, tiles: int, ratio: float):
-    """f = (1 - ratio)·whole + ratio·merge_cells(cells) for each FEATURE_KEYS tensor that
+    """f = (1 - ratio)·whole + ratio·merge_cells(cells) for each CLIP_VISION_FEATURES tensor that
     both outputs hold, in float32; ``whole`` is changed in place and returned (its other
     entries, the zero-image features among them, kept)."""
-    for key in FEATURE_KEYS:
+    for key in CLIP_VISION_FEATURES:
         w, c = getattr(whole, key, None), getattr(cells, key, None)
         if w is None or c is None:
             continue
@@ -153,9 +153,7 @@ def enhanced_features(clip_vision, image: torch.Tensor, tiles: int = 2, ratio: f
     """The whole images' features (centre crop) mixed with those of a tiles×tiles grid of
     cells (each centre-cropped, ENHANCE_BATCH per encoder call), see ``mix_features``. ratio 0
     or tiles 1 is the plain encode, bit for bit (the cells are not encoded)."""
-    from .vision import encode
-
-    _check_image(image)
+    check_image_batch(image)
     if not 1 <= tiles <= MAX_ENHANCE_TILES:
         raise IPAdapterError(f"enhance_tiles: expected 1..{MAX_ENHANCE_TILES}; got {tiles}.")
     if not (0.0 <= ratio <= 1.0):
@@ -165,9 +163,3 @@ def enhanced_features(clip_vision, image: torch.Tensor, tiles: int = 2, ratio: f
         return whole
     cells = encode(clip_vision, enhance_cells(image[..., :3], tiles), "center", batch_size=ENHANCE_BATCH)
     return mix_features(whole, cells, tiles, ratio)
-
-
-def _check_image(image):
-    if image.ndim != 4 or image.shape[0] == 0 or image.shape[-1] not in (3, 4) or 0 in image.shape[1:3]:
-        raise IPAdapterError(f"image: expected an IMAGE batch [images, height, width, 3] with at least one "
-                             f"image; got shape {tuple(image.shape)}.")

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import torch
 
-from ..models import TorchOps, build_projection
+from ..errors import IPAdapterFileError
+from ..networks.ops import TorchOps
+from ..networks.projection import build_projection
 from .config import AdapterConfig, detect_config
-from .errors import IPAdapterFileError
-from .files import read_flat_state_dict, split_sections
+from .formats import read_flat_state_dict, split_sections
 
 log = logging.getLogger("ipadapter")
 

@@ -11,8 +11,8 @@ latent (nearest: no value leaks across a mask's edge) and averaged over the laye
 (input, middle, output) and over all layers. Maps are per image prompt, in the order they were applied,
 and per latent image. A masked-out position, a layer the prompt skips and λ = 0 give exactly 0.
 
-The recorder travels in ``transformer_options`` of a clone of the model (transformer_options.RECORD_KEY), so the model the
-user connected is never changed; the patch hands it each branch's term only while it is there.
+The recorder travels in ``transformer_options`` of a clone of the model (under RECORD_KEY), so the model
+the user connected is never changed; the patch hands it each branch's term only while it is there.
 """
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..errors import IPAdapterError
 from .attention import POSITIVE
-from .errors import IPAdapterError
 from .masks import tokens_hw
-from .patch import patches_of
 from .transformer_options import RECORD_KEY
+from .unet_patch import patches_of
 
 log = logging.getLogger("ipadapter")
 

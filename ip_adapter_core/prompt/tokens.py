@@ -7,9 +7,10 @@ from collections.abc import Sequence
 
 import torch
 
-from .config import PENULTIMATE, UNCOND_PROJECT_ZEROS, AdapterConfig
-from .errors import IPAdapterError
-from .input_bounds import check_magnitudes, check_token
+from ..errors import IPAdapterError
+from ..files.config import PENULTIMATE, UNCOND_PROJECT_ZEROS, AdapterConfig
+from ..input_bounds import check_magnitudes, check_token
+from ..networks.ops import compute_dtype
 
 # The popular extension's names and order (cubiq/ComfyUI_IPAdapter_plus), so workflows translate.
 COMBINE_MODES = ("concat", "add", "subtract", "average", "norm average", "max", "min")
@@ -160,12 +161,8 @@ def project(image_proj: torch.nn.Module, config: AdapterConfig, features: torch.
     neg_mode = "concat" if mode == "concat" else "average"
     both = torch.cat([combine(features, mode, weights), combine(negative_features, neg_mode, what="negative_features")])
     weight = next(image_proj.parameters())
-    # Released files are fp16. Layers that cast their weights to the input (comfy.ops
-    # manual_cast, in the host) compute in float32 like the reference does after loading;
-    # plain torch layers need the input in their own dtype.
-    casts = any(getattr(m, "comfy_cast_weights", False) for m in image_proj.modules())
     with torch.no_grad():
-        tokens = image_proj(both.to(device=weight.device, dtype=torch.float32 if casts else weight.dtype)).to(dtype)
+        tokens = image_proj(both.to(device=weight.device, dtype=compute_dtype(image_proj))).to(dtype)
     pos, neg = tokens.chunk(2)
     if per_frame:
         return pos, neg

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .blocks import K_MEAN_V_PENALTY, K_V, K_V_PENALTY
+from ..prompt.blocks import K_MEAN_V_PENALTY, K_V, K_V_PENALTY
 
 # The token sets a branch's K'/V' stack holds (a route picks one per role) and the embeds scaling modes
 # are settings of the prompt, defined in blocks.py (torch-free, so the workflow converter reads them).
@@ -25,6 +25,30 @@ def sdpa_attention(q, k, v, heads, mask=None, **_ignored):
     q, k, v = (t.reshape(t.shape[0], -1, heads, d).transpose(1, 2) for t in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return out.transpose(1, 2).reshape(b, n, inner)
+
+
+def host_kernel_is_chunked(A) -> bool:
+    """Whether ComfyUI's optimized_attention (module ``A``, comfy.ldm.modules.attention) is one of its chunked
+    CPU kernels (sub-quadratic, split, basic: its CPU default), which the patch and training avoid."""
+    return A.optimized_attention in (A.attention_sub_quad, A.attention_split, A.attention_basic)
+
+
+def attention_functions():
+    """(text attention, image attention). Text goes through the host's optimized_attention,
+    exactly as the unpatched layer, so λ = 0 is bit-identical. The image keys are few
+    (≤ 257 per image), so SDPA never needs chunking: where the host fell back to a chunked
+    CPU kernel (sub-quadratic, split, basic), which costs as much for 4 keys as for 77,
+    the image branch uses attention_pytorch instead (bench/: with 257 tokens the added time
+    per step fell from 168 to 87 ms). attention_pytorch is wrap_attn-decorated, so
+    optimized_attention_override still applies; GPU backends (flash, xformers, sage) are kept.
+    Without the host (the core's own tests), both are torch SDPA."""
+    try:
+        import comfy.ldm.modules.attention as A
+    except ImportError:
+        return sdpa_attention, sdpa_attention
+
+    text = A.optimized_attention
+    return text, (A.attention_pytorch if host_kernel_is_chunked(A) else text)
 
 
 def image_kv(to_k_ip, to_v_ip, tokens: torch.Tensor, dtype=None, device=None):

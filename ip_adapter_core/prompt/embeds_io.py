@@ -13,10 +13,18 @@ from pathlib import Path
 
 import safetensors.torch
 
-from .config import (ENCODERS, FAMILY_BY_CROSS_DIM, FAMILY_NAMES, FEATURES, PROJECTIONS, UNCONDS,
-                     AdapterConfig, ResamplerConfig)
+from ..errors import IPAdapterError
+from ..files.config import (
+    ENCODERS,
+    FAMILY_BY_CROSS_DIM,
+    FAMILY_NAMES,
+    FEATURES,
+    PROJECTIONS,
+    UNCONDS,
+    AdapterConfig,
+    ResamplerConfig,
+)
 from .embeds import ImagePrompt
-from .errors import IPAdapterError
 
 EXTENSION = ".ipaembeds"
 FORMAT = "ipadapter-embeds/1"

@@ -8,14 +8,14 @@ from dataclasses import MISSING, fields, replace
 
 import torch
 
+from ..errors import IPAdapterError, IPAdapterMismatchError
+from ..files.config import CLIP_VISION_FEATURES
 from .embeds import ImagePrompt
-from .errors import IPAdapterError, IPAdapterMismatchError
 from .tokens import combine
 from .vision import ZERO_IMAGE_ATTR
 
 log = logging.getLogger("ipadapter")
 
-FEATURE_FIELDS = ("image_embeds", "penultimate_hidden_states", "last_hidden_state")
 # ImagePrompt fields that are its tokens and provenance; every other field is weighting.
 _TOKEN_FIELDS = ("positive", "negative", "config", "adapter_path")
 
@@ -33,9 +33,9 @@ def combine_features(inputs: list[tuple[str, object, float]], method: str):
     from comfy.clip_vision import Output
 
     weights = [_check_weight(name.replace("features", "weight"), w) for name, _, w in inputs]
-    present = [f for f in FEATURE_FIELDS if all(_tensor(out, f) is not None for _, out, _ in inputs)]
+    present = [f for f in CLIP_VISION_FEATURES if all(_tensor(out, f) is not None for _, out, _ in inputs)]
     if not present:
-        raise IPAdapterError(f"{inputs[0][0]}: the inputs share none of {FEATURE_FIELDS}; connect outputs of a "
+        raise IPAdapterError(f"{inputs[0][0]}: the inputs share none of {CLIP_VISION_FEATURES}; connect outputs of a "
                              "CLIP vision encoder (IP-Adapter Encode Image or CLIP Vision Encode).")
     out = Output()
     for f in present:

@@ -30,9 +30,9 @@ import re
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from .errors import IPAdapterError
-from .input_bounds import MAX_CUSTOM_BLOCK_ENTRIES, MAX_ENTRY_CHARS, check_count, read_number
-from .layers import layers_for
+from ..errors import IPAdapterError
+from ..files.layers import layers_for
+from ..input_bounds import MAX_CUSTOM_BLOCK_ENTRIES, MAX_ENTRY_CHARS, check_count, read_number
 
 WEIGHT_TYPES = ("linear", "ease in", "ease out", "ease in-out", "reverse in-out", "weak input", "weak output",
                 "weak middle", "strong middle", "style transfer", "composition", "strong style transfer",

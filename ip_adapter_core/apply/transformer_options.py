@@ -8,3 +8,4 @@ names, so a writer and a reader cannot drift apart and no module imports another
 RUN_KEY = "ipadapter_run"                # run_state.RunState of the sampling run in progress
 RECORD_KEY = "ipadapter_attention_map"   # attention_map.Recorder, only in the runs it makes
 WRAPPER_KEY = "ipadapter"                # our OUTER_SAMPLE wrapper among the model's wrappers
+TRAIN_TOKENS_KEY = "ipadapter_train_tokens"  # training: the batch's image tokens [B, T, C] (training/comfy_train.py)

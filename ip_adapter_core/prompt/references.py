@@ -8,7 +8,8 @@ import zlib
 import torch
 import torch.nn.functional as F
 
-from .errors import IPAdapterError
+from ..errors import IPAdapterError
+from ..input_bounds import check_image_batch
 
 # Order: the encoder's first three crop modes (vision.CROP_MODES), then the square-crop positions.
 CROP_POSITIONS = ("center", "squash", "pad", "top", "bottom", "left", "right")
@@ -16,13 +17,6 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
 NOISE_KINDS = ("fade", "dissolve", "gaussian", "shuffle")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 NEGATIVE_SIZE = 224
-
-
-def _check_image(image: torch.Tensor, what: str = "image") -> torch.Tensor:
-    if image.ndim != 4 or image.shape[0] == 0 or image.shape[-1] not in (3, 4) or 0 in image.shape[1:3]:
-        raise IPAdapterError(f"{what}: expected an IMAGE batch [images, height, width, 3] with at least one "
-                             f"image; got shape {tuple(image.shape)}.")
-    return image[..., :3]
 
 
 def _choice(value, options, what):
@@ -108,7 +102,7 @@ def prepare_reference(image: torch.Tensor, size: int = 224, interpolation: str =
     content; offsets rounded down). Sharpening (``sharpen``) is applied to the resized image,
     before padding, so the canvas stays exactly the mean colour. Values are clamped to 0..1.
     """
-    image = _check_image(image)
+    image = check_image_batch(image)[..., :3]
     _choice(crop_position, CROP_POSITIONS, "crop_position")
     _choice(interpolation, INTERPOLATIONS, "interpolation")
     if size < 1:

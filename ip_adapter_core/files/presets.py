@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..errors import IPAdapterError
 from .config import FAMILY_NAMES, VIT_BIGG, VIT_H, AdapterConfig
-from .errors import IPAdapterError
 from .model_folders import CLIP_VISION, FOLDER, Skipped, folders, scan
 
 log = logging.getLogger("ipadapter")

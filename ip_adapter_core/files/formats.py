@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import IPAdapterFileError
+from ..errors import IPAdapterFileError
 
 log = logging.getLogger("ipadapter")
 

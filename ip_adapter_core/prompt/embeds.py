@@ -7,9 +7,9 @@ from types import MappingProxyType
 
 import torch
 
+from ..errors import IPAdapterError
+from ..files.config import AdapterConfig
 from .blocks import DEFAULT_ROUTE, SCALING_MODES, V_ONLY, layer_lambdas
-from .config import AdapterConfig
-from .errors import IPAdapterError
 from .frames import FrameSpec
 from .schedules import TimeSchedule
 

@@ -1,4 +1,5 @@
-"""The attn2 replace patch that runs inside ComfyUI's UNet.
+"""The attn2 replace patch that runs inside ComfyUI's SD1.5 and SDXL UNets (one patch module per
+architecture: a family with other attention blocks gets its own module beside this one).
 
 One ``Attn2Patch`` per cross-attention key holds every image prompt applied to that
 key (chained IPAApply nodes add branches, never wrap each other), so the text
@@ -19,36 +20,17 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import (add_few_key_branch, add_image_branch, image_kv, scale_kv, sdpa_attention,
-                        use_few_key_path)
-from .blocks import V_ONLY
-from .config import FAMILY_NAMES, check_model_layers, model_family
-from .embeds import ImagePrompt
-from .errors import IPAdapterMismatchError
-from .layers import AttnLayer
+from ..errors import IPAdapterMismatchError
+from ..files.config import FAMILY_NAMES, check_model_layers, model_family
+from ..files.layers import AttnLayer
+from ..networks.ops import compute_dtype
+from ..prompt.blocks import V_ONLY
+from ..prompt.embeds import ImagePrompt
+from .attention import add_few_key_branch, add_image_branch, attention_functions, image_kv, scale_kv, use_few_key_path
 from .run_state import NEVER, RunState
 from .transformer_options import RECORD_KEY, RUN_KEY, WRAPPER_KEY
 
 log = logging.getLogger("ipadapter")
-
-
-def _attention():
-    """(text attention, image attention). Text goes through the host's optimized_attention,
-    exactly as the unpatched layer, so λ = 0 is bit-identical. The image keys are few
-    (≤ 257 per image), so SDPA never needs chunking: where the host fell back to a chunked
-    CPU kernel (sub-quadratic, split, basic), which costs as much for 4 keys as for 77,
-    the image branch uses attention_pytorch instead (bench/: with 257 tokens the added time
-    per step fell from 168 to 87 ms). attention_pytorch is wrap_attn-decorated, so
-    optimized_attention_override still applies; GPU backends (flash, xformers, sage) are kept.
-    Without the host (the core's own tests), both are torch SDPA."""
-    try:
-        import comfy.ldm.modules.attention as A
-    except ImportError:
-        return sdpa_attention, sdpa_attention
-
-    slow = (A.attention_sub_quad, A.attention_split, A.attention_basic)
-    text = A.optimized_attention
-    return text, (A.attention_pytorch if text in slow else text)
 
 
 @dataclass(eq=False, frozen=True)
@@ -70,9 +52,9 @@ class Branch:
         ipl = self.adapter.model.layer(layer.file_index)
         tokens = torch.cat([self.prompt.positive, self.prompt.negative])  # sets IMAGE_SET, NEGATIVE_SET
         w = ipl.to_k_ip.weight
-        # float32 in (manual_cast lifts the fp16 weights to it), the call's dtype out: the
-        # same rounding as the reference, which converts the weights before use.
-        compute = torch.float32 if getattr(ipl.to_k_ip, "comfy_cast_weights", False) else w.dtype
+        # the adapter's compute dtype in, the call's dtype out: the same rounding as the reference,
+        # which converts the weights before use
+        compute = compute_dtype(ipl.to_k_ip)
         k, v = image_kv(ipl.to_k_ip, ipl.to_v_ip, tokens.to(device=w.device, dtype=compute), dtype, device)
         return torch.cat([k, k.new_zeros(k[:1].shape)]), torch.cat([v, v.new_zeros(v[:1].shape)])
 
@@ -90,7 +72,7 @@ class Attn2Patch:
 
     def __call__(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]
-        text_attention, image_attention = _attention()
+        text_attention, image_attention = attention_functions()
         kw = dict(attn_precision=extra_options.get("attn_precision"), transformer_options=extra_options)
         if self.previous is not None:
             out = self.previous(q, k, v, extra_options)

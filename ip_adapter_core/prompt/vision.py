@@ -7,10 +7,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .config import IMAGE_EMBEDS, AdapterConfig, encoder_by_widths
+from ..errors import IPAdapterError, IPAdapterMismatchError
+from ..files.config import IMAGE_EMBEDS, AdapterConfig, encoder_by_widths
+from ..input_bounds import check_image_batch
 from .embeds import ImagePrompt
-from .errors import IPAdapterError, IPAdapterMismatchError
-from .references import CROP_POSITIONS, INTERPOLATIONS, prepare_reference
+from .references import CLIP_MEAN, CROP_POSITIONS, INTERPOLATIONS, prepare_reference
 from .tokens import parse_image_weights, project
 
 CROP_MODES = ("center", "squash", "pad")
@@ -56,7 +57,7 @@ def zero_image_features(clip_vision) -> torch.Tensor:
 
 
 def _mean(clip_vision, image):
-    mean = getattr(clip_vision, "image_mean", [0.48145466, 0.4578275, 0.40821073])
+    mean = getattr(clip_vision, "image_mean", CLIP_MEAN)
     return torch.tensor(mean, dtype=image.dtype, device=image.device)
 
 
@@ -69,9 +70,7 @@ def prepare(clip_vision, image: torch.Tensor, crop: str, mask: torch.Tensor | No
     outside CROP_MODES, or ``sharpening`` > 0, the (masked) image goes through
     references.prepare_reference at the encoder's size ("default" resizes bicubic) and is
     encoded as it is (crop flag False): the pixels IP-Adapter Prepare Reference shows."""
-    if image.ndim != 4 or image.shape[0] == 0 or image.shape[-1] not in (3, 4):
-        raise IPAdapterError(f"image: expected an IMAGE batch [images, height, width, 3] with at least "
-                             f"one image; got shape {tuple(image.shape)}.")
+    check_image_batch(image)
     if interpolation not in ENCODE_INTERPOLATIONS:
         raise IPAdapterError(f"interpolation: expected one of {ENCODE_INTERPOLATIONS}, got {interpolation!r}.")
     if crop not in CROP_POSITIONS:

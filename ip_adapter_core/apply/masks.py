@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .errors import IPAdapterError
+from ..errors import IPAdapterError
 
 
 def tokens_hw(latent_hw: tuple[int, int], n_tokens: int) -> tuple[int, int]:

@@ -1,14 +1,10 @@
-"""Projection networks: CLIP vision features -> image tokens of the UNet's cross width.
+"""Build the empty projection network an AdapterConfig describes."""
+from __future__ import annotations
 
-Module and parameter names follow the original tencent-ailab/IP-Adapter code so
-the official ``image_proj`` state dicts load strictly.
-"""
 from .linear import ImageProjModel
 from .mlp import MLPProjModel
 from .ops import TorchOps
 from .resampler import Resampler
-
-__all__ = ["ImageProjModel", "MLPProjModel", "Resampler", "TorchOps", "build_projection"]
 
 
 def build_projection(config, operations=TorchOps, device=None, dtype=None):

@@ -10,8 +10,8 @@ import math
 import re
 from dataclasses import dataclass
 
-from .errors import IPAdapterError
-from .input_bounds import MAX_ENTRY_CHARS, MAX_KEYFRAMES, check_count, read_number
+from ..errors import IPAdapterError
+from ..input_bounds import MAX_ENTRY_CHARS, MAX_KEYFRAMES, check_count, read_number
 
 SCHEDULE_CURVES = ("constant", "linear", "ease in", "ease out", "ease in-out", "keyframes")
 

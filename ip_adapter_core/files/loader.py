@@ -11,6 +11,7 @@ from .adapter import load_adapter
 from .config import AdapterConfig
 from .model_folders import EXTENSIONS, FOLDER
 
+
 def register_model_folder() -> None:
     """Add ``models/ipadapter`` once, keeping folders extra_model_paths.yaml registered first
     (ComfyUI reads that file before custom nodes import) and making sure our extensions count."""

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import IPAdapterError
-from .input_bounds import MAX_FRAMES, check_count, check_magnitudes
+from ..errors import IPAdapterError
+from ..input_bounds import MAX_FRAMES, check_count, check_magnitudes
 
 log = logging.getLogger("ipadapter")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import IPAdapterFileError, IPAdapterMismatchError
+from ..errors import IPAdapterFileError, IPAdapterMismatchError
 from .layers import base_channels, layers_of_width, layout_difference
 
 FAMILY_BY_CROSS_DIM = {768: "sd15", 2048: "sdxl"}
@@ -19,6 +19,8 @@ FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
 
 IMAGE_EMBEDS = "image_embeds"                  # after the visual projection
 PENULTIMATE = "penultimate_hidden_states"      # the encoder's own width
+# The fields of ComfyUI's CLIP vision output that hold features (combined, mixed and projected alike).
+CLIP_VISION_FEATURES = (IMAGE_EMBEDS, PENULTIMATE, "last_hidden_state")
 FEATURES = (IMAGE_EMBEDS, PENULTIMATE)
 PROJECTIONS = ("linear", "resampler", "mlp")
 

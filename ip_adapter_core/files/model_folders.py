@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
+from ..errors import IPAdapterError, IPAdapterFileError
 from .config import ENCODERS, IMAGE_EMBEDS, PENULTIMATE, AdapterConfig, detect_config, encoder_by_widths
-from .errors import IPAdapterError, IPAdapterFileError
-from .files import flatten_state_dict, load_pickle, sniff_format, split_sections
+from .formats import flatten_state_dict, load_pickle, sniff_format, split_sections
 
 log = logging.getLogger("ipadapter")
 
