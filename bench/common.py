@@ -35,7 +35,7 @@ def setup_imports(device: str) -> Path:
     # Never the repo root itself: its nodes/ and models/ would shadow ComfyUI's modules.
     if str(REPO_ROOT / "tests") not in sys.path:
         sys.path.insert(0, str(REPO_ROOT / "tests"))
-    from package_alias import install
+    from support.package_alias import install
 
     install()
     from ipadapter_ext.ip_adapter_core import host

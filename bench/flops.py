@@ -42,7 +42,7 @@ def _sdpa_override(func, q, k, v, heads, mask=None, **kwargs):
 
 def unet_step_flops(latent: int) -> int:
     """FLOPs of one SD1.5 UNet forward, batch 2 (CFG), 77 text tokens."""
-    from host_unet import comfy_model
+    from support.host_unet import comfy_model
 
     model = comfy_model("sd15", device="meta")
     dm = model.model.diffusion_model

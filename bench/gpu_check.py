@@ -43,7 +43,7 @@ def main(argv=None) -> int:
           f"{torch.cuda.get_device_name(0) if cuda else 'none'}")
     if not cuda and not args.dry_run:
         missing.append("a CUDA GPU (torch.cuda.is_available() is False)")
-    from package_alias import install
+    from support.package_alias import install
 
     install()
     from ipadapter_ext.ip_adapter_core import host

@@ -26,7 +26,7 @@ def build_unet(device: str, dtype=torch.float32):
 
     tests/host_unet.py derives the config ComfyUI detects for the diffusers SD1.5
     structure and initialises every parameter (comfy.ops layers skip init)."""
-    from host_unet import comfy_model
+    from support.host_unet import comfy_model
 
     t0 = time.perf_counter()
     model = comfy_model("sd15")
@@ -40,7 +40,7 @@ def build_unet(device: str, dtype=torch.float32):
 
 def adapter_path(variant: str, fmt: str = "safetensors") -> Path:
     """A random adapter file of ``variant`` (fp16 like the official releases), written once."""
-    from adapter_files import write_adapter
+    from support.adapter_files import write_adapter
 
     folder = CACHE / "adapters"
     folder.mkdir(parents=True, exist_ok=True)

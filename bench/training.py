@@ -32,7 +32,7 @@ def _rss_mb() -> float:
 
 def _setup():
     sys.path[:0] = [str(REPO / "tests")]
-    from package_alias import install
+    from support.package_alias import install
 
     install()
     from ipadapter_ext.ip_adapter_core import host
@@ -53,7 +53,7 @@ def run_variant(name: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from unet_pairs import tiny_sd15_pair
+    from support.unet_pairs import tiny_sd15_pair
 
     from ipadapter_ext.ip_adapter_core.training import noise
     from ipadapter_ext.ip_adapter_core.training.adapter_init import diffusers_text_kv, new_adapter, new_config
@@ -63,7 +63,7 @@ def run_variant(name: str) -> dict:
     adapter = new_adapter(cfg, diffusers_text_kv(unet), seed=1)
     acp = noise.alphas_cumprod()
     if name == "reference":
-        from reference_train import reference_loss, reference_processors, reference_projection
+        from support.reference_train import reference_loss, reference_processors, reference_projection
 
         procs = reference_processors(unet, adapter)
         proj = reference_projection(cfg, adapter)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from package_alias import REPO_ROOT, install  # noqa: E402,F401  (REPO_ROOT: used by tests)
+from support.package_alias import REPO_ROOT, install  # noqa: E402,F401  (REPO_ROOT: used by tests)
 
 install()
 from ipadapter_ext.ip_adapter_core import host  # noqa: E402
@@ -22,7 +22,7 @@ from ipadapter_ext.ip_adapter_core import host  # noqa: E402
 HOST = host.add_to_sys_path(cpu=os.environ.get("IPADAPTER_TEST_GPU") != "1")
 HOST_MISSING = (
     "ComfyUI host not found, host tests skipped. Searched " + host.describe_search()
-    + ". Set COMFYUI_PATH or see README.md (Tests)."
+    + ". Set COMFYUI_PATH or see README.md (Quick start)."
 )
 _warned = False
 
@@ -118,7 +118,7 @@ def pytest_configure(config):
 def servers(tmp_path_factory, adapter_file):
     """The real ComfyUI servers of the workflow and browser tests, one at a time (workflow_servers.py); their
     adapter files are the session's (``adapter_file``), linked, not written a second time."""
-    from workflow_servers import make_servers
+    from support.workflow_servers import make_servers
 
     s = make_servers(tmp_path_factory.mktemp("workflows"), adapter_file)
     yield s
@@ -128,7 +128,7 @@ def servers(tmp_path_factory, adapter_file):
 @pytest.fixture(scope="session")
 def adapter_file(tmp_path_factory):
     """Random adapter files of the real shapes, written once per session: (variant, fmt) -> Path."""
-    from adapter_files import write_adapter
+    from support.adapter_files import write_adapter
 
     root = tmp_path_factory.mktemp("adapters")
     cache = {}

@@ -19,6 +19,8 @@ CORE = "ip_adapter_core"
 # the rooms of ip_adapter_core by the path of an image prompt; a module may import its own rank or lower
 RANKS = {"": 0, "networks": 0, "files": 1, "prompt": 2, "apply": 3, "training": 4, "convert": 4}
 NODES_RANK = 5
+# the modules every room may use (rank 0)
+SHARED = {"errors", "input_bounds", "host", "package_info"}
 
 
 def our_files() -> list[str]:
@@ -78,9 +80,8 @@ def edges() -> dict[str, set[str]]:
 def rank(module: str) -> int:
     if module.startswith("nodes"):
         return NODES_RANK
-    parts = module.split(".")
-    room = parts[1] if len(parts) > 2 else ""  # ip_adapter_core.<room>.<module>, or a shared module
-    return RANKS[room]
+    parts = module.split(".")  # ip_adapter_core.<room>[.<module>], or a shared ip_adapter_core.<module>
+    return RANKS.get(parts[1], 0) if len(parts) > 1 else 0
 
 
 def test_rooms_exist_and_every_core_module_has_one():
@@ -89,6 +90,7 @@ def test_rooms_exist_and_every_core_module_has_one():
     for m in mods:
         parts = m.split(".")
         assert len(parts) == 2 or parts[1] in RANKS, f"{m}: not in a room of {sorted(RANKS)}"
+        assert len(parts) > 2 or parts[1] in RANKS or parts[1] in SHARED, f"{m}: a new shared module? add it to SHARED"
 
 
 def test_no_import_circle():
@@ -129,6 +131,7 @@ def test_the_checks_can_fail():
     assert f"{CORE}.training.drop" in graph[f"{CORE}.training.comfy_train"]
     assert any(d.startswith(CORE + ".prompt.vision") for d in graph[f"{CORE}.prompt.tiles"])
     assert rank(f"{CORE}.apply.run_state") > rank(f"{CORE}.prompt.embeds") > rank(f"{CORE}.files.config")
+    assert rank(f"{CORE}.convert") == rank(f"{CORE}.convert.rules") > rank(f"{CORE}.errors")
 
 
 @pytest.mark.parametrize("scope", ["product", "tests and tools"])

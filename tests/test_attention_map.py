@@ -14,7 +14,7 @@ pytestmark = pytest.mark.host
 
 @pytest.fixture(scope="module")
 def sd15():
-    from host_unet import comfy_model
+    from support.host_unet import comfy_model
 
     return comfy_model("sd15")
 

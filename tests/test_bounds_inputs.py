@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from adapter_files import SD15_HIDDEN
+from support.adapter_files import SD15_HIDDEN
 from ipadapter_ext.ip_adapter_core import input_bounds as B
 from ipadapter_ext.ip_adapter_core.prompt import tiles as T
 from ipadapter_ext.ip_adapter_core.files.config import AdapterConfig

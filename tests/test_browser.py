@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from workflow_servers import REPO, SIZE, WORKFLOWS, comfy_server, ui, wf
+from support.workflow_servers import REPO, SIZE, WORKFLOWS, comfy_server, ui, wf
 
 pytestmark = [pytest.mark.host, pytest.mark.browser]
 

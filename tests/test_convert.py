@@ -25,7 +25,7 @@ import pytest
 from ipadapter_ext.ip_adapter_core.convert import THEIR_NODE_IDS, ConversionError, convert
 from ipadapter_ext.ip_adapter_core.convert.plus_nodes import NODES as THEIR_NODES
 from ipadapter_ext.ip_adapter_core.convert.rules import NOT_HERE, RULES
-from plus_graphs import SCENARIOS, canonical, core, theirs
+from support.plus_graphs import SCENARIOS, canonical, core, theirs
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = ["1", 0]

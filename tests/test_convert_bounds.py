@@ -21,15 +21,27 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-
-from ipadapter_ext.bench.convert_scale import BUILD, UIGraph
+from ipadapter_ext.bench.convert_scale import BUILD
 from ipadapter_ext.ip_adapter_core.convert import ConversionError, convert
 from ipadapter_ext.ip_adapter_core.convert.limits import MAX_BYTES, MAX_PARAM_ENTRIES
-from plus_graphs import core, theirs
+from support.hostile_graphs import (
+    API_MALFORMED,
+    LOOPS,
+    MODEL,
+    UI_MALFORMED,
+    api_chain,
+    doubling_chain,
+    edited_api_graph,
+    edited_ui_graph,
+    node_of,
+    ui_chain,
+    ui_graph,
+    ui_reroute_loop,
+)
+from support.plus_graphs import theirs
 
 REPO = Path(__file__).resolve().parent.parent
 CONVERTER = str(REPO / "ip_adapter_core" / "convert")
-MODEL = ["1", 0]
 
 
 class OverBudget(BaseException):
@@ -63,90 +75,7 @@ def work(fn, budget: int = 50_000_000) -> int:
 
 # ---------------------------------------------------------------------------- graphs
 
-def api_graph() -> dict:
-    g = core("v1-5-pruned-emaonly.safetensors", MODEL)
-    g["20"] = theirs("IPAdapterUnifiedLoader", {"preset": "PLUS (high strength)"}, {"model": MODEL})
-    return g
-
-
-def from_params(g: dict, params) -> dict:
-    g["40"] = theirs("IPAdapterFromParams", {}, {"model": ["20", 0], "ipadapter": ["20", 1],
-                                                  "ipadapter_params": params})
-    g["7"]["inputs"]["model"] = ["40", 0]
-    return g
-
-
-def combine(*sources) -> dict:
-    return theirs("IPAdapterCombineParams", {}, {f"params_{i + 1}": s for i, s in enumerate(sources)})
-
-
-def doubling_chain(depth: int) -> dict:
-    """Regional Conditioning → ``depth`` Combine Params, each fed twice by the one before: 2^depth entries."""
-    g = api_graph()
-    g["100"] = theirs("IPAdapterRegionalConditioning", {}, {"image": ["5", 0]})
-    prev = "100"
-    for k in range(depth):
-        g[str(101 + k)] = combine([prev, 0], [prev, 0])
-        prev = str(101 + k)
-    return from_params(g, [prev, 0])
-
-
-def ui_graph() -> dict:
-    """Their loader → their IPAdapterAdvanced → a sampler, in the editor's format."""
-    g = UIGraph()
-    g.core()
-    apply = g.advanced(10, (300, 0), 1)
-    g.link(apply, 0, 4, 0, "MODEL")
-    return g.workflow()
-
-
-def api_chain(n: int) -> dict:
-    """``n`` IPAdapterAdvanced chained by MODEL, ids descending (the order that made the old walk recurse)."""
-    g = api_graph()
-    prev = MODEL
-    for k in range(n):
-        nid = str(100_000 - k)
-        g[nid] = theirs("IPAdapterAdvanced", {}, {"model": prev, "ipadapter": ["20", 1], "image": ["5", 0]})
-        prev = [nid, 0]
-    g["7"]["inputs"]["model"] = prev
-    return g
-
-
-def ui_chain(n: int) -> dict:
-    g = UIGraph()
-    g.core()
-    prev = 1
-    for k in range(n):
-        prev = g.advanced(100_000 - k, (300 * k, 0), prev)
-    g.link(prev, 0, 4, 0, "MODEL")
-    return g.workflow()
-
-
 # ---------------------------------------------------------------------------- loops
-
-LOOPS = {
-    "combine params fed by itself": (lambda: from_params(dict(api_graph(), **{"22": combine(["22", 0])}), ["22", 0]),
-                                     ["#22"]),
-    "two combine params": (lambda: from_params(dict(api_graph(), **{"22": combine(["23", 0]),
-                                                                    "23": combine(["22", 0])}), ["22", 0]),
-                           ["#22", "#23"]),
-    "three nodes": (lambda: from_params(dict(api_graph(), **{"22": combine(["24", 0]), "23": combine(["22", 0]),
-                                                             "24": combine(["23", 0])}), ["22", 0]),
-                    ["#22", "#23", "#24"]),
-    "two apply nodes": (lambda: dict(api_graph(), **{
-        "21": theirs("IPAdapterAdvanced", {}, {"model": ["22", 0], "ipadapter": ["20", 1], "image": ["5", 0]}),
-        "22": theirs("IPAdapterAdvanced", {}, {"model": ["21", 0], "ipadapter": ["20", 1], "image": ["5", 0]})}),
-                        ["#21", "#22"]),
-}
-
-
-def ui_reroute_loop() -> dict:
-    wf = ui_graph()
-    wf["nodes"].append({"id": 50, "type": "Reroute", "pos": [0, 0], "inputs": [{"name": "", "type": "*", "link": 90}],
-                        "outputs": [{"name": "", "type": "*", "links": [90]}]})
-    wf["links"].append([90, 50, 0, 50, 0, "*"])
-    return wf
-
 
 @pytest.mark.parametrize("name", sorted(LOOPS))
 def test_loops_are_refused_naming_their_nodes(name):
@@ -164,7 +93,7 @@ def test_a_reroute_fed_by_itself_is_refused():
 
 # ---------------------------------------------------------------------------- exponential params lists
 
-def test_a_doubling_combine_params_chain_is_read_once_per_node():
+def test_a_doubling_combine_params_chain_is_read_once_pernode_of():
     """30 levels, each fed twice by the one before: 2^30 entries. Each node's list is built once (the
     straightforward walk re-read the chain 2^30 times); FromParams stays, saying the list is too long."""
     wf = doubling_chain(30)
@@ -184,63 +113,6 @@ def test_a_short_doubling_chain_still_unrolls_every_entry():
 
 # ---------------------------------------------------------------------------- malformed input
 
-def edited_ui_graph(edit):
-    def make():
-        wf = ui_graph()
-        edit(wf)
-        return wf
-    return make
-
-
-def _node(wf, nid):
-    return next(n for n in wf["nodes"] if n.get("id") == nid)
-
-
-def _set(path_fn, value):
-    def edit(wf):
-        target, key = path_fn(wf)
-        target[key] = value
-    return edit
-
-
-UI_MALFORMED = {
-    # (edit, words the message must hold: what is wrong and where)
-    "origin_slot 10^9": (lambda wf: wf["links"].append([99, 3, 10 ** 9, 4, 0, "MODEL"]),
-                         ["link 99", "origin_slot 1000000000", "#3"]),
-    "negative target_slot": (lambda wf: wf["links"].__setitem__(0, [1, 1, 0, 10, -1, "MODEL"]),
-                             ["link 1", "target_slot -1"]),
-    "target_slot past the inputs": (lambda wf: wf["links"].__setitem__(0, [1, 1, 0, 10, 7, "MODEL"]),
-                                    ["link 1", "target_slot 7", "#10"]),
-    "duplicate node ids": (lambda wf: _node(wf, 4).__setitem__("id", 3), ["node id 3", "twice"]),
-    "string id": (lambda wf: _node(wf, 3).__setitem__("id", "3"), ["nodes[2]", "integer", "'3'"]),
-    "float id": (lambda wf: _node(wf, 3).__setitem__("id", 3.0), ["nodes[2]", "integer", "float"]),
-    "bool id": (lambda wf: _node(wf, 3).__setitem__("id", True), ["nodes[2]", "integer", "bool"]),
-    "missing id": (lambda wf: _node(wf, 3).pop("id"), ["nodes[2]", "integer", "None"]),
-    "link not a list": (lambda wf: wf["links"].__setitem__(0, "1,1,0"), ["links[0]", "str"]),
-    "link too short": (lambda wf: wf["links"].__setitem__(0, [1, 1, 0]), ["links[0]", "[1, 1, 0]"]),
-    "link with a string origin": (lambda wf: wf["links"].__setitem__(0, [1, "1", 0, 10, 0, "MODEL"]),
-                                  ["links[0]", "origin id", "'1'"]),
-    "link with a list id": (lambda wf: wf["links"].__setitem__(0, [[1], 1, 0, 10, 0, "MODEL"]), ["links[0]", "id"]),
-    "link with a float slot": (lambda wf: wf["links"].__setitem__(0, [1, 1, 0.0, 10, 0, "MODEL"]),
-                               ["links[0]", "origin slot"]),
-    "link object without origin": (lambda wf: wf["links"].__setitem__(0, {"id": 1, "target_id": 10}),
-                                   ["links[0]", "origin_id"]),
-    "links not a list": (lambda wf: wf.__setitem__("links", {"1": [1, 1, 0, 10, 0]}), ["links", "dict"]),
-    "two links, one id": (lambda wf: wf["links"].append([1, 3, 0, 10, 2, "IMAGE"]), ["link id 1"]),
-    "node not an object": (lambda wf: wf["nodes"].__setitem__(2, "LoadImage"), ["nodes[2]", "str"]),
-    "inputs not a list": (lambda wf: _node(wf, 10).__setitem__("inputs", {"model": 1}), ["#10", "inputs", "dict"]),
-    "input not an object": (lambda wf: _node(wf, 10)["inputs"].__setitem__(1, "ipadapter"),
-                            ["#10", "inputs[1]", "str"]),
-    "input link a list": (lambda wf: _node(wf, 10)["inputs"][1].__setitem__("link", [2]),
-                          ["#10", "inputs[1].link", "list"]),
-    "input widget a string": (lambda wf: _node(wf, 10)["inputs"][0].__setitem__("widget", "weight"),
-                              ["#10", "inputs[0].widget"]),
-    "outputs not a list": (lambda wf: _node(wf, 4).__setitem__("outputs", "LATENT"), ["#4", "outputs", "str"]),
-    "output not an object": (lambda wf: _node(wf, 2)["outputs"].__setitem__(0, 5), ["#2", "outputs[0]", "int"]),
-    "type not a string": (lambda wf: _node(wf, 4).__setitem__("type", ["KSampler"]), ["#4", "type", "list"]),
-}
-
-
 @pytest.mark.parametrize("name", sorted(UI_MALFORMED))
 def test_malformed_editor_files_are_refused_naming_the_node_or_link(name):
     edit, words = UI_MALFORMED[name]
@@ -249,30 +121,8 @@ def test_malformed_editor_files_are_refused_naming_the_node_or_link(name):
     assert all(w in str(err.value) for w in words), (words, str(err.value))
 
 
-def edited_api_graph(edit):
-    g = api_graph()
-    g["21"] = theirs("IPAdapterAdvanced", {}, {"model": MODEL, "ipadapter": ["20", 1], "image": ["5", 0]})
-    g["7"]["inputs"]["model"] = ["21", 0]
-    edit(g)
-    return g
-
-
-API_MALFORMED = {
-    "origin slot 10^9 of their node": (lambda g: g["21"]["inputs"].__setitem__("ipadapter", ["20", 10 ** 9]),
-                                       ["'21'", "'ipadapter'", "1000000000", "'20'"]),
-    "negative slot": (lambda g: g["21"]["inputs"].__setitem__("ipadapter", ["20", -1]), ["'21'", "'ipadapter'"]),
-    "bool slot": (lambda g: g["21"]["inputs"].__setitem__("ipadapter", ["20", True]), ["'21'", "True"]),
-    "bool node id in a link": (lambda g: g["7"]["inputs"].__setitem__("model", [True, 0]), ["'7'", "'model'"]),
-    "inputs a list": (lambda g: g["21"].__setitem__("inputs", [MODEL]), ["'21'", "inputs", "list"]),
-    "class_type not a string": (lambda g: g["21"].__setitem__("class_type", 5), ["'21'", "class_type", "int"]),
-    "_meta a string": (lambda g: g["21"].__setitem__("_meta", "title"), ["'21'", "_meta", "str"]),
-    "the same id twice": (lambda g: g.__setitem__(21, {"class_type": "Note", "inputs": {}}), ["'21'", "twice"]),
-    "a key that is not an id": (lambda g: g.__setitem__(2.5, {"class_type": "Note", "inputs": {}}), ["2.5"]),
-}
-
-
 @pytest.mark.parametrize("name", sorted(API_MALFORMED))
-def test_malformed_api_workflows_are_refused_naming_the_node(name):
+def test_malformed_api_workflows_are_refused_naming_thenode_of(name):
     edit, words = API_MALFORMED[name]
     with pytest.raises(ConversionError) as err:
         convert(edited_api_graph(edit))
@@ -307,9 +157,9 @@ def test_deeply_nested_widget_values_are_copied_without_recursion():
     for _ in range(700):         # json.loads reads it; copy.deepcopy would hit the recursion limit
         nested = [nested]
     wf = ui_graph()
-    _node(wf, 3)["widgets_values"] = [nested]
+    node_of(wf, 3)["widgets_values"] = [nested]
     out, _ = convert(json.loads(json.dumps(wf)))
-    assert json.loads(json.dumps(_node(out, 3)["widgets_values"])) == [nested]
+    assert json.loads(json.dumps(node_of(out, 3)["widgets_values"])) == [nested]
 
 
 # ---------------------------------------------------------------------------- long chains

@@ -17,7 +17,7 @@ from ipadapter_ext.ip_adapter_core.convert import convert
 from ipadapter_ext.ip_adapter_core.files.layers import layers_for
 from ipadapter_ext.ip_adapter_core.prompt.blocks import (IMAGE_TO_NEGATIVE, WEIGHT_TYPES, block_order, block_weights,
                                                          layer_table)
-from plus_graphs import SD15_CKPT, SDXL_CKPT, core, theirs
+from support.plus_graphs import SD15_CKPT, SDXL_CKPT, core, theirs
 
 MIDDLE = {"sd15": 6, "sdxl": 4}
 PRECISE = ("style transfer precise", "composition precise")

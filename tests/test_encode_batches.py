@@ -17,7 +17,7 @@ FIELDS = ("image_embeds", "last_hidden_state", "penultimate_hidden_states")
 def vit_h():
     import comfy.clip_vision
 
-    import host_models
+    from support import host_models
 
     return comfy.clip_vision.load(str(host_models.clip_vision_vit_h()))
 

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from adapter_files import VARIANTS, CodeRunningPickle, adapter_sections, write_adapter, write_sections
+from support.adapter_files import VARIANTS, CodeRunningPickle, adapter_sections, write_adapter, write_sections
 from ipadapter_ext.ip_adapter_core.files import config as C
 from ipadapter_ext.ip_adapter_core.files.adapter import load_adapter, read_adapter
 from ipadapter_ext.ip_adapter_core.errors import IPAdapterFileError

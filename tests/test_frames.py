@@ -162,7 +162,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def sd15():
-    from host_unet import comfy_model
+    from support.host_unet import comfy_model
 
     return comfy_model("sd15")
 

@@ -9,7 +9,7 @@ import gc
 import pytest
 import torch
 
-from host_unet import comfy_on_cuda
+from support.host_unet import comfy_on_cuda
 from test_host_nodes import apply, handle, prompt
 
 pytestmark = pytest.mark.host
@@ -30,7 +30,7 @@ def _sample(model, seed=1, steps=4):
 
 
 def _model(dtype):
-    from host_unet import comfy_model
+    from support.host_unet import comfy_model
 
     return comfy_model("sd15", dtype=dtype)  # the same random weights (seed 0), rounded to dtype
 

@@ -13,7 +13,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from adapter_files import SD15_HIDDEN, CodeRunningPickle
+from support.adapter_files import SD15_HIDDEN, CodeRunningPickle
 from ipadapter_ext.ip_adapter_core.files import config as cfgmod
 from ipadapter_ext.ip_adapter_core.files.model_folders import NotAnEncoder, encoder_of_file
 from ipadapter_ext.ip_adapter_core.files.config import AdapterConfig, ResamplerConfig
@@ -21,7 +21,7 @@ from ipadapter_ext.ip_adapter_core.prompt.embeds import ImagePrompt
 from ipadapter_ext.ip_adapter_core.prompt.embeds_io import FIELD_KINDS, FORMAT, load_prompt, save_prompt
 from ipadapter_ext.ip_adapter_core.errors import IPAdapterError, IPAdapterFileError
 from ipadapter_ext.ip_adapter_core.files.formats import read_flat_state_dict, torch_unpickles_safely
-from package_alias import REPO_ROOT
+from support.package_alias import REPO_ROOT
 
 H, G = "ViT-H/14", "ViT-bigG/14"
 # (class embedding width, visual projection width), from REFERENCE.md §5, not from the code
@@ -316,11 +316,10 @@ class _RecordingClient:
 
 
 @pytest.fixture
-def run_workflow(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO_ROOT / "scripts"))
-    import run_workflow
+def run_workflow():
+    from support.repo_scripts import script
 
-    return run_workflow
+    return script("run_workflow")
 
 
 LOAD_IMAGE_INFO = {"LoadImage": {"input": {"required": {"image": [["on-server.png"], {"image_upload": True}]}}}}

@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import host_models as hm
+from support import host_models as hm
 from conftest import HOST
 
 log = logging.getLogger("ipadapter.tests.host_models")

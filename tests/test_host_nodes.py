@@ -6,7 +6,7 @@ import types
 import pytest
 import torch
 
-from adapter_files import write_adapter
+from support.adapter_files import write_adapter
 from conftest import REPO_ROOT
 
 pytestmark = pytest.mark.host
@@ -101,7 +101,7 @@ def attn2(model):
 
 @pytest.fixture(scope="module")
 def sd15():
-    from host_unet import comfy_model
+    from support.host_unet import comfy_model
 
     return comfy_model("sd15")
 
@@ -115,7 +115,7 @@ def base_io():
 
 
 def run(model, io_, layout=(1, 0)):
-    from host_unet import unet_forward
+    from support.host_unet import unet_forward
 
     x, sigma, ctx = io_
     return unet_forward(model, x, sigma, ctx, layout)

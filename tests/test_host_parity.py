@@ -120,7 +120,7 @@ class Pair:
 
 @pytest.fixture(scope="module")
 def image_encoder():
-    from unet_pairs import small_clip_vision
+    from support.unet_pairs import small_clip_vision
 
     return small_clip_vision()
 
@@ -129,8 +129,8 @@ def image_encoder():
 def pair(request, image_encoder, adapter_file):
     """Indirectly parametrised with the family; pytest finishes one family's Pair before it
     builds the next one's, so at most one pair of UNets is alive."""
-    import adapter_files
-    from unet_pairs import comfy_model_sharing, diffusers_ip_host, diffusers_unet, release
+    from support import adapter_files
+    from support.unet_pairs import comfy_model_sharing, diffusers_ip_host, diffusers_unet, release
 
     family = request.param
     # Write the adapter files before the UNet exists, then drop adapter_files' cache of their

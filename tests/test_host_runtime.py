@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from host_unet import comfy_on_cuda, sdxl_family_model
+from support.host_unet import comfy_on_cuda, sdxl_family_model
 from test_host_nodes import apply, attn2, handle, prompt
 
 pytestmark = pytest.mark.host
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.host
 
 @pytest.fixture(scope="module")
 def sd15():
-    from host_unet import comfy_model
+    from support.host_unet import comfy_model
 
     return comfy_model("sd15")
 
@@ -182,7 +182,7 @@ def test_call_path_makes_no_tensors_from_python_data_and_reads_nothing_back(sd15
                     "IPADAPTER_TEST_GPU=1 on a CUDA machine): torch.cuda.set_sync_debug_mode is checked only there")
 def test_no_cuda_sync_in_patched_layers_on_gpu(adapter_file):  # pragma: no cover - GPU only
     """On a GPU: after a warm-up evaluation, a patched UNet evaluation makes no host-device sync."""
-    from host_unet import comfy_model, unet_forward
+    from support.host_unet import comfy_model, unet_forward
 
     from ipadapter_ext.ip_adapter_core.apply.run_state import RunState
 

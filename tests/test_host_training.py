@@ -12,7 +12,7 @@ pytestmark = pytest.mark.host
 def tiny():
     import comfy.sd
 
-    from host_models import register_tiny_model_configs, sd15_checkpoint
+    from support.host_models import register_tiny_model_configs, sd15_checkpoint
 
     register_tiny_model_configs()
     with torch.inference_mode():  # as the checkpoint loader node runs: its weights are inference tensors
@@ -184,7 +184,7 @@ def test_comfy_training_step_equals_the_diffusers_step(parity):
     independent transcription of the reference's, so this pins the node to the reference too."""
     import copy
 
-    from unet_pairs import tiny_sd15_pair
+    from support.unet_pairs import tiny_sd15_pair
 
     from conftest import rel_err
     from ipadapter_ext.ip_adapter_core.training import noise

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.host
 def vit_h():
     import comfy.clip_vision
 
-    import host_models
+    from support import host_models
 
     return comfy.clip_vision.load(str(host_models.clip_vision_vit_h()))
 
@@ -73,7 +73,7 @@ def test_core_clip_vision_encode_output_works_with_clip_vision_input(vit_h, imag
 def test_clip_vision_finder_picks_by_shapes(tmp_path, adapter_file):
     import folder_paths
 
-    import host_models
+    from support import host_models
     from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
     from ipadapter_ext.ip_adapter_core.files.loader import load_adapter_handle
     from ipadapter_ext.ip_adapter_core.files.model_folders import find_clip_vision_file

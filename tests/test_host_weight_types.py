@@ -21,7 +21,7 @@ LATENT = (1, 4, 8, 8)
 
 @pytest.fixture(scope="module")
 def sd15():
-    from host_unet import comfy_model
+    from support.host_unet import comfy_model
 
     return comfy_model("sd15")
 
@@ -82,7 +82,7 @@ def test_linear_is_the_weighting_of_before(sd15, base):
 
 
 def test_sdxl_style_transfer_patches_only_output_block_1(adapter_file):
-    from host_unet import sdxl_family_model
+    from support.host_unet import sdxl_family_model
 
     from ipadapter_ext.ip_adapter_core.files.layers import layers_for
     from ipadapter_ext.nodes.image_prompt import IPAProject

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from package_alias import REPO_ROOT
+from support.package_alias import REPO_ROOT
 
 QUICK = "tests/test_schedules.py"  # host-free, a second: enough to show collection and a passing run
 

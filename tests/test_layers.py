@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ipadapter_ext.ip_adapter_core.files.layers import LAYERS
-from unet_configs import sd15_config, sdxl_config
+from support.unet_configs import sd15_config, sdxl_config
 
 CONFIGS = {"sd15": sd15_config, "sdxl": sdxl_config}
 

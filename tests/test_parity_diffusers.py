@@ -6,7 +6,7 @@ import torch
 from diffusers.loaders.unet import UNet2DConditionLoadersMixin
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0, IPAdapterAttnProcessor2_0
 
-from adapter_files import adapter_sections
+from support.adapter_files import adapter_sections
 from conftest import rel_err
 from ipadapter_ext.ip_adapter_core.files.adapter import load_adapter
 from ipadapter_ext.ip_adapter_core.prompt.embeds import ImagePrompt

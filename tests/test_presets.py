@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapter_files import VARIANTS, image_proj_state, ip_layers_state, write_adapter
+from support.adapter_files import VARIANTS, image_proj_state, ip_layers_state, write_adapter
 from ipadapter_ext.ip_adapter_core.files import model_folders
 
 pytestmark = pytest.mark.host
@@ -100,7 +100,7 @@ def write_variant(directory: Path, name: str, variant: str) -> Path:
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory):
-    from host_models import clip_vision_vit_h
+    from support.host_models import clip_vision_vit_h
 
     root = tmp_path_factory.mktemp("models")
     dirs = {k: root / k for k in ("main", "extra", "clip_vision")}
@@ -154,7 +154,7 @@ def meta_model(family: str):
     """A ComfyUI ModelPatcher of the family's real UNet config on meta (no weights)."""
     import comfy.model_detection
     import comfy.model_patcher
-    from host_unet import comfy_unet_config
+    from support.host_unet import comfy_unet_config
 
     model_config = comfy.model_detection.model_config_from_unet_config(comfy_unet_config(family))
     model = model_config.get_model({}, device="meta")

@@ -261,7 +261,7 @@ def test_encode_prepare_defaults_are_unchanged_and_options_use_prepare_reference
 def vit_h():
     import comfy.clip_vision
 
-    import host_models
+    from support import host_models
 
     return comfy.clip_vision.load(str(host_models.clip_vision_vit_h()))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from package_alias import REPO_ROOT
+from support.package_alias import REPO_ROOT
 
 REPO = Path(REPO_ROOT)
 DATA = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))

@@ -66,16 +66,16 @@ import pytest
 import torch
 from PIL import Image
 
-import adapter_files
+from support import adapter_files
 import conftest
-import hostile_convert_requests
-from soak_prompts import (BAD, BASE, CKPT, EVIL, GOOD, IMAGES, RANDOM_BYTES, SEED, SIZE, SOURCES, TRUNCATED,
+from support import hostile_convert_requests
+from support.soak_prompts import (BAD, BASE, CKPT, EVIL, GOOD, IMAGES, RANDOM_BYTES, SEED, SIZE, SOURCES, TRUNCATED,
                           WRONG_EMBEDS, build, plain_prompt, schedule)
-from adapter_files import CodeRunningPickle, adapter_sections
+from support.adapter_files import CodeRunningPickle, adapter_sections
+from support.repo_scripts import script
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
-import comfy_server  # noqa: E402
+comfy_server = script("comfy_server")
 
 pytestmark = pytest.mark.host
 log = logging.getLogger("ipadapter.tests.soak")
@@ -115,7 +115,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, adapter_file) -> Env:
-    import host_models  # noqa: PLC0415 - needs the host on sys.path (conftest)
+    from support import host_models  # noqa: PLC0415 - needs the host on sys.path (conftest)
 
     root = tmp_path_factory.mktemp("soak")
     models = root / "models"

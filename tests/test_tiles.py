@@ -93,14 +93,14 @@ def test_enhance_cells_and_merge_against_explicit_loops():
 def vit_h():
     import comfy.clip_vision
 
-    import host_models
+    from support import host_models
 
     return comfy.clip_vision.load(str(host_models.clip_vision_vit_h()))
 
 
 @pytest.fixture(scope="module")
 def sd15():
-    from host_unet import comfy_model
+    from support.host_unet import comfy_model
 
     return comfy_model("sd15")
 
@@ -140,7 +140,7 @@ def test_one_tile_equals_the_untiled_prompt(vit_h, sd15, adapter_file):
 def test_two_tiles_where_they_lie_and_everywhere(vit_h, sd15, adapter_file, family):
     """The same tiles, masks and per-tile prompts on every cross-attention layer of SD1.5 (16) and SDXL
     (70; a UNet of the real SDXL layout on the meta device: applying needs no weights)."""
-    from host_unet import sdxl_family_model
+    from support.host_unet import sdxl_family_model
 
     from ipadapter_ext.ip_adapter_core.files.layers import layers_for
     from ipadapter_ext.ip_adapter_core.files.loader import load_adapter_handle

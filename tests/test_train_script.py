@@ -31,10 +31,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from package_alias import REPO_ROOT
-from unet_configs import sd15_config
+from support.package_alias import REPO_ROOT
+from support.repo_scripts import SCRIPTS
+from support.repo_scripts import script as repo_script
+from support.unet_configs import sd15_config
 
-SCRIPTS = REPO_ROOT / "scripts"
 SCRIPT = SCRIPTS / "train_ipadapter.py"
 SEED, STEPS, EVERY = 7, 6, 3
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -45,11 +46,6 @@ d.init_process_group("gloo"); x = torch.ones(1); d.all_reduce(x); assert x.item(
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("accelerate") is None,
     reason="accelerate is not installed (pip install -r requirements-train.txt)")
-
-
-def _scripts_on_path():
-    if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))
 
 
 def _free_port() -> int:
@@ -108,8 +104,7 @@ class InProcess:
     """scripts/train_ipadapter.py's main() in this process, one thread, accelerate's state reset after."""
 
     def __init__(self, out, argv):
-        _scripts_on_path()
-        import train_ipadapter
+        train_ipadapter = repo_script("train_ipadapter")
         from accelerate.state import AcceleratorState
 
         self.out, self.error, threads = out, None, torch.get_num_threads()
@@ -138,8 +133,7 @@ class InProcess:
 
 def _save_tiny_sdxl(tmp):
     """The tiny SDXL models as a diffusers model folder and a CLIP vision folder."""
-    _scripts_on_path()
-    import train_data
+    train_data = repo_script("train_data")
     from diffusers import DDPMScheduler
 
     m, root = train_data.tiny_models("sdxl", 64), tmp / "sdxl-model"
@@ -193,16 +187,14 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def script():
-    _scripts_on_path()
-    import train_ipadapter
-
+    train_ipadapter = repo_script("train_ipadapter")
     train_ipadapter.import_core()
     return train_ipadapter
 
 
 @pytest.fixture(scope="module")
 def tiny(script):
-    import train_data
+    train_data = repo_script("train_data")
 
     return train_data.tiny_models("sd15", 64)
 
@@ -226,7 +218,7 @@ def _rel(a: dict, b: dict) -> float:
 
 
 def test_tiny_unet_is_the_sd15_structure(script):
-    import train_data
+    train_data = repo_script("train_data")
 
     def plain(cfg):  # lists and tuples alike
         return json.loads(json.dumps({k: v for k, v in cfg.items() if k != "sample_size"}))
@@ -296,7 +288,7 @@ def test_final_file_is_detected_and_loads_in_ours_and_diffusers(runs, tiny, init
     from ipadapter_ext.ip_adapter_core.files.adapter import read_adapter
     from ipadapter_ext.ip_adapter_core.training.adapter_init import new_config
     from conftest import rel_err
-    from unet_pairs import diffusers_ip_host
+    from support.unet_pairs import diffusers_ip_host
 
     full = runs["full"].check()
     path = full.out / "adapter.safetensors"

@@ -22,7 +22,7 @@ from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
 from ipadapter_ext.ip_adapter_core.training import drop, noise
 from ipadapter_ext.ip_adapter_core.training.adapter_init import diffusers_text_kv, new_adapter, new_config
 from ipadapter_ext.ip_adapter_core.training.diffusers_unet import install_processors, predict_noise
-from unet_configs import sd15_config
+from support.unet_configs import sd15_config
 
 TOL = 1e-5
 MIDDLE = 31  # file index of the middle block's attn2 (the last in unet.attn_processors)
@@ -49,7 +49,7 @@ def unet():
     return model
 
 
-from reference_train import reference_loss, reference_processors, reference_projection  # noqa: E402
+from support.reference_train import reference_loss, reference_processors, reference_projection  # noqa: E402
 
 
 def features(cfg, n, gen):

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -40,10 +39,7 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
-import comfy_server  # noqa: E402
-import workflow_format as wf  # noqa: E402
-from workflow_servers import MODEL_INPUTS, SDXL, SIZE, WORKFLOWS, api, ui  # noqa: E402
+from support.workflow_servers import MODEL_INPUTS, SDXL, SIZE, WORKFLOWS, api, comfy_server, ui, wf
 
 log = logging.getLogger("ipadapter.tests.workflows")
 

@@ -29,8 +29,8 @@ from safetensors.numpy import load_file
 
 from ipadapter_ext.ip_adapter_core.convert import convert
 from ipadapter_ext.ip_adapter_core.convert.our_nodes import CONTROL, SPECS
-from plus_graphs import BASE_SD15, CLIP_H, FAMILY, IMAGES, PLUS_SD15, SCENARIOS, SD15_CKPT, SIZE, canonical, to_ui
-from workflow_servers import comfy_server, wf
+from support.plus_graphs import BASE_SD15, CLIP_H, FAMILY, IMAGES, PLUS_SD15, SCENARIOS, SD15_CKPT, SIZE, canonical, to_ui
+from support.workflow_servers import comfy_server, wf
 
 pytestmark = [pytest.mark.host, pytest.mark.slow]
 RUN_ORDER = sorted(SCENARIOS, key=lambda s: (FAMILY[s] != "sdxl", s))

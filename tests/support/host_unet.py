@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from unet_configs import sd15_config, sdxl_config
+from support.unet_configs import sd15_config, sdxl_config
 
 log = logging.getLogger("ipadapter.tests")
 

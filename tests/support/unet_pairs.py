@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from unet_configs import sd15_config, sdxl_config
+from support.unet_configs import sd15_config, sdxl_config
 
 log = logging.getLogger("ipadapter.tests")
 
@@ -32,7 +32,7 @@ def diffusers_unet(family: str):
     from diffusers import UNet2DConditionModel
     from safetensors import safe_open
 
-    import host_models
+    from support import host_models
 
     t0 = time.perf_counter()
     with torch.device("meta"):
@@ -107,7 +107,7 @@ def tiny_sd15_pair(seed: int = 0):
     import comfy.utils
     from diffusers import UNet2DConditionModel
 
-    from host_models import register_tiny_model_configs, unet_config
+    from support.host_models import register_tiny_model_configs, unet_config
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**{**sd15_config(10), "norm_num_groups": 32}).eval().requires_grad_(False)

@@ -1,6 +1,6 @@
 """Import this repository as the package ``ipadapter_ext`` without running its ``__init__``.
 
-Its sub-packages ``nodes`` and ``models`` share names with ComfyUI's top-level modules, so
+Its sub-package ``nodes`` shares a name with ComfyUI's top-level modules, so
 the repo root never goes on sys.path; ComfyUI itself imports it under its folder name. The
 package ``__init__`` registers nodes and needs a running host, so it is skipped here.
 Used by tests/conftest.py and bench/.
@@ -9,12 +9,12 @@ import sys
 import types
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PKG = "ipadapter_ext"
 
 
 def install() -> None:
-    """Register ``ipadapter_ext`` (idempotent) and put tests/ on sys.path for its helpers."""
+    """Register ``ipadapter_ext`` (idempotent) and put tests/ on sys.path for ``support``."""
     if PKG not in sys.modules:
         pkg = types.ModuleType(PKG)
         pkg.__path__ = [str(REPO_ROOT)]

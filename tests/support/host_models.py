@@ -296,8 +296,8 @@ def write_tiny_config_node(custom_nodes: Path) -> Path:
     path.write_text(
         "# Written by tests/host_models.py: lets ComfyUI detect the tiny random test UNets.\n"
         "import sys\n"
-        f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
-        "import host_models\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+        "from support import host_models\n"
         "sys.path.pop(0)\n"
         "host_models.register_tiny_model_configs()\n"
         "NODE_CLASS_MAPPINGS = {}\n")
@@ -306,7 +306,7 @@ def write_tiny_config_node(custom_nodes: Path) -> Path:
 
 if __name__ == "__main__":
     # Pre-fill the cache (e.g. in a CI cache step): conftest locates the host.
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import conftest  # noqa: F401,E402
 
     logging.basicConfig(level=logging.INFO)

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
-import comfy_server  # noqa: E402
-import workflow_format as wf  # noqa: E402
+from support.repo_scripts import script
+
+REPO = Path(__file__).resolve().parents[2]
+comfy_server = script("comfy_server")
+wf = script("workflow_format")
 
 WORKFLOWS = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
 SDXL = {"07_sdxl_style_composition"}
@@ -42,7 +42,7 @@ def api(name):
 
 
 def _model_file(recipe, adapter_file) -> Path:
-    import host_models  # noqa: PLC0415 - needs the host on sys.path (conftest)
+    from support import host_models  # noqa: PLC0415 - needs the host on sys.path (conftest)
 
     if recipe[0] == "adapter":
         return adapter_file(recipe[1])

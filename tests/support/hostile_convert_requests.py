@@ -1,5 +1,5 @@
 """Hostile request bodies for the converter's route (POST /ipadapter/convert), as a shared workflow or a
-stranger's script could send them: every malformed and looping graph of tests/test_convert_bounds.py, a
+stranger's script could send them: every malformed and looping graph of hostile_graphs.py, a
 doubling Combine Params chain, a 3000-node chain, JSON nested 100k deep, a body over the size limit, another
 content type. Each with the statuses the route may answer. Used by the soak (tests/test_soak.py), which posts
 them to a real server while prompts run."""
@@ -11,10 +11,17 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 
-from test_convert_bounds import (API_MALFORMED, LOOPS, UI_MALFORMED, doubling_chain, edited_api_graph,
-                                 edited_ui_graph, ui_chain)
-
 from ipadapter_ext.ip_adapter_core.convert.limits import MAX_BYTES
+
+from support.hostile_graphs import (
+    API_MALFORMED,
+    LOOPS,
+    UI_MALFORMED,
+    doubling_chain,
+    edited_api_graph,
+    edited_ui_graph,
+    ui_chain,
+)
 
 
 @dataclass(frozen=True)
