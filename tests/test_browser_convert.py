@@ -18,7 +18,7 @@ import time
 import pytest
 
 from ipadapter_ext.ip_adapter_core.convert import THEIR_NODE_IDS
-from plus_graphs import MODEL, SCENARIOS, theirs, to_ui
+from support.plus_graphs import MODEL, SCENARIOS, theirs, to_ui
 # the module-scoped fixtures of test_browser.py: one Chromium and one editor page for this module too
 from test_browser import SIZE, browser, editor, object_info  # noqa: F401
 from test_convert import their_examples
@@ -72,7 +72,7 @@ def test_their_file_opens_converted_with_one_notice(editor, object_info, tmp_pat
 
 def test_their_own_example_opens_converted(editor, tmp_path):
     """Their examples/ipadapter_style_composition.json (SDXL style and composition), as they ship it: the
-    README's screenshot. Needs their examples (IPADAPTER_PLUS_EXAMPLES, see test_convert.py)."""
+    screenshot in docs/converting.md. Needs their examples (IPADAPTER_PLUS_EXAMPLES, see test_convert.py)."""
     folder = their_examples()
     if folder is None:
         pytest.skip("THEIR EXAMPLE NOT OPENED: set IPADAPTER_PLUS_EXAMPLES (see test_convert.py)")

@@ -1,4 +1,4 @@
-"""bench/gpu_check.sh, the one script a task lent a GPU runs (README › Performance): its dry run, here on the
+"""bench/gpu_check.sh, the one script a task lent a GPU runs (docs/performance.md): its dry run, here on the
 CPU, finds the Python packages, ComfyUI, this extension's nodes and the files of every step, collects the GPU
 tests, and writes nothing into the repository."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from package_alias import REPO_ROOT
+from support.package_alias import REPO_ROOT
 
 STEPS = ("sync-debug", "half-precision-and-free", "bench-cuda", "train-accelerate")
 

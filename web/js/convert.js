@@ -84,7 +84,7 @@ function describe(report) {
   for (const l of lost.slice(0, 4)) lines.push(`Not kept: ${l}.`);
   if (report.converted?.length) {
     lines.push("Differences in output: the middle block is patched here; plus/full-face default "
-      + "negatives follow the reference. README › Converting ComfyUI_IPAdapter_plus workflows.");
+      + "negatives follow the reference. Details: docs/converting.md in this extension's folder.");
   }
   return lines.join("\n");
 }
