@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import runpy
 import socket
 import subprocess
 import sys
@@ -342,9 +343,10 @@ def test_documented_diffusers_snippet_loads_the_trained_file(runs, tiny, tmp_pat
         code = code.replace(f'"{doc_path}"', repr(str(ours)))
     assert f'weight_name="{path.name}"' in code, "docs/training.md's snippet loads another file than the script writes"
 
-    scope: dict = {}
+    snippet = tmp_path / "training_md_snippet.py"  # run as a script, as a reader would run it
+    snippet.write_text(code, encoding="utf-8")
     with torch.random.fork_rng(devices=[]):  # the pipeline draws its noise from the global generator
-        exec(compile(code, "docs/training.md", "exec"), scope)
+        scope = runpy.run_path(str(snippet))
     assert scope["image"].size == (64, 64)
     _, (x, t, text, feats), ours = _noise_ours(path, tiny)
     with torch.no_grad():
