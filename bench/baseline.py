@@ -1,6 +1,6 @@
 """A straightforward attn2 replace patch, written for comparison only.
 
-It does per call what the popular extension does (REFERENCE.md §7, issue 5): project
+It does per call what the popular extension does (its CrossAttentionPatch.py; issue 5): project
 the image tokens through to_k_ip/to_v_ip on every call (with ComfyUI's manual_cast
 layers that also casts the fp16 weights on every call), build the K'/V' batch by
 concatenating one chunk per ``cond_or_uncond`` entry, and resize the mask to the

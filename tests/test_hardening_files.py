@@ -24,7 +24,8 @@ from ipadapter_ext.ip_adapter_core.files.formats import read_flat_state_dict, to
 from support.package_alias import REPO_ROOT
 
 H, G = "ViT-H/14", "ViT-bigG/14"
-# (class embedding width, visual projection width), from REFERENCE.md §5, not from the code
+# (class embedding width, visual projection width) of the OpenCLIP ViT-H/14 and ViT-bigG/14 releases
+# (their config.json: hidden_size, projection_dim), written out here, not taken from the code
 CLIP_WIDTHS = {H: (1280, 1024), G: (1664, 1280)}
 
 SD15_BASE = AdapterConfig("sd15", "linear", 4, H, "image_embeds", 1024, 768, tuple(SD15_HIDDEN),

@@ -12,7 +12,7 @@ CONFIGS = {"sd15": sd15_config, "sdxl": sdxl_config}
 
 
 def test_sd15_table_matches_reference_numbers():
-    """REFERENCE.md §4 spelled out: file index -> ComfyUI key for SD1.5."""
+    """File index (diffusers' attn_processors order) -> ComfyUI key for SD1.5, spelled out by hand."""
     want = {1: ("input", 1, 0), 3: ("input", 2, 0), 5: ("input", 4, 0), 7: ("input", 5, 0),
             9: ("input", 7, 0), 11: ("input", 8, 0), 13: ("output", 3, 0), 15: ("output", 4, 0),
             17: ("output", 5, 0), 19: ("output", 6, 0), 21: ("output", 7, 0), 23: ("output", 8, 0),

@@ -1,7 +1,9 @@
 """Random-weight IP-Adapter files of the real shapes, in the real file formats.
 
-Shapes are written out here from ../shared/REFERENCE.md §2 and §4, independently of
-the code under test, so a detection bug cannot hide behind a shared table.
+Shapes are written out here from the released files (h94/IP-Adapter: projection widths and
+token counts per variant) and the layer numbering of diffusers' ``unet.attn_processors`` (all down
+blocks, then up blocks, then the mid block; attn2 at the odd indices), independently of the code
+under test, so a detection bug cannot hide behind a shared table.
 """
 from __future__ import annotations
 
