@@ -268,6 +268,20 @@ def test_finder_reads_openclip_and_pickles_and_says_why_it_skipped(clip_vision_f
 
 
 @pytest.mark.host
+def test_finder_message_names_at_most_twenty_skipped_files(clip_vision_folder, caplog):
+    """A folder of many other files gives a message of bounded length; the log still names every one."""
+    from ipadapter_ext.ip_adapter_core.files.model_folders import LISTED, find_clip_vision_file
+
+    for i in range(LISTED + 5):
+        (clip_vision_folder / f"lora-{i:02d}.safetensors").write_bytes(b"\xff" * 64)
+    with caplog.at_level(logging.INFO, logger="ipadapter"), pytest.raises(IPAdapterError) as e:
+        find_clip_vision_file(SD15_BASE)
+    msg = str(e.value)
+    assert msg.count("'lora-") == LISTED and "and 5 more (the log names each)" in msg
+    assert sum("lora-" in r.getMessage() for r in caplog.records) == LISTED + 5
+
+
+@pytest.mark.host
 def test_finder_skips_pickles_on_old_torch(clip_vision_folder, monkeypatch):
     from ipadapter_ext.ip_adapter_core.files.model_folders import find_clip_vision_file
 

@@ -228,11 +228,17 @@ def scan(kind: str) -> list[tuple[str, object]]:
             for path, st in model_files(folders(kind), extensions)]
 
 
+LISTED = 20  # skipped files a message names; the log (INFO) names every one
+
+
 def shown_name(path: str, kind: str) -> str:
     """``path`` as ComfyUI lists it: relative to the ``kind`` folder that holds it."""
     for root in folders(kind):
-        rel = os.path.relpath(path, os.path.abspath(root))
-        if not rel.startswith(os.pardir):
+        try:
+            rel = os.path.relpath(path, os.path.abspath(root))
+        except ValueError:  # Windows: another drive
+            continue
+        if rel != os.pardir and not rel.startswith(os.pardir + os.sep):
             return rel
     return path
 
@@ -249,7 +255,9 @@ def find_clip_vision_file(config: AdapterConfig) -> str:
         log.info("clip_vision: skipped %s: %s", path, reason)
         skipped.append(f"'{shown_name(path, CLIP_VISION)}': {reason}")
     if not candidates:
-        listing = "; ".join(skipped) if skipped else "the folders hold no model files"
+        listing = "; ".join(skipped[:LISTED]) if skipped else "the folders hold no model files"
+        if len(skipped) > LISTED:
+            listing += f"; and {len(skipped) - LISTED} more (the log names each)"
         raise IPAdapterError(
             f"clip_vision: no {config.encoder} CLIP vision model found in models/{CLIP_VISION} "
             f"(searched: {', '.join(folders(CLIP_VISION))}); the adapter ({config.name}) needs it. "
