@@ -153,7 +153,7 @@ CACHE_SIZE = 4096
 CLASSIFIED: OrderedDict[tuple[str, int, int], tuple[tuple[int, int], object]] = OrderedDict()
 
 
-def classified(kind: str, path: str, st: os.stat_result):
+def _classified(kind: str, path: str, st: os.stat_result):
     """The cached classification of ``path`` (an AdapterConfig, an encoder name or Skipped),
     redone when the file's size or mtime changed. Never raises: a bad file is Skipped."""
     key, stamp = (kind, st.st_dev, st.st_ino), (st.st_size, st.st_mtime_ns)
@@ -224,7 +224,7 @@ def scan(kind: str) -> list[tuple[str, object]]:
     """(path, classification) of every model file under the ``kind`` folders, sorted by path."""
     extensions = EXTENSIONS if kind == FOLDER else ENCODER_EXTENSIONS
     return [(path, Skipped(f"cannot be read ({st.strerror})") if isinstance(st, OSError)
-             else classified(kind, path, st))
+             else _classified(kind, path, st))
             for path, st in model_files(folders(kind), extensions)]
 
 
