@@ -12,12 +12,14 @@ except ImportError:  # pragma: no cover - depends on the host version
     log.error("IP-Adapter nodes need ComfyUI 0.8 or newer (comfy_api.latest is missing): update ComfyUI.")
     raise
 
+from .ip_adapter_core.faces.packs import register_folder as register_face_folder
 from .ip_adapter_core.files.loader import register_model_folder
 from .ip_adapter_core.package_info import version
 from .nodes import IPAdapterExtension
 from .nodes.routes import register as register_routes
 
 register_model_folder()
+register_face_folder()  # models/insightface: the FaceID face packs
 register_routes()  # the editor's converter for ComfyUI_IPAdapter_plus workflows (web/js/convert.js)
 log.info("IP-Adapter nodes %s", version())
 

@@ -6,10 +6,11 @@ from .apply import IPAApply, IPAApplySimple
 from .attention_map import IPAAttentionMap
 from .combine import IPACombineEmbeds, IPACombineFeatures
 from .embeds_files import IPALoadEmbeds, IPASaveEmbeds
+from .faces import IPAFaceAnalysis, IPAFaceAnalysisLoader, IPAFaceID, IPAProjectFace
 from .frames import IPAFrames, IPAFrameWeights
 from .image_prompt import IPAEncodeImage, IPAProject
 from .loaders import IPACLIPVisionLoader, IPALoader
-from .presets import IPAUnifiedLoader
+from .presets import IPAUnifiedLoader, IPAUnifiedLoaderFaceID
 from .references import IPANoiseNegative, IPAPrepareReference
 from .tiles import IPAApplyTiled, IPAEncodeEnhanced
 from .training import IPASaveAdapterNode, IPATrainingSetNode, IPATrainNode
@@ -19,7 +20,8 @@ NODES = [IPALoader, IPACLIPVisionLoader, IPAEncodeImage, IPAProject, IPAWeight, 
          IPAApplySimple, IPASaveEmbeds, IPALoadEmbeds, IPACombineFeatures, IPACombineEmbeds,
          IPATrainingSetNode, IPATrainNode, IPASaveAdapterNode, IPAUnifiedLoader,
          IPAPrepareReference, IPANoiseNegative, IPAEncodeEnhanced, IPAApplyTiled, IPAFrames, IPAFrameWeights,
-         IPAAttentionMap]
+         IPAAttentionMap, IPAFaceAnalysisLoader, IPAFaceAnalysis, IPAProjectFace, IPAFaceID,
+         IPAUnifiedLoaderFaceID]
 
 
 class IPAdapterExtension(ComfyExtension):

@@ -6,6 +6,8 @@ from ..ip_adapter_core.prompt.blocks import WEIGHT_TYPES
 
 IPAModel = io.Custom("IPA_MODEL")
 IPAEmbeds = io.Custom("IPA_EMBEDS")
+FaceAnalysis = io.Custom("IPA_FACE_ANALYSIS")  # a face pack's detector and recogniser (faces/analysis.py)
+Faces = io.Custom("IPA_FACES")                 # the faces found in pictures (faces/face_set.py)
 CATEGORY = "ipadapter"
 
 

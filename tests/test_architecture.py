@@ -17,7 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 CORE = "ip_adapter_core"
 # the rooms of ip_adapter_core by the path of an image prompt; a module may import its own rank or lower
-RANKS = {"": 0, "networks": 0, "files": 1, "prompt": 2, "apply": 3, "training": 4, "convert": 4}
+RANKS = {"": 0, "networks": 0, "files": 1, "faces": 1, "prompt": 2, "apply": 3, "training": 4, "convert": 4}
 NODES_RANK = 5
 # the modules every room may use (rank 0)
 SHARED = {"errors", "input_bounds", "host", "package_info"}

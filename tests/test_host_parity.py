@@ -277,3 +277,139 @@ def test_sdxl_unpatched_comfyui_equals_diffusers(pair, parity):
 @pytest.mark.parametrize("variant", SDXL_VARIANTS)
 def test_sdxl_adapter_equals_diffusers(pair, image_encoder, adapter_file, parity, variant):
     check_case(pair, image_encoder, parity, adapter_file(variant), variant, 1.0, NEG_POS)
+
+
+# ----------------------------------------------------------------------------- FaceID
+
+# (variant, faces, shortcut): plusv2 runs with the v2 shortcut (s_scale 1.5, to see it count) and without it (v1)
+SD15_FACEID = [("ip-adapter-faceid_sd15", 1, False), ("ip-adapter-faceid-plusv2_sd15", 1, True),
+               ("ip-adapter-faceid-plusv2_sd15", 1, False), ("ip-adapter-faceid-portrait-v11_sd15", 3, False)]
+S_SCALE = 1.5
+
+
+def faceid_reference(pair: Pair, path, ids, clip, zero_clip, shortcut, lam, layout):
+    """The reference's ε: its projection (MLPProjModel / ProjPlusModel) on the file's image_proj, its LoRA and
+    IP processors on diffusers' UNet (tests/support/reference_faceid.py), restored afterwards."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from ipadapter_ext.ip_adapter_core.files.formats import read_flat_state_dict, split_sections
+    from support.reference_faceid import RefMLPProjModel, RefProjPlusModel, reference_processors
+
+    sections, _ = split_sections(read_flat_state_dict(path))
+    proj_sd = {k: v.float() for k, v in sections["image_proj"].items()}
+    cross = pair.unet.config.cross_attention_dim
+    tokens = proj_sd["proj.2.weight"].shape[0] // cross
+    n = ids.shape[0]
+    with torch.no_grad():
+        if clip is None:
+            proj = RefMLPProjModel(cross, 512, tokens)
+            proj.load_state_dict(proj_sd)
+            pos, neg = proj(ids), proj(torch.zeros_like(ids))
+        else:
+            proj = RefProjPlusModel(cross, 512, 1280, tokens)
+            proj.load_state_dict(proj_sd)
+            pos = proj(ids, clip, shortcut=shortcut, scale=S_SCALE)
+            neg = proj(torch.zeros_like(ids), zero_clip.expand(n, -1, -1), shortcut=shortcut, scale=S_SCALE)
+    # several faces: the portrait reference's n_cond, [1, n·T, C]
+    pos, neg = pos.reshape(1, -1, cross), neg.reshape(1, -1, cross)
+    rank = next((v.shape[0] for k, v in sections["ip_adapter"].items() if k.endswith("_lora.down.weight")), 128)
+    procs = reference_processors(pair.unet, sections, lam, rank)
+    rows = torch.cat([neg if code == 1 else pos for code in layout])
+    for p in procs.values():
+        p.ip_tokens = rows
+    pair.unet.set_attn_processor(procs)
+    try:
+        return pair.diffusers_forward(layout)
+    finally:
+        pair.unet.set_attn_processor(AttnProcessor2_0())
+
+
+def faceid_ours(pair: Pair, path, ids, clip, zero_clip, shortcut, lam, layout, lora_strength=1.0, model=None):
+    """Our ε as a workflow gets it: the file loaded, the faces projected (prompt/faces.py), IPAWeight, IPAApply
+    (which merges the LoRA), the model loaded by ComfyUI's memory manager (weights patched, as a sampler
+    loads it), the UNet run, and the patches taken off again."""
+    import comfy.model_management as mm
+
+    from ipadapter_ext.ip_adapter_core.files.loader import load_adapter_handle
+    from ipadapter_ext.ip_adapter_core.prompt.embeds import ImagePrompt
+    from ipadapter_ext.ip_adapter_core.prompt.faces import project_faces
+    from ipadapter_ext.nodes.apply import IPAApply
+    from ipadapter_ext.nodes.weight import IPAWeight
+
+    handle = load_adapter_handle(path)
+    pos, neg = project_faces(handle.model.image_proj, handle.config, ids, clip, zero_clip, "concat",
+                             shortcut=shortcut, s_scale=S_SCALE)
+    prompt = ImagePrompt(pos, neg, handle.config, str(path), lora_strength=lora_strength)
+    embeds = IPAWeight.execute(prompt, lam, "all", "", 0.0, 1.0).result[0]
+    patched = IPAApply.execute(pair.comfy if model is None else model, handle, embeds).result[0]
+    mm.load_models_gpu([patched])
+    try:
+        return pair.comfy_forward(patched, layout), handle
+    finally:
+        mm.unload_all_models()
+
+
+def check_faceid(pair: Pair, image_encoder, parity, path, variant, faces, shortcut, layout, lam=1.0):
+    g = torch.Generator().manual_seed(11)
+    ids = torch.nn.functional.normalize(torch.randn(faces, 512, generator=g), dim=-1)
+    clip = zero_clip = None
+    if "plus" in variant:
+        with torch.no_grad():
+            clip = image_encoder(pair.pixels.expand(faces, -1, -1, -1), output_hidden_states=True).hidden_states[-2]
+            zero_clip = image_encoder(torch.zeros_like(pair.pixels), output_hidden_states=True).hidden_states[-2]
+    t0 = time.perf_counter()
+    want = faceid_reference(pair, path, ids, clip, zero_clip, shortcut, lam, layout)
+    got, handle = faceid_ours(pair, path, ids, clip, zero_clip, shortcut, lam, layout)
+    name = f"{pair.family} {variant}{' v2' if shortcut else ''} faces={faces} λ={lam} {_layout_id(layout)}"
+    parity(name, got, want, TOL)
+    effect = rel_err(got, pair.unpatched(layout)[1])
+    log.info("%s: FaceID moves the output by %.3f (%.1fs)", name, effect, time.perf_counter() - t0)
+    assert effect > EFFECT, f"{name}: the adapter barely changes the output ({effect:.2e}); parity proves little"
+    # the patches came off: the shared UNet computes its unpatched output again
+    assert torch.equal(pair.comfy_forward(pair.comfy, layout), pair.unpatched(layout)[1]), "a FaceID patch leaked"
+    return handle
+
+
+@SD15
+@pytest.mark.parametrize("layout", [NEG_POS, POS], ids=_layout_id)
+@pytest.mark.parametrize("variant,faces,shortcut", SD15_FACEID, ids=lambda v: str(v))
+def test_sd15_faceid_equals_reference(pair, image_encoder, adapter_file, parity, variant, faces, shortcut, layout):
+    check_faceid(pair, image_encoder, parity, adapter_file(variant, "bin"), variant, faces, shortcut, layout)
+
+
+@SDXL
+def test_sdxl_faceid_equals_reference(pair, image_encoder, adapter_file, parity):
+    check_faceid(pair, image_encoder, parity, adapter_file("ip-adapter-faceid_sdxl", "bin"),
+                 "ip-adapter-faceid_sdxl", 1, False, NEG_POS, lam=0.8)
+
+
+def kohya_lora(pair: Pair, path) -> dict:
+    """The file's LoRA as its separate ``_lora.safetensors`` holds it (kohya ``lora_unet_<diffusers name>`` keys,
+    FAMILIES.md §1.2), processor i named by diffusers' ``attn_processors`` order."""
+    from ipadapter_ext.ip_adapter_core.files.formats import read_flat_state_dict, split_sections
+
+    ipa = split_sections(read_flat_state_dict(path))[0]["ip_adapter"]
+    out = {}
+    for i, name in enumerate(pair.unet.attn_processors.keys()):
+        base = "lora_unet_" + name[:-len(".processor")].replace(".", "_")
+        for proj, module in (("to_q", "to_q"), ("to_k", "to_k"), ("to_v", "to_v"), ("to_out", "to_out_0")):
+            out[f"{base}_{module}.lora_down.weight"] = ipa[f"{i}.{proj}_lora.down.weight"]
+            out[f"{base}_{module}.lora_up.weight"] = ipa[f"{i}.{proj}_lora.up.weight"]
+    return out
+
+
+@SD15
+def test_sd15_faceid_lora_counts_once(pair, image_encoder, adapter_file, parity):
+    """The LoRA matters (strength 0 is far from the reference), and a model that already carries it from the
+    separate _lora.safetensors (ComfyUI's own LoRA loader) does not get it twice: still the reference."""
+    import comfy.sd
+
+    path, variant = adapter_file("ip-adapter-faceid_sd15", "bin"), "ip-adapter-faceid_sd15"
+    ids = torch.nn.functional.normalize(torch.randn(1, 512, generator=torch.Generator().manual_seed(11)), dim=-1)
+    want = faceid_reference(pair, path, ids, None, None, False, 1.0, NEG_POS)
+    without, _ = faceid_ours(pair, path, ids, None, None, False, 1.0, NEG_POS, lora_strength=0.0)
+    assert rel_err(without, want) > 100 * TOL, "the LoRA barely changes the output; the parity tests prove little"
+    loaded, _ = comfy.sd.load_lora_for_models(pair.comfy, None, kohya_lora(pair, path), 1.0, 0)
+    assert len(loaded.patches) == 4 * 32, f"ComfyUI's LoRA loader patched {len(loaded.patches)} weights"
+    got, _ = faceid_ours(pair, path, ids, None, None, False, 1.0, NEG_POS, model=loaded)
+    parity("sd15 faceid with the separate LoRA loaded first", got, want, TOL)

@@ -29,6 +29,7 @@ from ..prompt.embeds import ImagePrompt
 from .attention import add_few_key_branch, add_image_branch, attention_functions, image_kv, scale_kv, use_few_key_path
 from .run_state import NEVER, RunState
 from .transformer_options import RECORD_KEY, RUN_KEY, WRAPPER_KEY
+from .unet_lora import apply_lora
 
 log = logging.getLogger("ipadapter")
 
@@ -210,6 +211,7 @@ def apply_image_prompt(model, adapter, prompt: ImagePrompt, mask: torch.Tensor |
     branch = Branch(adapter, prompt, mask, fallback)
     out = model.clone()
     register(out)
+    apply_lora(out, adapter, prompt.lora_strength)  # FaceID: the file's UNet LoRA, once per model
     existing = out.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for layer in cfg.layers:
         scale = prompt.layer_scale(layer.key)

@@ -140,4 +140,30 @@ SPECS = {
         outputs=(('INT', 'INT'),),
         widget_types=(('value', 'INT'),),
         defaults=()),
+    'IPAFaceAnalysisLoader': Spec(
+        sockets=(),
+        widgets=('pack', 'provider'),
+        outputs=(('face_analysis', 'IPA_FACE_ANALYSIS'),),
+        widget_types=(('pack', 'COMBO'), ('provider', 'COMBO')),
+        defaults=(('pack', 'buffalo_l'), ('provider', 'auto'))),
+    'IPAUnifiedLoaderFaceID': Spec(
+        sockets=(('model', 'MODEL'),),
+        widgets=('preset', 'provider'),
+        outputs=(('ipadapter', 'IPA_MODEL'), ('clip_vision', 'CLIP_VISION'), ('face_analysis', 'IPA_FACE_ANALYSIS')),
+        widget_types=(('preset', 'COMBO'), ('provider', 'COMBO')),
+        defaults=(('preset', 'FACEID PLUS V2'), ('provider', 'auto'))),
+    'IPAFaceAnalysis': Spec(
+        sockets=(('face_analysis', 'IPA_FACE_ANALYSIS'), ('image', 'IMAGE')),
+        widgets=('choose', 'index', 'threshold'),
+        outputs=(('faces', 'IPA_FACES'), ('face_crops', 'IMAGE'), ('found', 'IMAGE')),
+        widget_types=(('choose', 'COMBO'), ('index', 'INT'), ('threshold', 'FLOAT')),
+        defaults=(('choose', 'largest'), ('index', 0), ('threshold', 0.5))),
+    'IPAProjectFace': Spec(
+        sockets=(('ipadapter', 'IPA_MODEL'), ('faces', 'IPA_FACES'), ('clip_vision', 'CLIP_VISION')),
+        widgets=('combine', 'faceid_version', 'weight_faceidv2', 'lora_strength', 'image_weights'),
+        outputs=(('embeds', 'IPA_EMBEDS'),),
+        widget_types=(('combine', 'COMBO'), ('faceid_version', 'COMBO'), ('weight_faceidv2', 'FLOAT'),
+                      ('lora_strength', 'FLOAT'), ('image_weights', 'STRING')),
+        defaults=(('combine', 'concat'), ('faceid_version', 'auto'), ('weight_faceidv2', 1.0),
+                  ('lora_strength', 1.0), ('image_weights', ''))),
 }

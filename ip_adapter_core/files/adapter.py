@@ -3,8 +3,9 @@ K'/V' projections, laid out so the flat safetensors keys load strictly."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 
@@ -48,6 +49,9 @@ class LoadedAdapter:
     path: str
     config: AdapterConfig
     model: IPAdapterModel
+    # FaceID: the UNet LoRA, ``{i}.to_{q,k,v,out}_lora.{down,up}.weight`` as in the file (CPU); ComfyUI's
+    # weight patching merges it into the UNet (apply/unet_lora.py), so it is no part of the module.
+    lora: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
 
 
 def read_adapter(path) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
@@ -64,6 +68,7 @@ def read_adapter(path) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
 def load_adapter(path, dtype: torch.dtype | None = None, device="cpu", operations=TorchOps) -> LoadedAdapter:
     """Load an IP-Adapter file (.safetensors or .bin) strictly, in ``dtype`` (default: as stored)."""
     config, sd = read_adapter(path)
+    lora = {k.partition(".")[2]: sd.pop(k) for k in [k for k in sd if "_lora." in k]}
     dtype = dtype or next(iter(sd.values())).dtype
     with torch.device("meta"):
         model = IPAdapterModel(config, operations, dtype=dtype)
@@ -75,4 +80,4 @@ def load_adapter(path, dtype: torch.dtype | None = None, device="cpu", operation
         raise IPAdapterFileError(path, f"does not match the {config.name} layout: {e}",
                                  "The file is damaged or a variant this extension does not know.") from e
     log.info("Loaded IP-Adapter '%s': %s", Path(path).name, config.name)
-    return LoadedAdapter(str(path), config, model.eval().requires_grad_(False))
+    return LoadedAdapter(str(path), config, model.eval().requires_grad_(False), MappingProxyType(lora))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import IPAdapterFileError, IPAdapterMismatchError
+from ..networks.faceid import FACE_MLP_HIDDEN
 from .layers import base_channels, layers_of_width, layout_difference
 
 FAMILY_BY_CROSS_DIM = {768: "sd15", 2048: "sdxl"}
@@ -22,7 +23,23 @@ PENULTIMATE = "penultimate_hidden_states"      # the encoder's own width
 # The fields of ComfyUI's CLIP vision output that hold features (combined, mixed and projected alike).
 CLIP_VISION_FEATURES = (IMAGE_EMBEDS, PENULTIMATE, "last_hidden_state")
 FEATURES = (IMAGE_EMBEDS, PENULTIMATE)
-PROJECTIONS = ("linear", "resampler", "mlp")
+PROJECTIONS = ("linear", "resampler", "mlp", "faceid", "faceid-plus")
+
+# FaceID adapters read a face-recognition embedding (insightface's ArcFace, 512 wide) instead of, or
+# beside, CLIP features. ``AdapterConfig.face`` names the kind (FAMILIES.md §1):
+FACE_EMBEDDING = "face_embedding"
+FACE_EMBEDDING_DIM = 512
+ARCFACE = "ArcFace"
+FACEID = "faceid"                    # MLP 512 -> 4 tokens, with a rank-128 LoRA for the UNet
+FACEID_PLUS = "faceid-plus"          # the same MLP, its tokens refined over CLIP of the face crop (plus, plusv2)
+PORTRAIT = "portrait"                # MLP 512 -> 16 tokens per face, no LoRA (several faces concatenated)
+PORTRAIT_UNNORM = "portrait-unnorm"  # a plain Resampler over the raw (not normalised) embedding
+FACE_KINDS = (FACEID, FACEID_PLUS, PORTRAIT, PORTRAIT_UNNORM)
+FACE_KIND_NAMES = {FACEID: "FaceID", FACEID_PLUS: "FaceID Plus", PORTRAIT: "FaceID Portrait",
+                   PORTRAIT_UNNORM: "FaceID Portrait (unnormalised)"}
+# the LoRA keys a FaceID file holds beside to_k_ip / to_v_ip, per attention processor index
+LORA_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out")
+FACE_PLUS_DEPTH = 4  # FacePerceiverResampler layers in every release
 
 # The one table of supported CLIP vision encoders: the width of each feature they give.
 # An encoder is recognised by this pair (file shapes, loaded models, adapter inputs).
@@ -74,6 +91,20 @@ class AdapterConfig:
     layer_hidden: tuple[int, ...]    # to_k_ip output width, in file order (k = 0, 1, ...)
     uncond: str                      # UNCOND_PROJECT_ZEROS | UNCOND_ENCODE_ZERO_IMAGE
     resampler: ResamplerConfig | None = None
+    face: str = ""                   # one of FACE_KINDS for FaceID adapters, "" otherwise
+    lora_rank: int = 0               # rank of the UNet LoRA a FaceID file carries (0: none)
+
+    @property
+    def clip_encoder(self) -> str | None:
+        """The CLIP vision model the adapter needs (None for FaceID adapters that read only the face)."""
+        if self.face in ("", FACEID_PLUS):
+            return self.encoder if self.face == "" else VIT_H
+        return None
+
+    @property
+    def normed_face(self) -> bool:
+        """Whether the face embedding is L2-normalised first (all but portrait-unnorm)."""
+        return self.face != PORTRAIT_UNNORM
 
     @property
     def model_channels(self) -> int:
@@ -88,6 +119,12 @@ class AdapterConfig:
 
     @property
     def name(self) -> str:
+        if self.face:
+            width = "" if self.model_channels == 320 else f", {self.model_channels}-channel UNet"
+            inputs = "ArcFace face embedding" + (" + ViT-H/14 face crop" if self.face == FACEID_PLUS else "")
+            lora = f", LoRA rank {self.lora_rank}" if self.lora_rank else ""
+            return (f"{FAMILY_NAMES[self.family]} {FACE_KIND_NAMES[self.face]} ({self.num_tokens} tokens per face, "
+                    f"{inputs}{lora}{width})")
         kind = {"linear": "base", "resampler": "plus", "mlp": "full-face"}[self.projection]
         width = "" if self.model_channels == 320 else f", {self.model_channels}-channel UNet"
         return f"{FAMILY_NAMES[self.family]} {kind} ({self.num_tokens} tokens, {self.encoder} {self.feature}{width})"
@@ -100,18 +137,14 @@ def _refuse_foreign(path, sections, rest, flat_keys) -> None:
     def any_key(pattern):
         return any(re.search(pattern, k) for k in keys)
 
-    hint = "Supported are the IP-Adapter files for SD1.5 and SDXL listed in README.md (Models)."
-    if any_key(r"lora") and sections["ip_adapter"]:
-        raise IPAdapterFileError(path, "is an IP-Adapter FaceID file (it carries LoRA weights "
-                                 "for face-recognition embeddings), a different family.", hint)
-    if any(k.startswith("perceiver_resampler") for k in sections["image_proj"]):
-        raise IPAdapterFileError(path, "is an IP-Adapter FaceID Plus file (face-recognition "
-                                 "embeddings), a different family.", hint)
+    hint = "Supported are the IP-Adapter and FaceID files for SD1.5 and SDXL listed in README.md (Models)."
     if any_key(r"^model\.diffusion_model\.|^first_stage_model\.|^cond_stage_model\.|^conditioner\."):
         raise IPAdapterFileError(path, "looks like a Stable Diffusion checkpoint.",
                                  "Put it in models/checkpoints and load it with a checkpoint loader.")
     if any_key(r"^lora_unet_|^lora_te|\.lora_down\.|\.lora_A\."):
-        raise IPAdapterFileError(path, "looks like a LoRA.", "Put it in models/loras and use a LoRA loader.")
+        raise IPAdapterFileError(path, "looks like a LoRA.",
+                                 "Put it in models/loras and use a LoRA loader. (A FaceID '_lora.safetensors' is "
+                                 "not needed: the FaceID .bin carries the same LoRA and IP-Adapter Apply uses it.)")
     if any_key(r"^vision_model\.|^visual\."):
         raise IPAdapterFileError(path, "looks like a CLIP vision encoder.",
                                  "Put it in models/clip_vision and load it with the CLIP vision loader.")
@@ -136,7 +169,8 @@ def detect_config(sections: dict[str, dict[str, torch.Tensor]], path="<state dic
     """Inspect keys and shapes and return the variant's config, or refuse with a clear error."""
     flat_keys = [f"{s}.{k}" for s in sections for k in sections[s]] + list(rest)
     _refuse_foreign(path, sections, rest, flat_keys)
-    proj, ipa = sections["image_proj"], sections["ip_adapter"]
+    proj = sections["image_proj"]
+    ipa, lora = _split_lora(sections["ip_adapter"])
 
     k_shape = _shape(ipa, "1.to_k_ip.weight", path, "ip_adapter")
     cross_dim = k_shape[1]
@@ -146,6 +180,12 @@ def detect_config(sections: dict[str, dict[str, torch.Tensor]], path="<state dic
                                  "or 2048 (SDXL).", "Only SD1.5 and SDXL IP-Adapters are supported.")
     layer_hidden = _layer_widths(ipa, family, cross_dim, path)
 
+    face = _face_config(proj, lora, family, cross_dim, layer_hidden, path)
+    if face is not None:
+        return face
+    if lora:
+        raise IPAdapterFileError(path, f"carries LoRA weights ({sorted(lora)[0]}, ...) but its image projection "
+                                 "is not a FaceID one.", "The file is damaged or a variant this extension does not know.")
     resampler = None
     if "proj.3.weight" in proj:
         projection, feature = "mlp", PENULTIMATE
@@ -164,10 +204,9 @@ def detect_config(sections: dict[str, dict[str, torch.Tensor]], path="<state dic
     else:
         raise IPAdapterFileError(path, "has an image projection of an unknown kind (keys: "
                                  f"{', '.join(sorted(proj)[:6])}).",
-                                 "Supported: linear (proj+norm), Resampler (latents) and full MLP (proj.0..3).")
-    if out != cross_dim:
-        raise IPAdapterFileError(path, f"projects to width {out} but its attention layers read width "
-                                 f"{cross_dim}; the file is inconsistent.", "Download it again.")
+                                 "Supported: linear (proj+norm), Resampler (latents), full MLP (proj.0..3) and the "
+                                 "FaceID projections (proj.0, proj.2, norm; perceiver_resampler).")
+    _check_out(out, cross_dim, path)
     table = ENCODER_BY_EMBEDS_DIM if feature == IMAGE_EMBEDS else ENCODER_BY_HIDDEN_DIM
     encoder = table.get(feature_dim)
     if encoder is None or num_tokens <= 0:
@@ -177,6 +216,96 @@ def detect_config(sections: dict[str, dict[str, torch.Tensor]], path="<state dic
     uncond = UNCOND_PROJECT_ZEROS if projection == "linear" else UNCOND_ENCODE_ZERO_IMAGE
     return AdapterConfig(family, projection, num_tokens, encoder, feature, feature_dim, cross_dim,
                          layer_hidden, uncond, resampler)
+
+
+def _check_out(out, cross_dim, path) -> None:
+    if out != cross_dim:
+        raise IPAdapterFileError(path, f"projects to width {out} but its attention layers read width "
+                                 f"{cross_dim}; the file is inconsistent.", "Download it again.")
+
+
+_LORA_KEY = re.compile(r"^(\d+)\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
+
+
+def _split_lora(ipa: dict) -> tuple[dict, dict]:
+    """``ip_adapter`` -> (the to_k_ip / to_v_ip tensors, the FaceID LoRA tensors)."""
+    lora = {k: v for k, v in ipa.items() if _LORA_KEY.match(k)}
+    return {k: v for k, v in ipa.items() if k not in lora}, lora
+
+
+def _face_config(proj, lora, family, cross_dim, layer_hidden, path) -> AdapterConfig | None:
+    """The config of a FaceID file (FAMILIES.md §1.2), or None when the projection is not a face one."""
+    common = dict(family=family, encoder=ARCFACE, feature=FACE_EMBEDDING, feature_dim=FACE_EMBEDDING_DIM,
+                  cross_dim=cross_dim, layer_hidden=layer_hidden, uncond=UNCOND_PROJECT_ZEROS)
+    if "latents" in proj and _shape(proj, "proj_in.weight", path, "image_proj")[1] == FACE_EMBEDDING_DIM:
+        r = _resampler_config(proj, path)  # portrait-unnorm: a plain Resampler over the 512-d embedding
+        _check_out(r.output_dim, cross_dim, path)
+        _refuse_lora(lora, PORTRAIT_UNNORM, path)
+        return AdapterConfig(projection="resampler", num_tokens=r.num_queries, resampler=r, face=PORTRAIT_UNNORM,
+                             **common)
+    if "proj.3.weight" in proj or "proj.0.weight" not in proj or "norm.weight" not in proj:
+        return None
+    hidden, width = _shape(proj, "proj.0.weight", path, "image_proj")
+    if width != FACE_EMBEDDING_DIM:
+        return None  # not a face projection; the caller names what it is
+    rows, inner = _shape(proj, "proj.2.weight", path, "image_proj")
+    out = _shape(proj, "norm.weight", path, "image_proj")[0]
+    _check_out(out, cross_dim, path)
+    if inner != hidden or hidden != FACE_MLP_HIDDEN or rows % out:
+        raise IPAdapterFileError(path, f"has a FaceID projection of inconsistent shapes (proj.0 [{hidden}, {width}], "
+                                 f"proj.2 [{rows}, {inner}], norm [{out}]).", "The file is damaged: download it again.")
+    tokens = rows // out
+    rank = _lora_rank(lora, layer_hidden, family, cross_dim, path)
+    if "perceiver_resampler.proj_in.weight" in proj:
+        r = _face_resampler_config(proj, cross_dim, tokens, path)
+        return AdapterConfig(projection="faceid-plus", num_tokens=tokens, resampler=r, face=FACEID_PLUS,
+                             lora_rank=rank, **{**common, "encoder": VIT_H, "uncond": UNCOND_ENCODE_ZERO_IMAGE})
+    return AdapterConfig(projection="faceid", num_tokens=tokens, face=FACEID if rank else PORTRAIT, lora_rank=rank,
+                         **common)
+
+
+def _refuse_lora(lora, kind, path) -> None:
+    if lora:
+        raise IPAdapterFileError(path, f"is a {FACE_KIND_NAMES[kind]} file but also carries LoRA weights "
+                                 f"({sorted(lora)[0]}, ...), which no release of it has.", "Download it again.")
+
+
+def _face_resampler_config(proj, cross_dim, tokens, path) -> ResamplerConfig:
+    """The FacePerceiverResampler of FaceID Plus: dim = cross width, heads = width / 64, the ID tokens as queries."""
+    pr = {k.partition(".")[2]: v for k, v in proj.items() if k.startswith("perceiver_resampler.")}
+    depth = len({k.split(".")[1] for k in pr if k.startswith("layers.")})
+    ff = _shape(pr, "layers.0.1.1.weight", path, "image_proj.perceiver_resampler")[0]
+    clip_dim = _shape(pr, "proj_in.weight", path, "image_proj.perceiver_resampler")[1]
+    if clip_dim != ENCODERS[VIT_H][PENULTIMATE]:
+        raise IPAdapterFileError(path, f"has a FaceID Plus resampler reading CLIP width {clip_dim}; the released "
+                                 f"ones read ViT-H/14 ({ENCODERS[VIT_H][PENULTIMATE]}).", "Download it again.")
+    return ResamplerConfig(dim=cross_dim, depth=depth, heads=cross_dim // RESAMPLER_DIM_HEAD,
+                           dim_head=RESAMPLER_DIM_HEAD, num_queries=tokens, embedding_dim=clip_dim,
+                           output_dim=cross_dim, ff_mult=ff // cross_dim)
+
+
+def _lora_rank(lora, layer_hidden, family, cross_dim, path) -> int:
+    """Check the FaceID LoRA (FAMILIES.md §1.2: per processor index i, attn1 at 2k and attn2 at 2k+1 of
+    attn2 layer k, to_q/k/v/out down [r, in] and up [out, r]) and return its rank (0 without one)."""
+    if not lora:
+        return 0
+    rank = lora.get("0.to_q_lora.down.weight", next(iter(lora.values()))).shape[0]
+    want = {}
+    for k, h in enumerate(layer_hidden):
+        for i, ctx in ((2 * k, h), (2 * k + 1, cross_dim)):
+            for p in LORA_PROJECTIONS:
+                width_in = ctx if p in ("to_k", "to_v") else h
+                want[f"{i}.{p}_lora.down.weight"] = (rank, width_in)
+                want[f"{i}.{p}_lora.up.weight"] = (h, rank)
+    if set(lora) != set(want):
+        raise IPAdapterFileError(path, f"has {len(lora)} FaceID LoRA tensors where the {FAMILY_NAMES[family]} UNet "
+                                 f"has {len(want)}; unexpected: {sorted(set(lora) - set(want))[:3]}, missing: "
+                                 f"{sorted(set(want) - set(lora))[:3]}.", "The file is damaged: download it again.")
+    for key, shape in want.items():
+        if tuple(lora[key].shape) != shape:
+            raise IPAdapterFileError(path, f"FaceID LoRA tensor {key} has shape {tuple(lora[key].shape)}; the "
+                                     f"{FAMILY_NAMES[family]} UNet needs {shape}.", "The file is damaged: download it again.")
+    return int(rank)
 
 
 def _layer_widths(ipa, family, cross_dim, path) -> tuple[int, ...]:

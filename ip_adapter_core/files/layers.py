@@ -29,6 +29,14 @@ class AttnLayer:
     def dim_head(self) -> int:
         return self.hidden // self.heads
 
+    @property
+    def block_prefix(self) -> str:
+        """The ComfyUI state-dict prefix of the transformer block holding this layer (its attn1 and attn2):
+        the SpatialTransformer is module 1 of its input / output / middle block, after the ResBlock."""
+        block, number, t = self.key
+        where = {"input": f"input_blocks.{number}", "output": f"output_blocks.{number}", "middle": "middle_block"}
+        return f"diffusion_model.{where[block]}.1.transformer_blocks.{t}"
+
 
 def _per_level(value, levels: int) -> list[int]:
     return [value] * levels if isinstance(value, int) else list(value)

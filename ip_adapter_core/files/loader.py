@@ -4,8 +4,10 @@ model_folders.py; CLIP vision questions are vision.py."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 from .adapter import load_adapter
 from .config import AdapterConfig
@@ -31,6 +33,8 @@ class AdapterHandle:
     path: str
     config: AdapterConfig
     patcher: object  # comfy.model_patcher.ModelPatcher around the IPAdapterModel
+    lora: Mapping = field(default_factory=lambda: MappingProxyType({}))  # FaceID: the UNet LoRA of the file (adapter.LoadedAdapter.lora)
+    faceid_version: str = ""  # FaceID Plus: "v2" / "v1" when a preset chose the file for that; "" unknown
 
     @property
     def model(self):
@@ -41,7 +45,7 @@ class AdapterHandle:
         return Path(self.path).name
 
 
-def load_adapter_handle(path) -> AdapterHandle:
+def load_adapter_handle(path, faceid_version: str = "") -> AdapterHandle:
     """Load a file into a ModelPatcher so ComfyUI's memory manager places it with the UNet."""
     import comfy.model_management as mm
     import comfy.model_patcher
@@ -52,4 +56,4 @@ def load_adapter_handle(path) -> AdapterHandle:
     loaded = load_adapter(path, operations=comfy.ops.manual_cast)
     patcher = comfy.model_patcher.ModelPatcher(loaded.model, load_device=mm.get_torch_device(),
                                                offload_device=mm.unet_offload_device())
-    return AdapterHandle(str(path), loaded.config, patcher)
+    return AdapterHandle(str(path), loaded.config, patcher, loaded.lora, faceid_version)

@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import IPAdapterError
-from .config import FAMILY_NAMES, VIT_BIGG, VIT_H, AdapterConfig
+from .config import FACEID, FACEID_PLUS, FAMILY_NAMES, PORTRAIT, PORTRAIT_UNNORM, VIT_BIGG, VIT_H, AdapterConfig
 from .model_folders import CLIP_VISION, FOLDER, Skipped, folders, scan
 
 log = logging.getLogger("ipadapter")
 
 HF = "https://huggingface.co/h94/IP-Adapter/resolve/main/"
+HF_FACEID = "https://huggingface.co/h94/IP-Adapter-FaceID/resolve/main/"
 SAME_TENSORS = ("{a} and {b} files have the same tensors (only the training differs), so {preset} "
                 "takes either; to use a given file, load it with IP-Adapter Loader.")
 
@@ -41,6 +42,8 @@ class Preset:
     twin: str = ""                              # why several files may fit (same tensors)
     # among same-tensor files only: (word, wanted) - prefer names with (or without) the word
     name_hint: tuple[str, bool] | None = None
+    hub: str = HF                               # where the releases are
+    faceid_version: str = ""                    # FaceID Plus: "v2" / "v1", what the preset means
 
 
 def _linear(encoder):
@@ -76,6 +79,29 @@ PRESETS = {p.name: p for p in (
            {"sd15": "models/ip-adapter-full-face_sd15.safetensors"}),
 )}
 
+def _face(kind):
+    return lambda c: c.face == kind
+
+
+PLUS_TWIN = ("plus and plusv2 files have the same tensors (only the training differs), so both presets take "
+             "either; to use a given file, load it with IP-Adapter Loader and set faceid_version.")
+# FaceID presets (IP-Adapter FaceID Preset Loader): the adapter, the CLIP vision model where it needs one, and a
+# face pack (models/insightface). plus / plusv2 are told apart by the name only, among same-tensor files.
+FACEID_PRESETS = {p.name: p for p in (
+    Preset("FACEID", "FaceID: the face embedding, 4 tokens, with its LoRA", _face(FACEID),
+           {"sd15": "ip-adapter-faceid_sd15.bin", "sdxl": "ip-adapter-faceid_sdxl.bin"}, hub=HF_FACEID),
+    Preset("FACEID PLUS V2", "FaceID Plus v2: the face embedding and CLIP ViT-H of the face, with its LoRA",
+           _face(FACEID_PLUS), {"sd15": "ip-adapter-faceid-plusv2_sd15.bin", "sdxl": "ip-adapter-faceid-plusv2_sdxl.bin"},
+           PLUS_TWIN, ("plusv2", True), HF_FACEID, "v2"),
+    Preset("FACEID PLUS", "FaceID Plus (v1, SD1.5 only; superseded by v2)", _face(FACEID_PLUS),
+           {"sd15": "ip-adapter-faceid-plus_sd15.bin"}, PLUS_TWIN, ("plusv2", False), HF_FACEID, "v1"),
+    Preset("FACEID PORTRAIT", "FaceID Portrait: several faces, 16 tokens each, no LoRA", _face(PORTRAIT),
+           {"sd15": "ip-adapter-faceid-portrait-v11_sd15.bin", "sdxl": "ip-adapter-faceid-portrait_sdxl.bin"},
+           hub=HF_FACEID),
+    Preset("FACEID PORTRAIT UNNORM", "FaceID Portrait on the raw embedding (SDXL only, strong)",
+           _face(PORTRAIT_UNNORM), {"sdxl": "ip-adapter-faceid-portrait_sdxl_unnorm.bin"}, hub=HF_FACEID),
+)}
+
 # encoder -> (h94/IP-Adapter file, the name README.md gives it in models/clip_vision)
 ENCODER_RELEASES = {VIT_H: ("models/image_encoder/model.safetensors", "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"),
                     VIT_BIGG: ("sdxl_models/image_encoder/model.safetensors",
@@ -98,12 +124,14 @@ class PresetFiles:
 def preset_files(preset: str, family: str) -> PresetFiles:
     """The adapter and CLIP vision files for ``preset`` on a ``family`` ('sd15'/'sdxl') model,
     chosen by their tensors; the first by path where several fit. Raises IPAdapterError."""
-    p = PRESETS.get(preset)
+    p = PRESETS.get(preset) or FACEID_PRESETS.get(preset)
     if p is None:
-        raise IPAdapterError(f"preset: unknown preset '{preset}'; expected one of {', '.join(PRESETS)}.")
+        raise IPAdapterError(f"preset: unknown preset '{preset}'; expected one of "
+                             f"{', '.join([*PRESETS, *FACEID_PRESETS])}.")
     fam = FAMILY_NAMES[family]
     if family not in p.releases:
-        others = [n for n, q in PRESETS.items() if family in q.releases]
+        table = FACEID_PRESETS if p.name in FACEID_PRESETS else PRESETS
+        others = [n for n, q in table.items() if family in q.releases]
         raise IPAdapterError(f"preset {p.name}: there is no {fam} release of this preset ({p.meaning}). "
                              f"For {fam} use one of: {', '.join(others)}.")
     files = scan(FOLDER)
@@ -114,11 +142,14 @@ def preset_files(preset: str, family: str) -> PresetFiles:
     order = "first by path" if p.name_hint is None else \
         f"a name {'with' if p.name_hint[1] else 'without'} '{p.name_hint[0]}' first, then by path"
     adapter, config = _pick(_by_name_hint(fits, p.name_hint), f"preset {p.name} ({fam}) adapter", p.twin, order)
+    if config.clip_encoder is None:  # FaceID and Portrait read the face only
+        log.info("preset %s (%s): %s (%s)", p.name, fam, adapter, config.name)
+        return PresetFiles(p.name, family, adapter, config, "")
     encoders = scan(CLIP_VISION)
-    found = [(path, e) for path, e in encoders if e == config.encoder]
+    found = [(path, e) for path, e in encoders if e == config.clip_encoder]
     if not found:
         raise IPAdapterError(_missing_encoder(p, fam, adapter, config, encoders))
-    clip_vision, _ = _pick(found, f"preset {p.name} ({fam}) CLIP vision ({config.encoder})")
+    clip_vision, _ = _pick(found, f"preset {p.name} ({fam}) CLIP vision ({config.clip_encoder})")
     log.info("preset %s (%s): %s (%s) with CLIP vision %s", p.name, fam, adapter, config.name, clip_vision)
     return PresetFiles(p.name, family, adapter, config, clip_vision)
 
@@ -158,14 +189,14 @@ def _searched(kind: str) -> str:
 def _missing_adapter(p: Preset, family: str, files) -> str:
     fam, release = FAMILY_NAMES[family], p.releases[family]
     return (f"preset {p.name}: no {fam} IP-Adapter of this kind ({p.meaning}) found in models/{FOLDER} "
-            f"(searched: {_searched(FOLDER)}). Download {Path(release).name} from Hugging Face h94/IP-Adapter "
-            f"({HF}{release}) and put it in one of those folders; any file name works, files are recognised "
+            f"(searched: {_searched(FOLDER)}). Download {Path(release).name} from Hugging Face "
+            f"{p.hub.split('.co/')[1].split('/resolve')[0]} ({p.hub}{release}) and put it in one of those folders; any file name works, files are recognised "
             f"by their tensors. Found: {_listing(files)}.")
 
 
 def _missing_encoder(p: Preset, fam: str, adapter: str, config: AdapterConfig, files) -> str:
-    release, name = ENCODER_RELEASES[config.encoder]
+    release, name = ENCODER_RELEASES[config.clip_encoder]
     return (f"preset {p.name} ({fam}): the adapter {Path(adapter).name} ({config.name}) needs the "
-            f"{config.encoder} CLIP vision model; none found in models/{CLIP_VISION} (searched: "
+            f"{config.clip_encoder} CLIP vision model; none found in models/{CLIP_VISION} (searched: "
             f"{_searched(CLIP_VISION)}). Download {release} from Hugging Face h94/IP-Adapter ({HF}{release}) "
             f"and save it in one of those folders as {name} (any name works). Found: {_listing(files)}.")

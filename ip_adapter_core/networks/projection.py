@@ -1,6 +1,7 @@
 """Build the empty projection network an AdapterConfig describes."""
 from __future__ import annotations
 
+from .faceid import FACE_MLP_HIDDEN, FaceIDPlusProjModel, FaceIDProjModel
 from .linear import ImageProjModel
 from .mlp import MLPProjModel
 from .ops import TorchOps
@@ -21,4 +22,9 @@ def build_projection(config, operations=TorchOps, device=None, dtype=None):
                          num_queries=r.num_queries, embedding_dim=r.embedding_dim,
                          output_dim=r.output_dim, ff_mult=r.ff_mult,
                          operations=operations, device=device, dtype=dtype)
+    if config.projection in ("faceid", "faceid-plus"):
+        args = (config.feature_dim, FACE_MLP_HIDDEN, config.cross_dim, config.num_tokens)
+        if config.projection == "faceid":
+            return FaceIDProjModel(*args, operations=operations, device=device, dtype=dtype)
+        return FaceIDPlusProjModel(*args, config.resampler, operations=operations, device=device, dtype=dtype)
     raise ValueError(f"unknown projection kind {config.projection!r}")

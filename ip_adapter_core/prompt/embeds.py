@@ -39,6 +39,7 @@ class ImagePrompt:
     scaling: str = V_ONLY
     schedule: TimeSchedule | None = None
     frames: FrameSpec | None = None   # how frames share images and λ (None: frame i = image i)
+    lora_strength: float = 1.0        # FaceID: strength of the adapter's UNet LoRA (apply/unet_lora.py)
 
     def animated(self) -> bool:
         """Whether the rows of a batch get their own token sets or λ (one per frame prompts)."""

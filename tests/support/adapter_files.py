@@ -30,6 +30,62 @@ VARIANTS = {
 }
 RESAMPLER_DIM = {"sd15": (768, 12), "sdxl": (1280, 20)}  # (dim, heads); dim_head 64, depth 4
 
+# FaceID (h94/IP-Adapter-FaceID; FAMILIES.md §1): name -> (family, image_proj kind, tokens per face, LoRA rank).
+# faceid / portrait: MLPProjModel 512 -> 1024 -> T*C + LayerNorm; plus: the same + a FacePerceiverResampler
+# (dim C, heads C/64, 4 layers) over ViT-H states (1280); portrait-unnorm: a Resampler dim 1280, 20 heads,
+# 16 queries over the raw 512-d embedding. LoRA: rank 128 on to_q/k/v/out of every attn1 (2k) and attn2 (2k+1).
+FACEID_VARIANTS = {
+    "ip-adapter-faceid_sd15": ("sd15", "faceid", 4, 128),
+    "ip-adapter-faceid-plusv2_sd15": ("sd15", "faceid-plus", 4, 128),
+    "ip-adapter-faceid-portrait-v11_sd15": ("sd15", "faceid", 16, 0),
+    "ip-adapter-faceid_sdxl": ("sdxl", "faceid", 4, 128),
+    "ip-adapter-faceid-plusv2_sdxl": ("sdxl", "faceid-plus", 4, 128),
+    "ip-adapter-faceid-portrait_sdxl": ("sdxl", "faceid", 16, 0),
+    "ip-adapter-faceid-portrait_sdxl_unnorm": ("sdxl", "portrait-unnorm", 16, 0),
+}
+
+
+def faceid_proj_state(kind, tokens, cross, gen):
+    """image_proj of a FaceID file, shapes as FAMILIES.md §1.2 lists them."""
+    if kind == "portrait-unnorm":
+        sd = image_proj_state("resampler", tokens, 1280, cross, "sdxl", gen)
+        sd.update(_lin(gen, 1280, 512, prefix="proj_in."))  # reads the 512-d embedding, not CLIP
+        return sd
+    sd = {}
+    sd.update(_lin(gen, 1024, 512, prefix="proj.0."))
+    sd.update(_lin(gen, cross * tokens, 1024, prefix="proj.2."))
+    sd.update(_ln(gen, cross, "norm."))
+    if kind == "faceid-plus":
+        p = "perceiver_resampler."
+        sd.update(_lin(gen, cross, 1280, prefix=p + "proj_in."))
+        sd.update(_lin(gen, cross, cross, prefix=p + "proj_out."))
+        sd.update(_ln(gen, cross, p + "norm_out."))
+        for i in range(4):
+            q = f"{p}layers.{i}."
+            sd.update(_ln(gen, cross, q + "0.norm1."))
+            sd.update(_ln(gen, cross, q + "0.norm2."))
+            sd.update(_lin(gen, cross, cross, False, q + "0.to_q."))
+            sd.update(_lin(gen, 2 * cross, cross, False, q + "0.to_kv."))
+            sd.update(_lin(gen, cross, cross, False, q + "0.to_out."))
+            sd.update(_ln(gen, cross, q + "1.0."))
+            sd.update(_lin(gen, 4 * cross, cross, False, q + "1.1."))
+            sd.update(_lin(gen, cross, 4 * cross, False, q + "1.3."))
+    return sd
+
+
+def faceid_lora_state(family, cross, rank, gen, scale=1.0):
+    """``{i}.to_{q,k,v,out}_lora.{down,up}.weight`` for every attention processor i (attn1 even, attn2 odd).
+    ``scale`` sizes the LoRA's effect (up is drawn small, as a trained LoRA's change is)."""
+    hidden = SD15_HIDDEN if family == "sd15" else SDXL_HIDDEN
+    sd = {}
+    for k, h in enumerate(hidden):
+        for i, ctx in ((2 * k, h), (2 * k + 1, cross)):
+            for p in ("to_q", "to_k", "to_v", "to_out"):
+                width_in = ctx if p in ("to_k", "to_v") else h
+                sd[f"{i}.{p}_lora.down.weight"] = torch.randn(rank, width_in, generator=gen) / width_in ** 0.5
+                sd[f"{i}.{p}_lora.up.weight"] = scale * torch.randn(h, rank, generator=gen) / rank ** 0.5
+    return sd
+
 
 def _lin(gen, out, inp, bias=True, prefix=""):
     w = torch.randn(out, inp, generator=gen) / inp ** 0.5
@@ -100,10 +156,18 @@ def forget_sections() -> None:
 
 @functools.lru_cache(maxsize=16)
 def _sections(variant, seed, dtype, only_layer):
-    family, projection, tokens, _, feat, cross = VARIANTS[variant]
     gen = torch.Generator().manual_seed(seed)
-    proj = image_proj_state(projection, tokens, feat, cross, family, gen)
-    ipa = ip_layers_state(family, cross, gen, only_layer)
+    if variant in FACEID_VARIANTS:
+        family, kind, tokens, rank = FACEID_VARIANTS[variant]
+        cross = 768 if family == "sd15" else 2048
+        proj = faceid_proj_state(kind, tokens, cross, gen)
+        ipa = ip_layers_state(family, cross, gen, only_layer)
+        if rank:
+            ipa.update(faceid_lora_state(family, cross, rank, gen, scale=0.3))
+    else:
+        family, projection, tokens, _, feat, cross = VARIANTS[variant]
+        proj = image_proj_state(projection, tokens, feat, cross, family, gen)
+        ipa = ip_layers_state(family, cross, gen, only_layer)
     cast = lambda d: {k: v.to(dtype).contiguous() for k, v in d.items()}  # noqa: E731
     return {"image_proj": cast(proj), "ip_adapter": cast(ipa)}
 

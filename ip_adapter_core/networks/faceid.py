@@ -1,0 +1,74 @@
+"""The FaceID projections: a face-recognition embedding (512 wide) -> image tokens.
+
+``FaceIDProjModel`` is the original repository's MLPProjModel (faceid, portrait): Linear, GELU, Linear to
+T tokens, LayerNorm per token. ``FaceIDPlusProjModel`` is its ProjPlusModel (plus, plusv2): the same MLP
+gives the ID tokens, which are the queries of a FacePerceiverResampler over CLIP ViT-H penultimate states
+of the aligned face crop; v2 adds them back (``shortcut``) with weight ``s_scale``. The portrait-unnorm
+file is a plain Resampler (resampler.py). Parameter names follow tencent-ailab/IP-Adapter so the files load
+strictly.
+"""
+import torch
+
+from .ops import TorchOps
+from .resampler import PerceiverAttention, feed_forward
+
+FACE_MLP_HIDDEN = 1024  # the MLP's hidden width in every release (FAMILIES.md §1.2)
+
+
+class FaceIDProjModel(torch.nn.Module):
+    """[B, 512] -> [B, num_tokens, cross_dim] (keys ``proj.0``, ``proj.2``, ``norm``)."""
+
+    def __init__(self, embed_dim, hidden, cross_dim, num_tokens, operations=TorchOps, device=None, dtype=None):
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        self.num_tokens, self.cross_dim = num_tokens, cross_dim
+        self.proj = torch.nn.Sequential(operations.Linear(embed_dim, hidden, **kw), torch.nn.GELU(),
+                                        operations.Linear(hidden, cross_dim * num_tokens, **kw))
+        self.norm = operations.LayerNorm(cross_dim, **kw)
+
+    def forward(self, face_embeds):
+        return self.norm(self.proj(face_embeds).reshape(-1, self.num_tokens, self.cross_dim))
+
+
+class FacePerceiverResampler(torch.nn.Module):
+    """The ID tokens (as latents) attend over projected CLIP states; no learned queries of its own."""
+
+    def __init__(self, dim, depth, dim_head, heads, embedding_dim, output_dim, ff_mult,
+                 operations=TorchOps, device=None, dtype=None):
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        self.proj_in = operations.Linear(embedding_dim, dim, **kw)
+        self.proj_out = operations.Linear(dim, output_dim, **kw)
+        self.norm_out = operations.LayerNorm(output_dim, **kw)
+        self.layers = torch.nn.ModuleList(
+            torch.nn.ModuleList([PerceiverAttention(dim, dim_head, heads, operations, **kw),
+                                 feed_forward(dim, ff_mult, operations, **kw)])
+            for _ in range(depth))
+
+    def forward(self, latents, x):
+        x = self.proj_in(x)
+        for attn, ff in self.layers:
+            latents = attn(x, latents) + latents
+            latents = ff(latents) + latents
+        return self.norm_out(self.proj_out(latents))
+
+
+class FaceIDPlusProjModel(torch.nn.Module):
+    """([B, 512] face embedding, [B, 257, 1280] CLIP states of the face crop) -> [B, num_tokens, cross_dim]."""
+
+    def __init__(self, embed_dim, hidden, cross_dim, num_tokens, resampler, operations=TorchOps,
+                 device=None, dtype=None):
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        self.num_tokens, self.cross_dim = num_tokens, cross_dim
+        self.proj = torch.nn.Sequential(operations.Linear(embed_dim, hidden, **kw), torch.nn.GELU(),
+                                        operations.Linear(hidden, cross_dim * num_tokens, **kw))
+        self.norm = operations.LayerNorm(cross_dim, **kw)
+        r = resampler
+        self.perceiver_resampler = FacePerceiverResampler(r.dim, r.depth, r.dim_head, r.heads, r.embedding_dim,
+                                                          r.output_dim, r.ff_mult, operations, **kw)
+
+    def forward(self, face_embeds, clip_states, shortcut: bool = False, s_scale: float = 1.0):
+        ids = self.norm(self.proj(face_embeds).reshape(-1, self.num_tokens, self.cross_dim))
+        out = self.perceiver_resampler(ids, clip_states)
+        return ids + s_scale * out if shortcut else out
