@@ -84,6 +84,11 @@ INTERPOLATIONS = {"LANCZOS": "lanczos", "BICUBIC": "bicubic", "HAMMING": "biline
 TIMINGS = {"linear": "linear", "ease_in": "ease out", "ease_out": "ease in", "ease_in_out": "ease in-out",
            "random": "random"}
 TILED = {"IPAdapterTiled"}
+FACEID_PRESETS = {"FACEID": "FACEID", "FACEID PLUS - SD1.5 only": "FACEID PLUS", "FACEID PLUS V2": "FACEID PLUS V2",
+                  "FACEID PORTRAIT (style transfer)": "FACEID PORTRAIT",
+                  "FACEID PORTRAIT UNNORM - SDXL only (strong)": "FACEID PORTRAIT UNNORM"}
+PROVIDERS = {"CPU": "CPU", "CUDA": "CUDA", "ROCM": "ROCm", "DirectML": "DirectML", "OpenVINO": "OpenVINO",
+             "CoreML": "CoreML"}
 
 
 def expected(kind, widget, option):
@@ -95,6 +100,15 @@ def expected(kind, widget, option):
         return "IPAApplySimple", "weight_type", SIMPLE_WEIGHT_TYPES[option]
     if widget == "weight_type":
         return ("IPAApplyTiled" if kind in TILED else "IPAWeight"), "weight_type", option
+    if widget == "combine_embeds" and "FaceID" in kind:
+        return "IPAProjectFace", "combine", "one per frame" if kind.endswith("Batch") else option
+    if kind == "IPAdapterUnifiedLoaderFaceID" and widget == "preset":
+        return "IPAUnifiedLoaderFaceID", "preset", FACEID_PRESETS[option]
+    if widget == "provider":
+        return ("IPAUnifiedLoaderFaceID" if kind == "IPAdapterUnifiedLoaderFaceID" else "IPAFaceAnalysisLoader",
+                "provider", PROVIDERS[option])
+    if widget == "model_name":
+        return "IPAFaceAnalysisLoader", "pack", option
     if widget == "combine_embeds":
         return "IPAProject", "combine", "one per frame" if kind.endswith("Batch") else option
     if widget == "embeds_scaling":
@@ -170,14 +184,14 @@ def test_older_files_get_the_defaults(kind):
 
 def test_unconvertible_nodes_stay_whole_and_named():
     g = graph_with("IPAdapterAdvanced")
-    g["31"] = theirs("IPAdapterUnifiedLoaderFaceID", {}, {"model": MODEL})
-    g["32"] = theirs("IPAdapterFaceID", {}, {"model": ["31", 0], "ipadapter": ["31", 1], "image": ["5", 0]})
+    g["31"] = theirs("IPAdapterUnifiedLoaderCommunity", {"preset": "Kolors"}, {"model": MODEL})
+    g["32"] = theirs("IPAdapterFaceIDKolors", {}, {"model": ["31", 0], "ipadapter": ["31", 1], "image": ["5", 0]})
     g["9"]["inputs"]["images"] = ["32", 1]    # their face_image output feeds Save Image
     converted, report = convert(copy.deepcopy(g))
     assert converted["31"] == g["31"] and converted["32"] == g["32"]
-    assert {k["type"] for k in report.kept} == {"IPAdapterUnifiedLoaderFaceID", "IPAdapterFaceID"}
+    assert {k["type"] for k in report.kept} == {"IPAdapterUnifiedLoaderCommunity", "IPAdapterFaceIDKolors"}
     assert converted["9"]["inputs"]["images"] == ["32", 1]
-    assert "FaceID" in report.text() and not report.complete
+    assert "Kolors" in report.text() and not report.complete
 
 
 def test_family_is_read_from_the_checkpoint_or_asked():
@@ -281,10 +295,10 @@ def test_a_workflow_without_their_nodes_comes_back_unchanged():
 EXAMPLES = {  # their examples/*.json at commit 9d076a3: how each converts (docs/converting.md, their examples)
     "IPAdapter_FaceIDv2_Kolors.json": "not at all", "ipadapter_advanced.json": "fully",
     "ipadapter_clipvision_enhancer.json": "fully", "ipadapter_combine_embeds.json": "fully",
-    "ipadapter_cosxl_edit.json": "fully", "ipadapter_faceid.json": "not at all",
-    "ipadapter_faceid_batch.json": "not at all", "ipadapter_ideal_faceid_config.json": "not at all",
+    "ipadapter_cosxl_edit.json": "fully", "ipadapter_faceid.json": "fully",
+    "ipadapter_faceid_batch.json": "fully", "ipadapter_ideal_faceid_config.json": "fully",
     "ipadapter_kolors.json": "not at all", "ipadapter_negative_image.json": "fully",
-    "ipadapter_noise_injection.json": "fully", "ipadapter_portrait.json": "not at all",
+    "ipadapter_noise_injection.json": "fully", "ipadapter_portrait.json": "fully",
     "ipadapter_precise_composition.json": "fully", "ipadapter_precise_weight_type.json": "fully",
     "ipadapter_regional_conditioning.json": "fully", "ipadapter_simple.json": "fully",
     "ipadapter_style_composition.json": "fully", "ipadapter_tiled.json": "fully",
@@ -340,7 +354,7 @@ def test_command_line(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "theirs.json" in bad.stderr
     faceid = core("v1-5-pruned-emaonly.safetensors", MODEL)
-    faceid["20"] = theirs("IPAdapterUnifiedLoaderFaceID", {}, {"model": MODEL})
+    faceid["20"] = theirs("IPAdapterUnifiedLoaderCommunity", {"preset": "Kolors"}, {"model": MODEL})
     src.write_text(json.dumps(faceid))
     strict = subprocess.run([sys.executable, str(REPO / "scripts" / "convert_workflow.py"), str(src), str(dst),
                              "--strict"], capture_output=True, text=True, timeout=120)

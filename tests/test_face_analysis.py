@@ -24,13 +24,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from skimage.transform import SimilarityTransform
-
 from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
 from ipadapter_ext.ip_adapter_core.faces import align, detect, draw
 from ipadapter_ext.ip_adapter_core.faces.analysis import FaceAnalyzer, providers_for
 from ipadapter_ext.ip_adapter_core.faces.face_set import FaceSet
 from ipadapter_ext.ip_adapter_core.faces.packs import pack_dirs, pack_files
+from skimage.transform import SimilarityTransform
 from support.face_packs import Face, detector_model, embedding, face_at, write_pack
 
 CPU = ["CPUExecutionProvider"]
@@ -423,7 +422,7 @@ def four_faces():
     """a: best score, smallest; b: largest; c: weakest above 0.5; weak: 0.3. Landmarks on the template scaled
     into each box; each face on a cell of its own near its box."""
     def at(stride, row, col, key, score):
-        x1, y1, x2, y2 = box = FOUR_BOXES[key]
+        x1, y1, x2, _ = box = FOUR_BOXES[key]
         return face_at(stride, row, col, np.array(ARCFACE_112) * (x2 - x1) / 112 + [x1, y1], box, score)
 
     return [at(8, 4, 4, "a", 0.95), at(16, 25, 25, "b", 0.8), at(8, 55, 20, "c", 0.6), at(32, 2, 15, "weak", 0.3)]
