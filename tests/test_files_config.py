@@ -49,16 +49,46 @@ def refused(path, *fragments):
     return msg
 
 
-def test_refuses_faceid(tmp_path):
+# FaceID (h94/IP-Adapter-FaceID): name -> (kind, tokens per face, LoRA rank, CLIP vision needed), from FAMILIES.md §1
+FACEID_EXPECTED = {
+    "ip-adapter-faceid_sd15": ("faceid", 4, 128, None),
+    "ip-adapter-faceid-plusv2_sd15": ("faceid-plus", 4, 128, "ViT-H/14"),
+    "ip-adapter-faceid-portrait-v11_sd15": ("portrait", 16, 0, None),
+    "ip-adapter-faceid_sdxl": ("faceid", 4, 128, None),
+    "ip-adapter-faceid-plusv2_sdxl": ("faceid-plus", 4, 128, "ViT-H/14"),
+    "ip-adapter-faceid-portrait_sdxl": ("portrait", 16, 0, None),
+    "ip-adapter-faceid-portrait_sdxl_unnorm": ("portrait-unnorm", 16, 0, None),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(FACEID_EXPECTED))
+def test_detects_every_faceid_layout(variant):
+    from support.adapter_files import FACEID_VARIANTS, forget_sections
+
+    kind, tokens, rank, clip = FACEID_EXPECTED[variant]
+    cfg = C.detect_config(adapter_sections(variant, dtype=torch.float16), variant)
+    forget_sections()
+    assert (cfg.face, cfg.num_tokens, cfg.lora_rank, cfg.clip_encoder) == (kind, tokens, rank, clip), cfg
+    assert cfg.family == FACEID_VARIANTS[variant][0] and cfg.feature_dim == 512
+    assert cfg.normed_face == (kind != "portrait-unnorm")
+    assert "FaceID" in cfg.name and str(tokens) in cfg.name
+
+
+def test_refuses_a_lora_on_a_non_faceid_projection(tmp_path):
     s = adapter_sections("ip-adapter_sd15")
     s["ip_adapter"]["1.to_k_lora.down.weight"] = torch.zeros(128, 320)
-    refused(write_sections(s, tmp_path / "x.bin", "bin"), "FaceID", "supported")
+    refused(write_sections(s, tmp_path / "x.bin", "bin"), "LoRA", "not a FaceID one")
 
 
-def test_refuses_faceid_plus(tmp_path):
-    s = adapter_sections("ip-adapter-plus_sd15")
-    s["image_proj"]["perceiver_resampler.proj_in.weight"] = torch.zeros(768, 1280)
-    refused(write_sections(s, tmp_path / "x.safetensors", "safetensors"), "FaceID Plus")
+def test_refuses_a_faceid_lora_of_the_wrong_shape(tmp_path):
+    from support.adapter_files import forget_sections
+
+    s = adapter_sections("ip-adapter-faceid_sd15")
+    forget_sections()
+    s["ip_adapter"]["4.to_q_lora.down.weight"] = torch.zeros(128, 320)  # layer 2 is 640 wide
+    refused(write_sections(s, tmp_path / "x.bin", "bin"), "4.to_q_lora.down.weight", "(128, 640)")
+    del s["ip_adapter"]["4.to_q_lora.down.weight"]
+    refused(write_sections(s, tmp_path / "y.bin", "bin"), "LoRA tensors", "missing")
 
 
 def test_refuses_checkpoint_lora_clip_vision(tmp_path):

@@ -131,9 +131,8 @@ class FaceAnalyzer:
                     f"image: no face found in image {b} of the batch ({images.shape[2]}x{images.shape[1]} pixels, "
                     f"pack {self.pack}). Use a picture where the face is clearly visible and upright, crop it closer "
                     "(or less close: a face filling the whole picture is missed too), or lower the threshold.")
-            rows = _choose(found, choose, index, b)
+            rows = _choose(found, choose, index, b)[:MAX_FACES_PER_IMAGE]
             chosen.append(set(rows))
-            rows = rows[:MAX_FACES_PER_IMAGE]
             emb.append(self.embed(picture, found.landmarks[rows]))
             kps.append(found.landmarks[rows])
             boxes.append(found.boxes[rows])

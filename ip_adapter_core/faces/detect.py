@@ -102,5 +102,6 @@ def detect(session, image: torch.Tensor, size: int = 640, threshold: float = SCO
     name = session.get_inputs()[0].name
     outputs = session.run(None, {name: blob})
     boxes, scores, kps = decode(outputs, size, threshold)
+    boxes, kps = boxes / scale, kps / scale  # before NMS, as insightface: its +1 areas make IoU scale-dependent
     keep = nms(boxes, scores)
-    return Detection(boxes[keep] / scale, scores[keep], kps[keep] / scale)
+    return Detection(boxes[keep], scores[keep], kps[keep])

@@ -15,7 +15,13 @@ import safetensors.torch
 
 from ..errors import IPAdapterError
 from ..files.config import (
+    ARCFACE,
     ENCODERS,
+    FACE_EMBEDDING,
+    FACE_EMBEDDING_DIM,
+    FACE_KINDS,
+    FACEID_PLUS,
+    PORTRAIT_UNNORM,
     FAMILY_BY_CROSS_DIM,
     FAMILY_NAMES,
     FEATURES,
@@ -31,8 +37,8 @@ FORMAT = "ipadapter-embeds/1"
 REMAKE = "Re-create the file with the IP-Adapter Save Embeds node."
 
 # Allowed values of the config's text fields; the numeric fields are checked for type.
-CHOICES = {"family": tuple(FAMILY_NAMES), "projection": PROJECTIONS, "encoder": tuple(ENCODERS),
-           "feature": FEATURES, "uncond": UNCONDS}
+CHOICES = {"family": tuple(FAMILY_NAMES), "projection": PROJECTIONS, "encoder": (*ENCODERS, ARCFACE),
+           "feature": (*FEATURES, FACE_EMBEDDING), "uncond": UNCONDS, "face": ("", *FACE_KINDS)}
 
 
 def save_prompt(prompt: ImagePrompt, path) -> Path:
@@ -147,6 +153,9 @@ FIELD_KINDS = {  # (dataclass, field) -> (check, description)
     (AdapterConfig, "layer_hidden"): (lambda v: isinstance(v, list) and bool(v) and all(map(_positive_int, v)),
                                       "a non-empty list of positive integers"),
     (AdapterConfig, "resampler"): (lambda v: v is None or isinstance(v, dict), "null or an object"),
+    (AdapterConfig, "face"): _STR,
+    (AdapterConfig, "lora_rank"): (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                                   "a non-negative integer"),
     **{(ResamplerConfig, f.name): _INT for f in dataclasses.fields(ResamplerConfig)},
 }
 
@@ -156,6 +165,12 @@ def _check_consistent(config: AdapterConfig, path) -> None:
     if FAMILY_BY_CROSS_DIM.get(config.cross_dim) != config.family:
         _refuse(path, f"config says family {config.family!r} but cross_dim {config.cross_dim}; "
                       f"expected {dict((f, d) for d, f in FAMILY_BY_CROSS_DIM.items())}.")
+    if config.face:
+        _check_face(config, path)
+        return
+    if config.encoder not in ENCODERS or config.feature not in ENCODERS[config.encoder]:
+        _refuse(path, f"config says encoder {config.encoder!r} and feature {config.feature!r}, which only FaceID "
+                      "adapters read, but its 'face' field is empty.")
     if config.feature_dim != ENCODERS[config.encoder][config.feature]:
         _refuse(path, f"config says {config.encoder} {config.feature} of width {config.feature_dim}; "
                       f"that encoder gives width {ENCODERS[config.encoder][config.feature]}.")
@@ -163,3 +178,14 @@ def _check_consistent(config: AdapterConfig, path) -> None:
         _refuse(path, f"config has projection {config.projection!r} and resampler "
                       f"{'null' if config.resampler is None else 'settings'}; a resampler config "
                       "belongs exactly to the 'resampler' projection.")
+
+
+def _check_face(config: AdapterConfig, path) -> None:
+    """A FaceID config: the face embedding, and a resampler exactly where the kind has one."""
+    if (config.feature, config.feature_dim) != (FACE_EMBEDDING, FACE_EMBEDDING_DIM):
+        _refuse(path, f"config is a FaceID one ({config.face}) but reads {config.feature} of width "
+                      f"{config.feature_dim}; FaceID reads the {FACE_EMBEDDING_DIM}-wide {FACE_EMBEDDING}.")
+    wants_resampler = config.face in (FACEID_PLUS, PORTRAIT_UNNORM)
+    if (config.resampler is not None) != wants_resampler:
+        _refuse(path, f"config of kind {config.face} has {'no ' if config.resampler is None else ''}resampler "
+                      "settings; only FaceID Plus and portrait-unnorm have them.")
