@@ -40,7 +40,8 @@ class IPAFaceAnalysisLoader(io.ComfyNode):
             description="The face detector and recogniser of an insightface pack in models/insightface/models/"
                         "<pack>/, run with onnxruntime (the insightface package is not needed).",
             inputs=[io.Combo.Input("pack", options=packs, default="buffalo_l",
-                                   tooltip="buffalo_l for the h94 FaceID files, antelopev2 for Kolors FaceID."),
+                                   tooltip="buffalo_l: the pack the h94 FaceID files were trained with. Packs are found in "
+                                           "models/insightface/models/<pack>/."),
                     io.Combo.Input("provider", options=list(PROVIDERS), default="auto",
                                    tooltip="Where onnxruntime runs: auto = CUDA with onnxruntime-gpu, else CPU.")],
             outputs=[FaceAnalysis.Output(display_name="face_analysis")])

@@ -22,7 +22,10 @@ NODE_NAMES = {"IPALoader": "IP-Adapter Loader", "IPACLIPVisionLoader": "IP-Adapt
               "IPAPrepareReference": "IP-Adapter Prepare Reference", "IPANoiseNegative": "IP-Adapter Noise Negative",
               "IPAApplyTiled": "IP-Adapter Tiled", "IPAEncodeEnhanced": "IP-Adapter Encode (Enhanced)",
               "IPAFrames": "IP-Adapter Frames", "IPAFrameWeights": "IP-Adapter Frame Weights",
-              "IPAAttentionMap": "IP-Adapter Attention Map"}
+              "IPAAttentionMap": "IP-Adapter Attention Map",
+              "IPAFaceAnalysisLoader": "IP-Adapter Face Analysis Loader", "IPAFaceAnalysis": "IP-Adapter Face Analysis",
+              "IPAProjectFace": "IP-Adapter Project Face", "IPAFaceID": "IP-Adapter FaceID (all-in-one)",
+              "IPAUnifiedLoaderFaceID": "IP-Adapter FaceID Preset Loader"}
 
 
 def test_nodes_load_in_comfyui_with_display_names():

@@ -404,7 +404,7 @@ def test_sd15_faceid_lora_counts_once(pair, image_encoder, adapter_file, parity)
     separate _lora.safetensors (ComfyUI's own LoRA loader) does not get it twice: still the reference."""
     import comfy.sd
 
-    path, variant = adapter_file("ip-adapter-faceid_sd15", "bin"), "ip-adapter-faceid_sd15"
+    path = adapter_file("ip-adapter-faceid_sd15", "bin")
     ids = torch.nn.functional.normalize(torch.randn(1, 512, generator=torch.Generator().manual_seed(11)), dim=-1)
     want = faceid_reference(pair, path, ids, None, None, False, 1.0, NEG_POS)
     without, _ = faceid_ours(pair, path, ids, None, None, False, 1.0, NEG_POS, lora_strength=0.0)

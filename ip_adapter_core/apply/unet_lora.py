@@ -38,7 +38,7 @@ def lora_patches(handle) -> dict:
     """ComfyUI weight patches (``comfy.lora.load_lora``'s adapters) for the handle's LoRA; {} without one."""
     if not handle.lora:
         return {}
-    import comfy.lora  # noqa: PLC0415 - host only
+    import comfy.lora
 
     targets = lora_targets(handle.config.layers)
     lora = {}

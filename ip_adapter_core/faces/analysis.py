@@ -42,10 +42,19 @@ _LOCK = threading.Lock()
 SESSION_CACHE = 8
 
 
+def onnxruntime():
+    """The onnxruntime module, or IPAdapterError saying how to install it."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise IPAdapterError("face analysis needs the onnxruntime package, which is not installed. Install the "
+                             "extension's requirements (pip install -r requirements.txt), or onnxruntime-gpu.") from e
+    return ort
+
+
 def providers_for(choice: str) -> list[str]:
     """onnxruntime providers for a choice of PROVIDERS; 'auto' takes CUDA when onnxruntime-gpu offers it."""
-    import onnxruntime as ort  # noqa: PLC0415 - optional until a face is analysed
-
+    ort = onnxruntime()
     available = ort.get_available_providers()
     if choice not in PROVIDERS:
         raise IPAdapterError(f"provider: expected one of {', '.join(PROVIDERS)}; got {choice!r}.")
@@ -61,11 +70,7 @@ def providers_for(choice: str) -> list[str]:
 
 def session(path, providers: list[str]):
     """A cached onnxruntime session for ``path`` (re-opened when the file changes)."""
-    try:
-        import onnxruntime as ort  # noqa: PLC0415
-    except ImportError as e:
-        raise IPAdapterError("face analysis needs the onnxruntime package, which is not installed. Install the "
-                             "extension's requirements (pip install -r requirements.txt), or onnxruntime-gpu.") from e
+    ort = onnxruntime()
     st = Path(path).stat()
     key = (str(path), st.st_size, st.st_mtime_ns, tuple(providers))
     with _LOCK:

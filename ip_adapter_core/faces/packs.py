@@ -38,7 +38,7 @@ class PackFiles:
 
 def register_folder() -> None:
     """Add ``models/insightface`` to ComfyUI's folders (extra_model_paths.yaml's entries first)."""
-    import folder_paths  # noqa: PLC0415 - host only
+    import folder_paths
 
     default = os.path.join(folder_paths.models_dir, FOLDER)
     paths, exts = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))
@@ -48,7 +48,7 @@ def register_folder() -> None:
 
 
 def roots() -> list[str]:
-    import folder_paths  # noqa: PLC0415 - host only
+    import folder_paths
 
     try:
         return folder_paths.get_folder_paths(FOLDER)

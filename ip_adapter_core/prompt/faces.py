@@ -18,7 +18,7 @@ import torch
 
 from ..errors import IPAdapterError, IPAdapterMismatchError
 from ..faces.face_set import FaceSet
-from ..files.config import FACEID_PLUS, FACE_EMBEDDING_DIM, PORTRAIT_UNNORM, AdapterConfig
+from ..files.config import FACE_EMBEDDING_DIM, FACEID_PLUS, PORTRAIT_UNNORM, AdapterConfig
 from ..input_bounds import check_magnitudes
 from ..networks.ops import compute_dtype
 from .embeds import ImagePrompt

@@ -1,0 +1,126 @@
+"""FaceID through the nodes in the real host: a synthetic face pack (tests/support/face_packs.py) analysed by
+IP-Adapter Face Analysis, projected by Project Face with ComfyUI's own CLIP vision model (FaceID Plus), weighted,
+applied (the file's LoRA merged by ComfyUI's weight patching) and sampled by ComfyUI's sampler on the suite's
+random full-size SD1.5 checkpoint. The maths is checked against the reference in test_host_parity.py; here the
+wiring: the crop CLIP sees, the LoRA merged for sampling and taken off after, the all-in-one node."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.host
+
+LANDMARKS = [[300, 300], [340, 300], [320, 325], [305, 345], [335, 345]]  # in the detector's 640 frame
+
+
+@pytest.fixture(scope="module")
+def analyzer(tmp_path_factory):
+    from support.face_packs import face_at, write_pack
+
+    from ipadapter_ext.ip_adapter_core.faces.analysis import FaceAnalyzer
+
+    root = tmp_path_factory.mktemp("insightface")
+    write_pack(root, faces=[face_at(16, 20, 20, LANDMARKS, (280, 270, 360, 370))])
+    return FaceAnalyzer("buffalo_l", "CPU", search=[root])
+
+
+@pytest.fixture(scope="module")
+def sd15():
+    import comfy.sd
+
+    from support import host_models
+
+    model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(host_models.sd15_checkpoint(tiny=False)),
+                                                              output_vae=False, output_clipvision=False)
+    return model, clip
+
+
+@pytest.fixture(scope="module")
+def vit_h():
+    import comfy.clip_vision
+
+    from support import host_models
+
+    return comfy.clip_vision.load(str(host_models.clip_vision_vit_h()))
+
+
+def pictures(n=1, size=320):
+    g = torch.Generator().manual_seed(3)
+    return torch.rand(n, size, size, 3, generator=g)
+
+
+def sample(model, clip, steps=1):
+    import comfy.sample
+
+    tokens = clip.tokenize("a portrait")
+    cond = [[clip.encode_from_tokens(tokens), {}]]
+    uncond = [[clip.encode_from_tokens(clip.tokenize("")), {}]]
+    latent = torch.zeros(1, 4, 16, 16)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
+    return comfy.sample.sample(model, noise, steps, 2.0, "euler", "normal", cond, uncond, latent, denoise=1.0,
+                               seed=0)
+
+
+def test_face_analysis_node_gives_faces_crops_and_drawing(analyzer):
+    from ipadapter_ext.nodes.faces import IPAFaceAnalysis
+
+    images = pictures(2)
+    faces, crops, found = IPAFaceAnalysis.execute(analyzer, images, "largest", 0).result
+    assert len(faces) == 2 and faces.image_index == (0, 1)
+    assert crops.shape == (2, 224, 224, 3) and found.shape == images.shape
+    assert not torch.equal(found, images)  # the box and landmarks are drawn
+    # letterbox: a 320 picture is scaled 2x into the 640 frame, so landmarks come back halved
+    assert np.allclose(faces.landmarks[0], np.array(LANDMARKS) / 2, atol=1e-3)
+
+
+def test_plus_projects_the_face_crop_as_the_reference(analyzer, vit_h, adapter_file):
+    """Project Face (plusv2, auto -> v2 from the file name) equals the reference's ProjPlusModel on the face
+    embedding and ComfyUI's CLIP states of the crop made the reference's way (OpenCV warpAffine, 224)."""
+    import cv2
+
+    from support.reference_faceid import RefProjPlusModel
+
+    from ipadapter_ext.ip_adapter_core.faces.align import similarity, template
+    from ipadapter_ext.ip_adapter_core.files.formats import read_flat_state_dict, split_sections
+    from ipadapter_ext.ip_adapter_core.files.loader import load_adapter_handle
+    from ipadapter_ext.ip_adapter_core.prompt.vision import zero_image_features
+    from ipadapter_ext.nodes.faces import IPAFaceAnalysis, IPAProjectFace
+
+    path = adapter_file("ip-adapter-faceid-plusv2_sd15", "bin")
+    images = pictures(1)
+    faces = IPAFaceAnalysis.execute(analyzer, images, "largest", 0).result[0]
+    prompt = IPAProjectFace.execute(load_adapter_handle(path), faces, "concat", vit_h, "auto", 1.3, 1.0).result[0]
+    assert prompt.positive.shape == (1, 4, 768) and prompt.lora_strength == 1.0
+
+    picture = (images[0].numpy() * 255).round().astype(np.uint8)
+    crop = cv2.warpAffine(picture, similarity(faces.landmarks[0], template(224)), (224, 224), borderValue=0.0)
+    states = vit_h.encode_image(torch.from_numpy(crop)[None].float() / 255, crop=True)["penultimate_hidden_states"]
+    ref = RefProjPlusModel(768, 512, 1280, 4)
+    ref.load_state_dict({k: v.float() for k, v in split_sections(read_flat_state_dict(path))[0]["image_proj"].items()})
+    ids = faces.normed()
+    with torch.no_grad():
+        want = ref(ids, states.float(), shortcut=True, scale=1.3)
+        want_neg = ref(torch.zeros_like(ids), zero_image_features(vit_h), shortcut=True, scale=1.3)
+    rel = ((prompt.positive - want).norm() / want.norm()).item()
+    assert rel < 2e-3, f"face tokens differ from the reference by {rel:.2e} (the crop is warped bilinearly both ways)"
+    assert torch.allclose(prompt.negative, want_neg, rtol=1e-4, atol=1e-5)
+
+
+def test_faceid_samples_with_the_lora_merged_and_taken_off(analyzer, sd15, adapter_file):
+    """The all-in-one node on FaceID (LoRA inside): sampling through ComfyUI changes the picture, the base model
+    gets no patch (its own sampling is unchanged afterwards), and lora_strength counts."""
+    from ipadapter_ext.ip_adapter_core.files.loader import load_adapter_handle
+    from ipadapter_ext.nodes.faces import IPAFaceID
+
+    model, clip = sd15
+    base = sample(model, clip)
+    handle = load_adapter_handle(adapter_file("ip-adapter-faceid_sd15", "bin"))
+    with_face = IPAFaceID.execute(model, handle, analyzer, pictures(1), 1.0, 0.0, 1.0).result[0]
+    assert len(with_face.patches) == 4 * 32 and not model.patches, "the LoRA belongs to the clone only"
+    out = sample(with_face, clip)
+    assert torch.isfinite(out).all() and (out - base).abs().mean() > 1e-3
+    no_lora = IPAFaceID.execute(model, handle, analyzer, pictures(1), 1.0, 0.0, 1.0, lora_strength=0.0).result[0]
+    assert not no_lora.patches
+    assert (sample(no_lora, clip) - out).abs().mean() > 1e-4, "lora_strength 0 gives the same picture"
+    assert torch.equal(sample(model, clip), base), "sampling the base model again changed: a patch leaked"
