@@ -31,9 +31,17 @@ def sd15():
 
     from support import host_models
 
+    import gc
+
+    import comfy.model_management as mm
+
     model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(host_models.sd15_checkpoint(tiny=False)),
                                                               output_vae=False, output_clipvision=False)
-    return model, clip
+    yield model, clip
+    # ComfyUI's list of loaded models keeps the sampled UNet (3.4 GB); the parity tests after this need the memory
+    mm.unload_all_models()
+    del model, clip
+    gc.collect()
 
 
 @pytest.fixture(scope="module")

@@ -137,6 +137,8 @@ def pair(request, image_encoder, adapter_file):
     # tensors (SDXL's: 0.7 GB each, 2 GB while being drawn) to keep the peak low.
     for variant in {"sd15": SD15_VARIANTS, "sdxl": SDXL_VARIANTS}[family]:
         adapter_file(variant)
+    for variant in {"sd15": {v for v, _, _ in SD15_FACEID}, "sdxl": {"ip-adapter-faceid_sdxl"}}[family]:
+        adapter_file(variant, "bin")  # SDXL FaceID's LoRA: 1.1 GB drawn, before the UNet's 10.3 GB exist
     adapter_files.forget_sections()
     gc.collect()
     t0 = time.perf_counter()
@@ -367,7 +369,8 @@ def check_faceid(pair: Pair, image_encoder, parity, path, variant, faces, shortc
     assert effect > EFFECT, f"{name}: the adapter barely changes the output ({effect:.2e}); parity proves little"
     # the patches came off: the shared UNet computes its unpatched output again
     assert torch.equal(pair.comfy_forward(pair.comfy, layout), pair.unpatched(layout)[1]), "a FaceID patch leaked"
-    return handle
+    del handle
+    gc.collect()
 
 
 @SD15
@@ -379,6 +382,10 @@ def test_sd15_faceid_equals_reference(pair, image_encoder, adapter_file, parity,
 
 @SDXL
 def test_sdxl_faceid_equals_reference(pair, image_encoder, adapter_file, parity):
+    from support.workflow_servers import _available_gb  # noqa: PLC2701
+
+    if _available_gb() < 6:  # LoRA patch backups + the reference's fp32 LoRA beside the 10.3 GB pair
+        pytest.skip(f"SDXL FACEID PARITY SKIPPED: {_available_gb():.1f} GB free, needs 6")
     check_faceid(pair, image_encoder, parity, adapter_file("ip-adapter-faceid_sdxl", "bin"),
                  "ip-adapter-faceid_sdxl", 1, False, NEG_POS, lam=0.8)
 
