@@ -53,22 +53,19 @@ class FacePerceiverResampler(torch.nn.Module):
         return self.norm_out(self.proj_out(latents))
 
 
-class FaceIDPlusProjModel(torch.nn.Module):
-    """([B, 512] face embedding, [B, 257, 1280] CLIP states of the face crop) -> [B, num_tokens, cross_dim]."""
+class FaceIDPlusProjModel(FaceIDProjModel):
+    """([B, 512] face embedding, [B, 257, 1280] CLIP states of the face crop) -> [B, num_tokens, cross_dim]:
+    the FaceID MLP's tokens refined by a FacePerceiverResampler."""
 
     def __init__(self, embed_dim, hidden, cross_dim, num_tokens, resampler, operations=TorchOps,
                  device=None, dtype=None):
-        super().__init__()
-        kw = dict(device=device, dtype=dtype)
-        self.num_tokens, self.cross_dim = num_tokens, cross_dim
-        self.proj = torch.nn.Sequential(operations.Linear(embed_dim, hidden, **kw), torch.nn.GELU(),
-                                        operations.Linear(hidden, cross_dim * num_tokens, **kw))
-        self.norm = operations.LayerNorm(cross_dim, **kw)
+        super().__init__(embed_dim, hidden, cross_dim, num_tokens, operations, device, dtype)
         r = resampler
         self.perceiver_resampler = FacePerceiverResampler(r.dim, r.depth, r.dim_head, r.heads, r.embedding_dim,
-                                                          r.output_dim, r.ff_mult, operations, **kw)
+                                                          r.output_dim, r.ff_mult, operations, device=device,
+                                                          dtype=dtype)
 
     def forward(self, face_embeds, clip_states, shortcut: bool = False, s_scale: float = 1.0):
-        ids = self.norm(self.proj(face_embeds).reshape(-1, self.num_tokens, self.cross_dim))
+        ids = super().forward(face_embeds)
         out = self.perceiver_resampler(ids, clip_states)
         return ids + s_scale * out if shortcut else out
