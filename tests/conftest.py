@@ -114,6 +114,9 @@ def pytest_configure(config):
     logging.getLogger("ipadapter").setLevel(logging.DEBUG)
 
 
+_SERVERS: list = []  # the session's Servers, once a test has asked for them
+
+
 @pytest.fixture(scope="session")
 def servers(tmp_path_factory, adapter_file):
     """The real ComfyUI servers of the workflow and browser tests, one at a time (workflow_servers.py); their
@@ -121,8 +124,19 @@ def servers(tmp_path_factory, adapter_file):
     from support.workflow_servers import make_servers
 
     s = make_servers(tmp_path_factory.mktemp("workflows"), adapter_file)
+    _SERVERS.append(s)
     yield s
     s.close()
+    _SERVERS.clear()
+
+
+def pytest_runtest_setup(item):
+    """A server that ran a workflow holds its models (4 GB and more for full SD1.5) in another process: stop it
+    before a test that does not use it, so the in-process host tests between the browser and the workflow
+    modules have the memory (CI was OOM-killed with the browser tests' server alive under them). The next
+    test that needs a server starts one again (~10 s)."""
+    if _SERVERS and "servers" not in item.fixturenames:
+        _SERVERS[0].close()
 
 
 @pytest.fixture(scope="session")

@@ -173,10 +173,10 @@ def test_chains_of_3000_nodes_convert_without_recursion(shape):
 
 
 def test_a_chain_that_stays_keeps_its_whole_length_linearly():
-    """3,000 chained apply nodes fed by a FaceID loader, which stays: every one of them stays (it would lose
-    its adapter), found in one pass over the graph, not one conversion rerun per node."""
+    """3,000 chained apply nodes fed by a community loader, which stays: every one of them stays (it would
+    lose its adapter), found in one pass over the graph, not one conversion rerun per node."""
     wf = api_chain(3000)
-    wf["20"] = theirs("IPAdapterUnifiedLoaderFaceID", {}, {"model": MODEL})
+    wf["20"] = theirs("IPAdapterUnifiedLoaderCommunity", {"preset": "Composition"}, {"model": MODEL})
     out, report = convert(wf)
     assert len(report.kept) == 3001 and not report.converted
 

@@ -27,13 +27,12 @@ def analyzer(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sd15():
-    import comfy.sd
-
-    from support import host_models
-
     import gc
 
     import comfy.model_management as mm
+    import comfy.sd
+
+    from support import host_models
 
     model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(host_models.sd15_checkpoint(tiny=False)),
                                                               output_vae=False, output_clipvision=False)
@@ -103,7 +102,8 @@ def test_plus_projects_the_face_crop_as_the_reference(analyzer, vit_h, adapter_f
 
     picture = (images[0].numpy() * 255).round().astype(np.uint8)
     crop = cv2.warpAffine(picture, similarity(faces.landmarks[0], template(224)), (224, 224), borderValue=0.0)
-    states = vit_h.encode_image(torch.from_numpy(crop)[None].float() / 255, crop=True)["penultimate_hidden_states"]
+    with torch.no_grad():  # outside ComfyUI's inference_mode the graph would outlive the test (7 GB)
+        states = vit_h.encode_image(torch.from_numpy(crop)[None].float() / 255, crop=True)["penultimate_hidden_states"]
     ref = RefProjPlusModel(768, 512, 1280, 4)
     ref.load_state_dict({k: v.float() for k, v in split_sections(read_flat_state_dict(path))[0]["image_proj"].items()})
     ids = faces.normed()

@@ -23,7 +23,7 @@ from ..input_bounds import check_magnitudes
 from ..networks.ops import compute_dtype
 from .embeds import ImagePrompt
 from .tokens import ONE_PER_FRAME, PROJECT_MODES, combine, parse_image_weights
-from .vision import check_encoder, zero_image_features
+from .vision import check_encoder, encode_batches, zero_image_features
 
 # plusv2 and plus have the same tensors; the file name is the only hint, so it is a setting (auto reads the name)
 PLUS_VERSIONS = ("auto", "v2", "v1")
@@ -100,8 +100,9 @@ def project_faces(image_proj: torch.nn.Module, config: AdapterConfig, ids: torch
 
 def encode_face_crops(clip_vision, faces: FaceSet, size: int = FACE_CROP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
     """(CLIP penultimate states of the aligned face crops [n, 257, 1280], zero-image states) - host only."""
-    crops = faces.crops(size)
-    out = clip_vision.encode_image(crops, crop=True)
+    # the crops are already the encoder's size: crop=True only skips ComfyUI's resize; encode_batches runs
+    # without autograd (outside ComfyUI's inference_mode a recorded graph kept the encoder's 7 GB alive)
+    out = encode_batches(clip_vision, faces.crops(size), True)
     return out["penultimate_hidden_states"].float(), zero_image_features(clip_vision)
 
 
