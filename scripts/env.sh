@@ -25,7 +25,8 @@ case "$(uname -m)" in
 esac
 
 stamp_of() {
-  { echo "$TORCH"; cat "$REPO/requirements.txt" "$REPO/requirements-test.txt" "$REPO/requirements-train.txt";
+  { echo "$TORCH"; cat "$REPO/requirements.txt" "$REPO/requirements-test.txt" "$REPO/requirements-train.txt" \
+      "$REPO/requirements-test-nodeps.txt";
     [ -n "$HOST" ] && cat "$HOST/requirements.txt"; } | sha256sum | cut -c1-16
 }
 
@@ -43,6 +44,7 @@ ensure_venv() {
     reqs+=(-r "$VENV/.host-reqs.txt")
   fi
   "$VENV/bin/python" -m pip install -q "${reqs[@]}" >&2
+  "$VENV/bin/python" -m pip install -q --no-deps -r "$REPO/requirements-test-nodeps.txt" >&2
   echo "$stamp" > "$VENV/.stamp"
 }
 

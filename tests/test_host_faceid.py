@@ -57,13 +57,13 @@ def pictures(n=1, size=320):
     return torch.rand(n, size, size, 3, generator=g)
 
 
-def sample(model, clip, steps=1):
+def sample(model, clip, steps=1, batch=1):
     import comfy.sample
 
     tokens = clip.tokenize("a portrait")
     cond = [[clip.encode_from_tokens(tokens), {}]]
     uncond = [[clip.encode_from_tokens(clip.tokenize("")), {}]]
-    latent = torch.zeros(1, 4, 16, 16)
+    latent = torch.zeros(batch, 4, 16, 16)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
     return comfy.sample.sample(model, noise, steps, 2.0, "euler", "normal", cond, uncond, latent, denoise=1.0,
                                seed=0)
@@ -132,3 +132,62 @@ def test_faceid_samples_with_the_lora_merged_and_taken_off(analyzer, sd15, adapt
     assert not no_lora.patches
     assert (sample(no_lora, clip) - out).abs().mean() > 1e-4, "lora_strength 0 gives the same picture"
     assert torch.equal(sample(model, clip), base), "sampling the base model again changed: a patch leaked"
+
+
+def test_face_prompts_take_every_control_of_image_prompts(analyzer, sd15, adapter_file):
+    """FaceID tokens join the image-prompt chain: weight types, precise routes, λ schedules, masks (the attention
+    map is exactly 0 outside the mask), frames (one face per frame) and chained prompts each run through
+    ComfyUI's sampler and change the picture; the LoRA is merged once however many face prompts are chained."""
+    from ipadapter_ext.ip_adapter_core.apply.attention_map import record
+    from ipadapter_ext.ip_adapter_core.files.loader import load_adapter_handle
+    from ipadapter_ext.nodes.apply import IPAApply
+    from ipadapter_ext.nodes.faces import IPAFaceAnalysis, IPAProjectFace
+    from ipadapter_ext.nodes.frames import IPAFrames
+    from ipadapter_ext.nodes.weight import IPASchedule, IPAWeight
+
+    model, clip = sd15
+    handle = load_adapter_handle(adapter_file("ip-adapter-faceid_sd15", "bin"))
+    faces = IPAFaceAnalysis.execute(analyzer, pictures(2), "largest", 0).result[0]
+    one = IPAProjectFace.execute(handle, faces.select([0]), "concat").result[0]
+
+    def weighted(prompt, **kw):
+        args = dict(weight=1.0, blocks="all", custom_blocks="", start_at=0.0, end_at=1.0)
+        args.update(kw)
+        return IPAWeight.execute(prompt, **args).result[0]
+
+    def applied(prompt, mask=None, on=None):
+        return IPAApply.execute(on or model, handle, prompt, mask).result[0]
+
+    base = sample(applied(weighted(one)), clip)
+    variants = {
+        "style transfer precise": weighted(one, weight_type="style transfer precise"),
+        "composition precise": weighted(one, weight_type="composition precise"),
+        "ease in-out": weighted(one, weight_type="ease in-out"),
+        "λ schedule": IPASchedule.execute(weighted(one), "linear", 0.0, "").result[0],
+        "K+V": weighted(one, embeds_scaling="K+V"),
+    }
+    for name, prompt in variants.items():
+        out = sample(applied(prompt), clip)
+        assert torch.isfinite(out).all() and (out - base).abs().mean() > 1e-5, f"{name} changed nothing"
+
+    # a mask: the face prompt acts on the left half only (attention map exactly 0 on the right)
+    mask = torch.zeros(1, 128, 128)
+    mask[:, :, :64] = 1.0
+    masked = applied(weighted(one), mask)
+    tokens = clip.tokenize("a portrait")
+    positive = [[clip.encode_from_tokens(tokens), {}]]
+    negative = [[clip.encode_from_tokens(clip.tokenize("")), {}]]
+    maps, _, _ = record(masked, positive, negative, {"samples": torch.zeros(1, 4, 16, 16)}, 0, 2, 0, 2.0,
+                        "euler", "normal")
+    assert maps[..., 8:].abs().max() == 0 and maps[..., :8].abs().max() > 0
+
+    # one face per frame: two frames, each its own face's tokens
+    frames = IPAProjectFace.execute(handle, faces, "one per frame").result[0]
+    framed = IPAFrames.execute(frames, 1, 0, "linear").result[0]
+    out = sample(applied(weighted(framed)), clip, batch=2)
+    assert out.shape[0] == 2 and torch.isfinite(out).all()
+
+    # two face prompts chained: both act, the LoRA is merged once
+    two = applied(weighted(one, weight=0.5), on=applied(weighted(one, weight=0.5)))
+    assert len(two.patches) == 4 * 32, "the LoRA was added twice"
+    assert (sample(two, clip) - base).abs().mean() > 1e-5

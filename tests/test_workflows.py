@@ -6,14 +6,15 @@ The server is a subprocess (``scripts/comfy_server.py``): ``main.py --cpu --list
 ``custom_nodes:`` entry), its input/output/temp/user folders in a temporary directory, and a temporary
 models folder of symlinks, under the README's file names, to random-weight files of the real shapes
 (tests/host_models.py: SD1.5 and SDXL checkpoints, OpenCLIP ViT-H/14, SD1.5 ControlNet; tests/adapter_files.py:
-IP-Adapter files). Input images are the repository's ``workflows/input/*.png`` scaled to SIZE×SIZE (a
+IP-Adapter files, FaceID's as .bin), and a synthetic face pack (tests/support/face_packs.py: buffalo_l's
+detector and recogniser as small ONNX graphs that find one face in any picture) in models/insightface. Input images are the repository's ``workflows/input/*.png`` scaled to SIZE×SIZE (a
 non-square one to SIZE on its short side). Each workflow runs with KSampler steps = STEPS and EmptyLatentImage
 (and ImageScale) SIZE×SIZE, IP-Adapter Train with TRAIN_STEPS steps, then once more with every λ (IPAWeight /
-IPAApplySimple / IPAApplyTiled ``weight``) set to 0: it must finish, save one image per latent frame in the
+IPAApplySimple / IPAApplyTiled / IPAFaceID ``weight``) set to 0: it must finish, save one image per latent frame in the
 output folder, and the images differ on every frame. The λ = 0 rerun must take the training
 set and the trained adapter from ComfyUI's cache (the server's ``execution_cached`` message), not train again.
 
-What ran for SDXL (07_sdxl_style_composition): the workflow file unchanged (CheckpointLoaderSimple with a
+What ran for SDXL (07_sdxl_style_composition, 14_sdxl_faceid): the workflow file unchanged (CheckpointLoaderSimple with a
 real-shape random SDXL checkpoint: 2.6 B UNet parameters, CLIP-L and CLIP-G, VAE; fp16 file of 6.9 GB; the
 SDXL ViT-H IP-Adapter and the ViT-H encoder), at SIZE×SIZE and SDXL_STEPS steps, in a second server started with
 ``--fp8_e4m3fn-unet``: the UNet weights are stored in fp8 (e4m3fn, 2.45 GB) and cast layer by layer to fp32
@@ -46,7 +47,7 @@ log = logging.getLogger("ipadapter.tests.workflows")
 STEPS = 2
 SDXL_STEPS = 1  # one SDXL step (cond and uncond through all 70 patched layers) is ~50 s on a busy 2-core CPU
 RUN_ORDER = [n for n in WORKFLOWS if n not in SDXL] + [n for n in WORKFLOWS if n in SDXL]  # one switch
-LAMBDA_NODES = {"IPAWeight", "IPAApplySimple", "IPAApplyTiled"}
+LAMBDA_NODES = {"IPAWeight", "IPAApplySimple", "IPAApplyTiled", "IPAFaceID"}
 TRAIN_STEPS = 2  # IPATrain steps in the runs (the file says 200)
 TRAIN_NODES = {"IPATrainingSet", "IPATrain"}  # upstream of λ: the λ = 0 rerun must take them from ComfyUI's cache
 WIDGET_PY_TYPES = {"INT": int, "FLOAT": (int, float), "BOOLEAN": bool, "STRING": str}

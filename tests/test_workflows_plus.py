@@ -30,7 +30,7 @@ from safetensors.numpy import load_file
 from ipadapter_ext.ip_adapter_core.convert import convert
 from ipadapter_ext.ip_adapter_core.convert.our_nodes import CONTROL, SPECS
 from support.plus_graphs import BASE_SD15, CLIP_H, FAMILY, IMAGES, PLUS_SD15, SCENARIOS, SD15_CKPT, SIZE, canonical, to_ui
-from support.workflow_servers import comfy_server, wf
+from support.workflow_servers import comfy_server, models_of, wf
 
 pytestmark = [pytest.mark.host, pytest.mark.slow]
 RUN_ORDER = sorted(SCENARIOS, key=lambda s: (FAMILY[s] != "sdxl", s))
@@ -130,14 +130,16 @@ def test_the_route_converts_and_refuses_bad_requests(sd15):
     assert sd15.alive()
 
 
-RUNNABLE_EXAMPLES = ("advanced", "combine_embeds", "negative_image", "noise_injection", "simple", "tiled",
-                     "weight_types", "weighted_embeds", "weights")   # SD1.5, only core nodes besides theirs
+RUNNABLE_EXAMPLES = ("advanced", "combine_embeds", "faceid", "faceid_batch", "ideal_faceid_config", "negative_image",
+                     "noise_injection", "simple", "tiled", "weight_types", "weighted_embeds",
+                     "weights")   # SD1.5, only core nodes besides theirs
 
 
 @pytest.mark.parametrize("name", RUNNABLE_EXAMPLES)
-def test_their_sd15_examples_run_converted(name, sd15):
+def test_their_sd15_examples_run_converted(name, sd15, servers):
     """Their own files, converted as shipped, then pointed at this server's random-weight files (their model
-    and image names are not here), at SIZE and 2 steps: every sampler of the file runs to a saved image."""
+    and image names are not here), at SIZE and 2 steps: every sampler of the file runs to a saved image. The
+    FaceID ones find a face in any picture (the synthetic face pack, workflow_servers.py)."""
     from test_convert import their_examples
 
     folder = their_examples()
@@ -162,6 +164,7 @@ def test_their_sd15_examples_run_converted(name, sd15):
             i.update(width=SIZE, height=SIZE, batch_size=min(i["batch_size"], 2))
         if node["class_type"] == "KSampler":
             i["steps"] = 2
+    servers.link(models_of(prompt, "sd15"))  # what their preset loaders, converted to ours, look for
     samplers = sum(1 for n in prompt.values() if n["class_type"] == "KSampler")
     try:
         entry = sd15.run(prompt, timeout=3600)

@@ -2,7 +2,7 @@
 
 The apply nodes of theirs become the modular chain IP-Adapter Encode Image → Project → Weight (λ) →
 Apply, with each setting on the node that owns it here; their loaders, encoder, combine, noise and
-prepare nodes become ours one for one. Where the maths differ, the rule says so in a note, and the
+prepare nodes become ours one for one (the FaceID nodes: ``faceid_rules.py``). Where the maths differ, the rule says so in a note, and the
 mapping table of docs/converting.md lists every case ("Node by node"). The formulas
 behind each mapping: theirs in IPAdapterPlus.py (``ipadapter_execute``, the node classes) and
 CrossAttentionPatch.py; ours in ``blocks.py`` and the nodes. Two deliberate differences stay: our
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from ..prompt.blocks import block_order, layer_lambdas
 from .context import Ctx, Unconvertible
+from .faceid_rules import FACEID_RULES
 from .limits import MAX_PARAM_ENTRIES
 
 SIMPLE_TYPES = {"standard": "linear", "prompt is more important": "ease out", "style transfer": "style transfer"}
@@ -40,14 +41,6 @@ NOT_HERE = {
 }
 LIST_SOURCES = ("IPAdapterWeights", "IPAdapterWeightsFromStrategy", "IPAdapterCombineWeights")
 UNSUPPORTED_FILES = ("kolors",)
-FACEID_PRESETS = {"FACEID": "FACEID", "FACEID PLUS - SD1.5 only": "FACEID PLUS", "FACEID PLUS V2": "FACEID PLUS V2",
-                  "FACEID PORTRAIT (style transfer)": "FACEID PORTRAIT",
-                  "FACEID PORTRAIT UNNORM - SDXL only (strong)": "FACEID PORTRAIT UNNORM"}
-# their providers -> ours (onnxruntime's, by the same names)
-PROVIDERS = {"CPU": "CPU", "CUDA": "CUDA", "ROCM": "ROCm", "DirectML": "DirectML", "OpenVINO": "OpenVINO",
-             "CoreML": "CoreML"}
-# Their LoRA comes from the separate _lora.safetensors, loaded by their FaceID preset loader at lora_strength (0.6
-# by default) onto its MODEL output; with their model loader none is loaded unless the graph has a LoRA loader.
 
 
 # ---------------------------------------------------------------------------- the chain
@@ -330,70 +323,6 @@ def params_entries(c: Ctx, name: str) -> tuple[list, int]:
     return fact.get("params", []), fact.get("params_count", 0)
 
 
-# ---------------------------------------------------------------------------- FaceID
-
-def face_analysis(c: Ctx):
-    """Their face analysis for a FaceID node: its insightface input, else their FaceID preset loader's, else a
-    Face Analysis Loader of buffalo_l added here (theirs stops with 'insightface model is required')."""
-    if c.linked("insightface"):
-        return c.src("insightface")
-    face = c.e.facts.get(("face", c.ipadapter()[0]))
-    if face is not None:
-        return face["analysis"]
-    c.note("insightface: not connected (theirs refuses to run); a Face Analysis Loader (buffalo_l) was added")
-    return c.ref(c.add("IPAFaceAnalysisLoader", pack="buffalo_l", provider="auto"))
-
-
-def faceid(c: Ctx, batch=False):
-    """IPAdapterFaceID (Batch): Face Analysis → Project Face → Weight → Apply."""
-    ipa, cv = c.ipadapter()
-    if c.linked("clip_vision"):
-        cv = c.src("clip_vision")
-    fact = c.e.facts.get(("face", ipa))
-    if fact is not None:
-        lora = fact["lora_strength"]
-    else:
-        lora = 0.0
-        c.note("lora_strength 0: theirs loads no LoRA from the FaceID file (a LoRA loader in the graph stays, and "
-               "is not applied twice); set lora_strength on Project Face to use the one in the file")
-    analysis = c.add("IPAFaceAnalysis", face_analysis=face_analysis(c), image=c.src("image"), choose="most confident",
-                     index=0, threshold=0.5)
-    if c.linked("image_negative"):
-        c.lost("image_negative: Project Face uses the reference's negative (a zero face embedding)")
-    embeds = c.ref(c.add("IPAProjectFace", ipadapter=ipa, faces=c.ref(analysis), clip_vision=cv,
-                         combine="one per frame" if batch else c.v("combine_embeds"), faceid_version="auto",
-                         weight_faceidv2=c.w("weight_faceidv2"), lora_strength=lora, image_weights=""))
-    embeds = c.ref(c.add("IPAWeight", embeds=embeds, weight=c.w("weight"), blocks="all", custom_blocks="",
-                         start_at=c.w("start_at"), end_at=c.w("end_at"), weight_type=c.v("weight_type"),
-                         embeds_scaling=c.v("embeds_scaling"), style_boost=1.0, composition_boost=1.0))
-    model = c.ref(c.add("IPAApply", main=True, model=c.src("model"), ipadapter=ipa, embeds=embeds,
-                        attn_mask=c.src("attn_mask")))
-    c.note("faces: the most confident face of each picture, as theirs; Plus crops faces at 224 px for CLIP as the "
-           "reference (theirs 256 on SDXL) and its negative encodes zero normalised pixels (theirs a black image)")
-    c.out(0, model)
-    c.out(1, c.ref(analysis, 1))
-
-
-def faceid_preset_loader(c: Ctx):
-    preset = c.v("preset")
-    if preset not in FACEID_PRESETS:
-        raise Unconvertible(f"preset {preset!r} has no equivalent here")
-    key = c.add("IPAUnifiedLoaderFaceID", main=True, model=c.src("model"), preset=FACEID_PRESETS[preset],
-                provider=PROVIDERS.get(c.v("provider"), "auto"))
-    ipa = c.ref(key, 0)
-    c.e.facts[("face", ipa)] = {"analysis": c.ref(key, 2), "lora_strength": c.w("lora_strength")}
-    c.note("the LoRA is the one inside the FaceID file, merged by IP-Adapter Apply at their lora_strength (theirs "
-           "loads the separate _lora.safetensors from models/loras onto this node's MODEL output)")
-    c.out(0, c.src("model"))
-    c.pipe(1, ipa, c.ref(key, 1))
-
-
-def insightface_loader(c: Ctx):
-    c.out(0, c.ref(c.add("IPAFaceAnalysisLoader", main=True, pack=c.v("model_name"),
-                         provider=PROVIDERS.get(c.v("provider"), "auto"))))
-    c.note("onnxruntime reads the same models/insightface/models/<pack> files; the insightface package is not used")
-
-
 # ---------------------------------------------------------------------------- loaders and helpers
 
 def unified_loader(c: Ctx):
@@ -541,9 +470,6 @@ RULES = {
     "PrepImageForClipVision": prep_image,
     "IPAdapterWeights": weights,
     "IPAdapterRegionalConditioning": regional,
-    "IPAdapterFaceID": faceid,
-    "IPAAdapterFaceIDBatch": lambda c: faceid(c, batch=True),
-    "IPAdapterUnifiedLoaderFaceID": faceid_preset_loader,
-    "IPAdapterInsightFaceLoader": insightface_loader,
     "IPAdapterCombineParams": combine_params,
+    **FACEID_RULES,
 }

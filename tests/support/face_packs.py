@@ -183,3 +183,50 @@ def write_pack(root, name: str = "buffalo_l", nested: bool = False, faces=(), re
     for file, data in (extra_files or {}).items():
         (folder / file).write_bytes(data)
     return folder
+
+
+# ---------------------------------------------------------------- helpers of the face analysis tests
+
+CPU = ["CPUExecutionProvider"]
+# insightface's utils/face_align.py, arcface_dst: where the landmarks go in a 112 crop
+ARCFACE_112 = [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
+
+
+def open_session(path):
+    import onnxruntime as ort  # noqa: PLC0415
+
+    return ort.InferenceSession(str(path), providers=CPU)
+
+
+def reference_matrix(src, dst) -> np.ndarray:
+    """scikit-image's least-squares similarity, what insightface's estimate_norm uses."""
+    from skimage.transform import SimilarityTransform  # noqa: PLC0415
+
+    return SimilarityTransform.from_estimate(np.asarray(src), np.asarray(dst)).params[:2]
+
+
+def similar(points, scale: float, angle: float, shift) -> np.ndarray:
+    """``points`` [n, 2] rotated by ``angle`` (radians), scaled and shifted: a similarity by hand."""
+    c, s = np.cos(angle), np.sin(angle)
+    return np.asarray(points, np.float64) @ (scale * np.array([[c, -s], [s, c]])).T + np.asarray(shift, np.float64)
+
+
+def smooth_picture(h: int, w: int, phase: float = 0.0) -> np.ndarray:
+    """A smooth uint8 RGB picture (interpolation differences stay small), each channel different."""
+    yy, xx = np.mgrid[:h, :w]
+    return np.stack([127 + 100 * np.sin(xx / 23 + c + phase) * np.cos(yy / 31 - c) for c in range(3)],
+                    -1).round().astype(np.uint8)
+
+
+def as_images(*pictures: np.ndarray):
+    import torch  # noqa: PLC0415
+
+    """uint8 [H, W, 3] pictures -> a ComfyUI IMAGE batch (0..1)."""
+    return torch.stack([torch.from_numpy(p).float() / 255 for p in pictures])
+
+
+def analyzer(root, faces=(), red_stride=None):
+    """A FaceAnalyzer (CPU) over a synthetic buffalo_l pack written into ``root``."""
+    from ipadapter_ext.ip_adapter_core.faces.analysis import FaceAnalyzer  # noqa: PLC0415
+    write_pack(root, faces=faces, red_stride=red_stride)
+    return FaceAnalyzer("buffalo_l", "CPU", search=[root])

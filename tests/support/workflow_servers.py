@@ -18,7 +18,7 @@ comfy_server = script("comfy_server")
 wf = script("workflow_format")
 
 WORKFLOWS = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
-SDXL = {"07_sdxl_style_composition"}
+SDXL = {"07_sdxl_style_composition", "14_sdxl_faceid"}
 SIZE = 192  # the workflows' input images are scaled to it (their latents too, by the workflow tests)
 SDXL_FLAGS = ("--fp8_e4m3fn-unet",)
 SDXL_MIN_FREE_GB = 8.0
@@ -28,9 +28,26 @@ MODEL_INPUTS = {
                                   "sd_xl_base_1.0.safetensors": ("sdxl_checkpoint", False)}),
     "control_net_name": ("controlnet", {"control_v11p_sd15_canny_fp16.safetensors": ("controlnet_sd15", False)}),
     "clip_name": ("clip_vision", {"CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors": ("clip_vision_vit_h",)}),
-    "ipadapter_file": ("ipadapter", {f"{v}.safetensors": ("adapter", v) for v in
-                                     ("ip-adapter_sd15", "ip-adapter-plus_sd15", "ip-adapter_sdxl_vit-h")}),
+    "ipadapter_file": ("ipadapter", {**{f"{v}.safetensors": ("adapter", v) for v in
+                                        ("ip-adapter_sd15", "ip-adapter-plus_sd15", "ip-adapter_sdxl_vit-h",
+                                         "ip-adapter-full-face_sd15")},
+                                     **{f"{v}.bin": ("adapter", v, "bin") for v in  # released as .bin only
+                                        ("ip-adapter-faceid-plusv2_sd15", "ip-adapter-faceid_sdxl")}}),
+    # a face pack is a folder: models/insightface/models/<pack>/ (synthetic ONNX graphs, tests/support/face_packs.py)
+    "pack": ("insightface/models", {"buffalo_l": ("face_pack",)}),
 }
+# what a preset loader finds by itself in the model folders: (node, preset, family) -> [(MODEL_INPUTS key, value)]
+PRESET_MODELS = {
+    ("IPAUnifiedLoaderFaceID", "FACEID", "sdxl"): [("ipadapter_file", "ip-adapter-faceid_sdxl.bin"),
+                                                   ("pack", "buffalo_l")],
+    ("IPAUnifiedLoaderFaceID", "FACEID PLUS V2", "sd15"): [("ipadapter_file", "ip-adapter-faceid-plusv2_sd15.bin"),
+                                                           ("clip_name", "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"),
+                                                           ("pack", "buffalo_l")],
+    ("IPAUnifiedLoader", "FULL FACE", "sd15"): [("ipadapter_file", "ip-adapter-full-face_sd15.safetensors"),
+                                               ("clip_name", "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors")],
+}
+# in the synthetic pack's detector frame (640): one face whatever the picture, as tests/test_host_faceid.py
+FACE_LANDMARKS = [[300, 300], [340, 300], [320, 325], [305, 345], [335, 345]]
 
 
 def ui(name):
@@ -41,12 +58,37 @@ def api(name):
     return wf.load(REPO / "workflows" / "api" / f"{name}.json")
 
 
+def models_of(prompt: dict, family: str) -> set[tuple[str, str]]:
+    """The (MODEL_INPUTS key, value) pairs an API prompt needs: the files its inputs name, and those its preset
+    loaders find by themselves (PRESET_MODELS)."""
+    needed = set()
+    for node in prompt.values():
+        needed |= {(k, v) for k, v in node["inputs"].items() if k in MODEL_INPUTS and isinstance(v, str)}
+        needed |= set(PRESET_MODELS.get((node["class_type"], node["inputs"].get("preset"), family), ()))
+    return needed
+
+
 def _model_file(recipe, adapter_file) -> Path:
     from support import host_models  # noqa: PLC0415 - needs the host on sys.path (conftest)
 
     if recipe[0] == "adapter":
-        return adapter_file(recipe[1])
+        return adapter_file(*recipe[1:])
+    if recipe[0] == "face_pack":
+        return _face_pack()
     return getattr(host_models, recipe[0])(*recipe[1:])
+
+
+def _face_pack() -> Path:
+    """buffalo_l's detector and recogniser as synthetic graphs (one face found in any picture), written once
+    into the host-models cache (a few MB)."""
+    from support import host_models  # noqa: PLC0415
+    from support.face_packs import face_at, write_pack  # noqa: PLC0415 - needs onnx (requirements-test.txt)
+
+    root = host_models.cache_dir() / "insightface"
+    folder = root / "models" / "buffalo_l"
+    if not (folder / "w600k_r50.onnx").is_file():
+        write_pack(root, faces=[face_at(16, 20, 20, FACE_LANDMARKS, (280, 270, 360, 370))], landmarks=None)
+    return folder
 
 
 class Servers:
@@ -78,9 +120,11 @@ class Servers:
         return self.current
 
     def _link_models(self, names):
+        self.link(set().union(*[models_of(api(n), "sdxl" if n in SDXL else "sd15") for n in names]))
+
+    def link(self, needed):
+        """Link the model files of these (MODEL_INPUTS key, value) pairs (built the first time)."""
         models = self.root / "models"
-        needed = {(k, v) for name in names for node in api(name).values()
-                  for k, v in node["inputs"].items() if k in MODEL_INPUTS}
         for key, value in sorted(needed):
             folder, recipes = MODEL_INPUTS[key]
             link = models / folder / value
@@ -106,10 +150,12 @@ def make_servers(root: Path, adapter_file) -> "Servers":
     models = root / "models"
     config = root / "models.yaml"
     config.write_text("ipadapter_workflow_tests:\n  base_path: " + json.dumps(str(models)) + "\n"
-                      + "".join(f"  {f}: {f}\n" for f in ("checkpoints", "controlnet", "clip_vision", "ipadapter")))
+                      + "".join(f"  {f}: {f}\n" for f in ("checkpoints", "controlnet", "clip_vision", "ipadapter",
+                                                           "insightface")))
     (root / "input").mkdir()
     for png in (REPO / "workflows" / "input").glob("*.png"):
         img = Image.open(png)
+        img = img.convert("RGB") if img.mode == "P" else img  # palette PNGs (the face photo) resize in RGB
         nearest = img.mode == "L"  # masks stay hard-edged
         # square inputs to SIZE×SIZE; others keep their aspect ratio (the tiled workflow's wide reference)
         size = (SIZE, SIZE) if img.width == img.height else (SIZE * img.width // min(img.size),
