@@ -135,9 +135,10 @@ def test_faceid_samples_with_the_lora_merged_and_taken_off(analyzer, sd15, adapt
 
 
 def test_face_prompts_take_every_control_of_image_prompts(analyzer, sd15, adapter_file):
-    """FaceID tokens join the image-prompt chain: weight types, precise routes, λ schedules, masks (the attention
-    map is exactly 0 outside the mask), frames (one face per frame) and chained prompts each run through
-    ComfyUI's sampler and change the picture; the LoRA is merged once however many face prompts are chained."""
+    """FaceID tokens join the image-prompt chain: weight types, precise routes, embeds scaling and λ schedules each
+    change the picture sampled by ComfyUI; under a mask the attention map is exactly 0 outside it; one face per
+    frame samples a frame batch; the same face chained twice at λ 0.3 equals it once at 0.6, with the LoRA
+    merged once."""
     from ipadapter_ext.ip_adapter_core.apply.attention_map import record
     from ipadapter_ext.ip_adapter_core.files.loader import load_adapter_handle
     from ipadapter_ext.nodes.apply import IPAApply
@@ -151,7 +152,7 @@ def test_face_prompts_take_every_control_of_image_prompts(analyzer, sd15, adapte
     one = IPAProjectFace.execute(handle, faces.select([0]), "concat").result[0]
 
     def weighted(prompt, **kw):
-        args = dict(weight=1.0, blocks="all", custom_blocks="", start_at=0.0, end_at=1.0)
+        args = dict(weight=0.6, blocks="all", custom_blocks="", start_at=0.0, end_at=1.0)  # λ 1: K+V = V only
         args.update(kw)
         return IPAWeight.execute(prompt, **args).result[0]
 
@@ -163,12 +164,14 @@ def test_face_prompts_take_every_control_of_image_prompts(analyzer, sd15, adapte
         "style transfer precise": weighted(one, weight_type="style transfer precise"),
         "composition precise": weighted(one, weight_type="composition precise"),
         "ease in-out": weighted(one, weight_type="ease in-out"),
-        "λ schedule": IPASchedule.execute(weighted(one), "linear", 0.0, "").result[0],
         "K+V": weighted(one, embeds_scaling="K+V"),
     }
     for name, prompt in variants.items():
         out = sample(applied(prompt), clip)
         assert torch.isfinite(out).all() and (out - base).abs().mean() > 1e-5, f"{name} changed nothing"
+    # λ from 1 to 0: the first step as the constant prompt's, the second not (the schedule is per step)
+    scheduled = sample(applied(IPASchedule.execute(weighted(one), "linear", 0.0, "").result[0]), clip, steps=2)
+    assert (scheduled - sample(applied(weighted(one)), clip, steps=2)).abs().mean() > 1e-5, "λ schedule: no effect"
 
     # a mask: the face prompt acts on the left half only (attention map exactly 0 on the right)
     mask = torch.zeros(1, 128, 128)
@@ -187,7 +190,8 @@ def test_face_prompts_take_every_control_of_image_prompts(analyzer, sd15, adapte
     out = sample(applied(weighted(framed)), clip, batch=2)
     assert out.shape[0] == 2 and torch.isfinite(out).all()
 
-    # two face prompts chained: both act, the LoRA is merged once
-    two = applied(weighted(one, weight=0.5), on=applied(weighted(one, weight=0.5)))
+    # the same face chained twice at λ 0.3 adds up to it once at 0.6 (the branches add; the LoRA is merged once)
+    two = applied(weighted(one, weight=0.3), on=applied(weighted(one, weight=0.3)))
     assert len(two.patches) == 4 * 32, "the LoRA was added twice"
-    assert (sample(two, clip) - base).abs().mean() > 1e-5
+    rel = float((sample(two, clip) - base).norm() / base.norm())
+    assert rel < 1e-4, f"two chained face prompts differ from one at their summed λ by {rel:.2e}"

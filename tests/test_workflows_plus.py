@@ -138,7 +138,8 @@ RUNNABLE_EXAMPLES = ("advanced", "combine_embeds", "faceid", "faceid_batch", "id
 @pytest.mark.parametrize("name", RUNNABLE_EXAMPLES)
 def test_their_sd15_examples_run_converted(name, sd15, servers):
     """Their own files, converted as shipped, then pointed at this server's random-weight files (their model
-    and image names are not here), at SIZE and 2 steps: every sampler of the file runs to a saved image. The
+    and image names are not here), at SIZE and 2 steps: every sampler of the file runs to an image (saved or
+    previewed). The
     FaceID ones find a face in any picture (the synthetic face pack, workflow_servers.py)."""
     from test_convert import their_examples
 
@@ -170,5 +171,5 @@ def test_their_sd15_examples_run_converted(name, sd15, servers):
         entry = sd15.run(prompt, timeout=3600)
     except comfy_server.ComfyError as e:
         pytest.fail(f"{name}: {e}\n{report.text()}\n--- server log ---\n{sd15.log_tail()}")
-    saved = [i for i in comfy_server.images_of(entry) if i.get("type", "output") == "output"]
-    assert len(saved) >= samplers, (samplers, saved)
+    shown = comfy_server.images_of(entry)  # saved, or previewed (their faceid_batch ends in a Preview Image)
+    assert len(shown) >= samplers, (samplers, shown)
