@@ -2,7 +2,8 @@
 from comfy_api.latest import io
 
 from ..ip_adapter_core.apply.unet_patch import apply_image_prompt
-from ..ip_adapter_core.faces.analysis import CHOICES, PROVIDERS, FaceAnalyzer
+from ..ip_adapter_core.faces.analysis import CHOICES, PROVIDERS
+from ..ip_adapter_core.faces.insightface_backend import BACKENDS, ONNXRUNTIME, face_analyzer
 from ..ip_adapter_core.faces.detect import SCORE_THRESHOLD
 from ..ip_adapter_core.faces.draw import annotate
 from ..ip_adapter_core.faces.packs import pack_dirs
@@ -43,12 +44,16 @@ class IPAFaceAnalysisLoader(io.ComfyNode):
                                    tooltip="buffalo_l: the pack the h94 FaceID files were trained with. Packs are found in "
                                            "models/insightface/models/<pack>/."),
                     io.Combo.Input("provider", options=list(PROVIDERS), default="auto",
-                                   tooltip="Where onnxruntime runs: auto = CUDA with onnxruntime-gpu, else CPU.")],
+                                   tooltip="Where onnxruntime runs: auto = CUDA with onnxruntime-gpu, else CPU."),
+                    io.Combo.Input("backend", options=list(BACKENDS), default=ONNXRUNTIME, optional=True,
+                                   tooltip="onnxruntime: this extension's own face analysis (nothing else to "
+                                           "install). insightface: the insightface package's, if it is installed; "
+                                           "the same files, the same results.")],
             outputs=[FaceAnalysis.Output(display_name="face_analysis")])
 
     @classmethod
-    def execute(cls, pack, provider) -> io.NodeOutput:
-        return io.NodeOutput(FaceAnalyzer(pack, provider))
+    def execute(cls, pack, provider, backend=ONNXRUNTIME) -> io.NodeOutput:
+        return io.NodeOutput(face_analyzer(pack, provider, backend or ONNXRUNTIME))
 
 
 class IPAFaceAnalysis(io.ComfyNode):

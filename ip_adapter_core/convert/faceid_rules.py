@@ -28,7 +28,7 @@ def face_analysis(c: Ctx):
     if face is not None:
         return face["analysis"]
     c.note("insightface: not connected (theirs refuses to run); a Face Analysis Loader (buffalo_l) was added")
-    return c.ref(c.add("IPAFaceAnalysisLoader", pack="buffalo_l", provider="auto"))
+    return c.ref(c.add("IPAFaceAnalysisLoader", pack="buffalo_l", provider="auto", backend="onnxruntime"))
 
 
 def faceid(c: Ctx, batch=False):
@@ -77,7 +77,7 @@ def faceid_preset_loader(c: Ctx):
 
 def insightface_loader(c: Ctx):
     c.out(0, c.ref(c.add("IPAFaceAnalysisLoader", main=True, pack=c.v("model_name"),
-                         provider=PROVIDERS.get(c.v("provider"), "auto"))))
+                         provider=PROVIDERS.get(c.v("provider"), "auto"), backend="onnxruntime")))
     c.note("onnxruntime reads the same models/insightface/models/<pack> files; the insightface package is not used")
 
 

@@ -142,10 +142,10 @@ SPECS = {
         defaults=()),
     'IPAFaceAnalysisLoader': Spec(
         sockets=(),
-        widgets=('pack', 'provider'),
+        widgets=('pack', 'provider', 'backend'),
         outputs=(('face_analysis', 'IPA_FACE_ANALYSIS'),),
-        widget_types=(('pack', 'COMBO'), ('provider', 'COMBO')),
-        defaults=(('pack', 'buffalo_l'), ('provider', 'auto'))),
+        widget_types=(('pack', 'COMBO'), ('provider', 'COMBO'), ('backend', 'COMBO')),
+        defaults=(('pack', 'buffalo_l'), ('provider', 'auto'), ('backend', 'onnxruntime'))),
     'IPAUnifiedLoaderFaceID': Spec(
         sockets=(('model', 'MODEL'),),
         widgets=('preset', 'provider'),
