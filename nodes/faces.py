@@ -16,7 +16,8 @@ KNOWN_PACKS = ("buffalo_l", "antelopev2")  # listed even when absent: the loader
 
 VERSION_TOOLTIP = ("FaceID Plus only: plus and plusv2 files hold the same tensors. v2 adds the face-ID tokens back "
                    "(weighted by weight_faceidv2); auto: v2 when the file name says plusv2.")
-V2_TOOLTIP = "FaceID Plus v2: weight of the face-ID tokens added back to the CLIP-refined ones (the reference's s_scale)."
+V2_TOOLTIP = ("FaceID Plus v2: weight of the face-ID tokens added back to the CLIP-refined ones (the reference's "
+              "s_scale).")
 LORA_TOOLTIP = ("Strength of the LoRA the FaceID file carries (1 = as trained; 0 = off). It is merged into the model "
                 "once; a model that already has it (the separate _lora.safetensors through a LoRA loader) is not given "
                 "it again.")
@@ -41,8 +42,8 @@ class IPAFaceAnalysisLoader(io.ComfyNode):
             description="The face detector and recogniser of an insightface pack in models/insightface/models/"
                         "<pack>/, run with onnxruntime (the insightface package is not needed).",
             inputs=[io.Combo.Input("pack", options=packs, default="buffalo_l",
-                                   tooltip="buffalo_l: the pack the h94 FaceID files were trained with. Packs are found in "
-                                           "models/insightface/models/<pack>/."),
+                                   tooltip="buffalo_l: the pack the h94 FaceID files were trained with. Packs are "
+                                           "found in models/insightface/models/<pack>/."),
                     io.Combo.Input("provider", options=list(PROVIDERS), default="auto",
                                    tooltip="Where onnxruntime runs: auto = CUDA with onnxruntime-gpu, else CPU."),
                     io.Combo.Input("backend", options=list(BACKENDS), default=ONNXRUNTIME, optional=True,

@@ -2,8 +2,8 @@
 
 The apply nodes of theirs become the modular chain IP-Adapter Encode Image → Project → Weight (λ) →
 Apply, with each setting on the node that owns it here; their loaders, encoder, combine, noise and
-prepare nodes become ours one for one (the FaceID nodes: ``faceid_rules.py``). Where the maths differ, the rule says so in a note, and the
-mapping table of docs/converting.md lists every case ("Node by node"). The formulas
+prepare nodes become ours one for one (the FaceID nodes: ``faceid_rules.py``). Where the maths differ,
+the rule says so in a note, and the mapping table of docs/converting.md lists every case ("Node by node"). The formulas
 behind each mapping: theirs in IPAdapterPlus.py (``ipadapter_execute``, the node classes) and
 CrossAttentionPatch.py; ours in ``blocks.py`` and the nodes. Two deliberate differences stay: our
 middle block is patched (theirs registers it under a key ComfyUI never calls), and our default
