@@ -20,6 +20,10 @@ features given to IPAProject are the ones diffusers computes (asserted equal).
 
 Both get the same latent, timestep, text context and (SDXL) pooled text / size conditioning;
 ComfyUI's SDXL ``y`` is made by ComfyUI's own ``encode_adm``.
+
+FaceID: against a transcription of the original repository's classes, LoRA included
+(tests/support/reference_faceid.py), on every layout; and against diffusers' own FaceID loading, which leaves
+the LoRA out without PEFT (ours then at lora_strength 0).
 """
 from __future__ import annotations
 
@@ -351,7 +355,32 @@ def faceid_ours(pair: Pair, path, ids, clip, zero_clip, shortcut, lam, layout, l
         mm.unload_all_models()
 
 
-def check_faceid(pair: Pair, image_encoder, parity, path, variant, faces, shortcut, layout, lam=1.0):
+def faceid_diffusers(pair: Pair, path, ids, clip, zero_clip, shortcut, lam, layout):
+    """diffusers' own FaceID support: ``load_ip_adapter`` builds IPAdapterFaceIDImageProjection (faceid, portrait)
+    or IPAdapterFaceIDPlusImageProjection (plus: its ``clip_embeds``, ``shortcut`` and ``shortcut_scale`` set as
+    its docs say) and its IP processors. Without the LoRA: diffusers loads that through PEFT, which the tests do
+    not install (it then warns and leaves it out)."""
+    host = pair.host
+    host.load_ip_adapter(str(path.parent), subfolder="", weight_name=path.name, local_files_only=True)
+    try:
+        host.set_ip_adapter_scale(lam)
+
+        def rows(pos, neg):  # [layout rows, faces, ...]: the negative where ComfyUI's row is uncond
+            return torch.stack([neg if code == 1 else pos for code in layout])
+
+        n = ids.shape[0]
+        proj = pair.unet.encoder_hid_proj.image_projection_layers[0]
+        if clip is not None:
+            proj.clip_embeds = rows(clip, zero_clip.expand(n, -1, -1))
+            proj.shortcut, proj.shortcut_scale = shortcut, S_SCALE
+        return pair.diffusers_forward(layout, [rows(ids, torch.zeros_like(ids))])
+    finally:
+        host.unload_ip_adapter()
+        gc.collect()
+
+
+def face_inputs(pair: Pair, image_encoder, variant, faces):
+    """(normalised face embeddings [faces, 512], CLIP states of the crops and of zero pixels, or None)."""
     g = torch.Generator().manual_seed(11)
     ids = torch.nn.functional.normalize(torch.randn(faces, 512, generator=g), dim=-1)
     clip = zero_clip = None
@@ -359,6 +388,11 @@ def check_faceid(pair: Pair, image_encoder, parity, path, variant, faces, shortc
         with torch.no_grad():
             clip = image_encoder(pair.pixels.expand(faces, -1, -1, -1), output_hidden_states=True).hidden_states[-2]
             zero_clip = image_encoder(torch.zeros_like(pair.pixels), output_hidden_states=True).hidden_states[-2]
+    return ids, clip, zero_clip
+
+
+def check_faceid(pair: Pair, image_encoder, parity, path, variant, faces, shortcut, layout, lam=1.0):
+    ids, clip, zero_clip = face_inputs(pair, image_encoder, variant, faces)
     t0 = time.perf_counter()
     want = faceid_reference(pair, path, ids, clip, zero_clip, shortcut, lam, layout)
     got, handle = faceid_ours(pair, path, ids, clip, zero_clip, shortcut, lam, layout)
@@ -378,6 +412,22 @@ def check_faceid(pair: Pair, image_encoder, parity, path, variant, faces, shortc
 @pytest.mark.parametrize("variant,faces,shortcut", SD15_FACEID, ids=lambda v: str(v))
 def test_sd15_faceid_equals_reference(pair, image_encoder, adapter_file, parity, variant, faces, shortcut, layout):
     check_faceid(pair, image_encoder, parity, adapter_file(variant, "bin"), variant, faces, shortcut, layout)
+
+
+@SD15
+@pytest.mark.parametrize("variant,faces,shortcut", SD15_FACEID, ids=lambda v: str(v))
+def test_sd15_faceid_equals_diffusers_without_the_lora(pair, image_encoder, adapter_file, parity, variant, faces,
+                                                       shortcut):
+    """diffusers as a second reference where it covers FaceID: every SD1.5 layout's projection and image
+    attention, the LoRA left out on both sides (ours at lora_strength 0; the LoRA is checked against the
+    original repository's maths above)."""
+    ids, clip, zero_clip = face_inputs(pair, image_encoder, variant, faces)
+    path = adapter_file(variant, "bin")
+    want = faceid_diffusers(pair, path, ids, clip, zero_clip, shortcut, 0.8, NEG_POS)
+    got, _ = faceid_ours(pair, path, ids, clip, zero_clip, shortcut, 0.8, NEG_POS, lora_strength=0.0)
+    name = f"sd15 {variant}{' v2' if shortcut else ''} faces={faces} vs diffusers, no LoRA"
+    parity(name, got, want, TOL)
+    assert rel_err(got, pair.unpatched(NEG_POS)[1]) > EFFECT, f"{name}: the adapter barely changes the output"
 
 
 @SDXL

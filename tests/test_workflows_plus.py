@@ -8,9 +8,10 @@
   note, a group), converted, and turned into a prompt with the server's node catalogue (as the editor's Run
   button does), equals the hand-built graph of ours.
 - Their own SD1.5 examples (when at hand, see test_convert.py), converted, run in the server with its model files.
-- Each scenario runs: first the hand-built prompt, then (ComfyUI's cache emptied with ``/free``, so the
-  sampler runs again) the converted one; the latents Save Latent writes (the UNet's output after the
-  sampler) are identical, bit for bit, and so are the images.
+- Each scenario's converted prompt runs in the server. The ``advanced`` one also runs hand-built first, then
+  (ComfyUI's cache emptied with ``/free``, so the sampler runs again) converted: the latents Save Latent writes
+  (the UNet's output after the sampler) are identical, bit for bit, and so are the images. For the others the
+  node-for-node equality of the graphs above says the same without a second run.
 
 This module sorts after test_workflows.py, whose last server is the SDXL one: the SDXL scenario runs first,
 then everything on the SD1.5 server (one switch).
@@ -56,25 +57,35 @@ def _run(server, prompt):
     return latent, pictures, cached
 
 
+# The converted prompt equals the hand-built graph node for node (asserted for every scenario), so running both
+# would check the server's determinism more than the converter: each scenario runs once, converted, and one
+# also runs hand-built, for the latents bit for bit.
+BIT_FOR_BIT = ("advanced",)
+
+
 @pytest.mark.parametrize("name", RUN_ORDER)
 def test_converted_workflow_runs_and_matches_the_hand_built_one(name, servers, record_property):
     server = servers.get(FAMILY[name])
     their, ours = SCENARIOS[name]()
     prompt, report = _prompt_from_ui(server, their)
     assert canonical(wf.graph(prompt)) == canonical(ours), "the converted editor file is not the hand-built graph"
+    servers.link(models_of(prompt, FAMILY[name]))  # what its preset loader looks for
     try:
         start = time.perf_counter()
-        latent_ours, images_ours, _ = _run(server, ours)
-        server.free()
-        time.sleep(2)   # the worker empties its cache when it next looks at the queue
+        if name in BIT_FOR_BIT:
+            latent_ours, images_ours, _ = _run(server, ours)
+            server.free()
+            time.sleep(2)   # the worker empties its cache when it next looks at the queue
         latent_conv, images_conv, cached = _run(server, prompt)
     except comfy_server.ComfyError as e:
         pytest.fail(f"{name}: {e}\n{report.text()}\n--- server log ---\n{server.log_tail()}")
-    sampler = next(k for k, v in prompt.items() if v["class_type"] == "KSampler")
-    assert sampler not in cached, "the converted prompt was not sampled again"
-    assert latent_conv.shape == latent_ours.shape and np.isfinite(latent_conv).all()
-    assert np.array_equal(latent_conv, latent_ours), float(np.abs(latent_conv - latent_ours).max())
-    assert np.array_equal(images_conv, images_ours)
+    assert np.isfinite(latent_conv).all() and images_conv.size
+    if name in BIT_FOR_BIT:
+        sampler = next(k for k, v in prompt.items() if v["class_type"] == "KSampler")
+        assert sampler not in cached, "the converted prompt was not sampled again"
+        assert latent_conv.shape == latent_ours.shape
+        assert np.array_equal(latent_conv, latent_ours), float(np.abs(latent_conv - latent_ours).max())
+        assert np.array_equal(images_conv, images_ours)
     record_property("seconds", round(time.perf_counter() - start, 1))
 
 
@@ -138,8 +149,8 @@ RUNNABLE_EXAMPLES = ("advanced", "combine_embeds", "faceid", "faceid_batch", "id
 @pytest.mark.parametrize("name", RUNNABLE_EXAMPLES)
 def test_their_sd15_examples_run_converted(name, sd15, servers):
     """Their own files, converted as shipped, then pointed at this server's random-weight files (their model
-    and image names are not here), at SIZE and 2 steps: every sampler of the file runs to an image (saved or
-    previewed). The
+    and image names are not here), at SIZE, one latent and 1 step: every sampler of the file runs to an image
+    (saved or previewed). The
     FaceID ones find a face in any picture (the synthetic face pack, workflow_servers.py)."""
     from test_convert import their_examples
 
@@ -162,9 +173,9 @@ def test_their_sd15_examples_run_converted(name, sd15, servers):
         if node["class_type"] == "LoadImage":
             i["image"] = next(images)
         if node["class_type"] == "EmptyLatentImage":
-            i.update(width=SIZE, height=SIZE, batch_size=min(i["batch_size"], 2))
+            i.update(width=SIZE, height=SIZE, batch_size=1)
         if node["class_type"] == "KSampler":
-            i["steps"] = 2
+            i["steps"] = 1
     servers.link(models_of(prompt, "sd15"))  # what their preset loaders, converted to ours, look for
     samplers = sum(1 for n in prompt.values() if n["class_type"] == "KSampler")
     try:

@@ -45,6 +45,12 @@ PRESET_MODELS = {
                                                            ("pack", "buffalo_l")],
     ("IPAUnifiedLoader", "FULL FACE", "sd15"): [("ipadapter_file", "ip-adapter-full-face_sd15.safetensors"),
                                                ("clip_name", "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors")],
+    ("IPAUnifiedLoader", "STANDARD", "sd15"): [("ipadapter_file", "ip-adapter_sd15.safetensors"),
+                                              ("clip_name", "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors")],
+    ("IPAUnifiedLoader", "PLUS", "sd15"): [("ipadapter_file", "ip-adapter-plus_sd15.safetensors"),
+                                          ("clip_name", "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors")],
+    ("IPAUnifiedLoader", "STANDARD", "sdxl"): [("ipadapter_file", "ip-adapter_sdxl_vit-h.safetensors"),
+                                              ("clip_name", "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors")],
 }
 # in the synthetic pack's detector frame (640): one face whatever the picture, as tests/test_host_faceid.py
 FACE_LANDMARKS = [[300, 300], [340, 300], [320, 325], [305, 345], [335, 345]]
