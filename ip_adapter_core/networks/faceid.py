@@ -10,7 +10,7 @@ strictly.
 import torch
 
 from .ops import TorchOps
-from .resampler import PerceiverAttention, feed_forward
+from .resampler import Resampler
 
 FACE_MLP_HIDDEN = 1024  # the MLP's hidden width in every release (FAMILIES.md §1.2)
 
@@ -30,27 +30,16 @@ class FaceIDProjModel(torch.nn.Module):
         return self.norm(self.proj(face_embeds).reshape(-1, self.num_tokens, self.cross_dim))
 
 
-class FacePerceiverResampler(torch.nn.Module):
-    """The ID tokens (as latents) attend over projected CLIP states; no learned queries of its own."""
+class FacePerceiverResampler(Resampler):
+    """The ID tokens (as latents) attend over projected CLIP states: a Resampler without learned queries."""
 
     def __init__(self, dim, depth, dim_head, heads, embedding_dim, output_dim, ff_mult,
                  operations=TorchOps, device=None, dtype=None):
-        super().__init__()
-        kw = dict(device=device, dtype=dtype)
-        self.proj_in = operations.Linear(embedding_dim, dim, **kw)
-        self.proj_out = operations.Linear(dim, output_dim, **kw)
-        self.norm_out = operations.LayerNorm(output_dim, **kw)
-        self.layers = torch.nn.ModuleList(
-            torch.nn.ModuleList([PerceiverAttention(dim, dim_head, heads, operations, **kw),
-                                 feed_forward(dim, ff_mult, operations, **kw)])
-            for _ in range(depth))
+        super().__init__(dim, depth, dim_head, heads, 0, embedding_dim, output_dim, ff_mult, operations, device,
+                         dtype)
 
     def forward(self, latents, x):
-        x = self.proj_in(x)
-        for attn, ff in self.layers:
-            latents = attn(x, latents) + latents
-            latents = ff(latents) + latents
-        return self.norm_out(self.proj_out(latents))
+        return super().forward(x, latents)
 
 
 class FaceIDPlusProjModel(FaceIDProjModel):

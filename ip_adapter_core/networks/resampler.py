@@ -51,13 +51,15 @@ def feed_forward(dim, mult, operations=TorchOps, device=None, dtype=None):
 
 
 class Resampler(torch.nn.Module):
-    """[B, 257, embedding_dim] penultimate CLIP states -> [B, num_queries, output_dim]."""
+    """[B, 257, embedding_dim] penultimate CLIP states -> [B, num_queries, output_dim]. With num_queries 0 it
+    has no learned queries and refines the ``latents`` it is given (FaceID Plus, faceid.py)."""
 
     def __init__(self, dim, depth, dim_head, heads, num_queries, embedding_dim, output_dim, ff_mult,
                  operations=TorchOps, device=None, dtype=None):
         super().__init__()
         kw = dict(device=device, dtype=dtype)
-        self.latents = torch.nn.Parameter(torch.empty(1, num_queries, dim, **kw))
+        if num_queries:
+            self.latents = torch.nn.Parameter(torch.empty(1, num_queries, dim, **kw))
         self.proj_in = operations.Linear(embedding_dim, dim, **kw)
         self.proj_out = operations.Linear(dim, output_dim, **kw)
         self.norm_out = operations.LayerNorm(output_dim, **kw)
@@ -66,9 +68,10 @@ class Resampler(torch.nn.Module):
                                  feed_forward(dim, ff_mult, operations, **kw)])
             for _ in range(depth))
 
-    def forward(self, x):
+    def forward(self, x, latents=None):
         x = self.proj_in(x)
-        latents = self.latents.to(device=x.device, dtype=x.dtype).repeat(x.size(0), 1, 1)
+        if latents is None:
+            latents = self.latents.to(device=x.device, dtype=x.dtype).repeat(x.size(0), 1, 1)
         for attn, ff in self.layers:
             latents = attn(x, latents) + latents
             latents = ff(latents) + latents

@@ -56,20 +56,27 @@ def faceid_proj_state(kind, tokens, cross, gen):
     sd.update(_lin(gen, cross * tokens, 1024, prefix="proj.2."))
     sd.update(_ln(gen, cross, "norm."))
     if kind == "faceid-plus":
-        p = "perceiver_resampler."
-        sd.update(_lin(gen, cross, 1280, prefix=p + "proj_in."))
-        sd.update(_lin(gen, cross, cross, prefix=p + "proj_out."))
-        sd.update(_ln(gen, cross, p + "norm_out."))
-        for i in range(4):
-            q = f"{p}layers.{i}."
-            sd.update(_ln(gen, cross, q + "0.norm1."))
-            sd.update(_ln(gen, cross, q + "0.norm2."))
-            sd.update(_lin(gen, cross, cross, False, q + "0.to_q."))
-            sd.update(_lin(gen, 2 * cross, cross, False, q + "0.to_kv."))
-            sd.update(_lin(gen, cross, cross, False, q + "0.to_out."))
-            sd.update(_ln(gen, cross, q + "1.0."))
-            sd.update(_lin(gen, 4 * cross, cross, False, q + "1.1."))
-            sd.update(_lin(gen, cross, 4 * cross, False, q + "1.3."))
+        sd.update(_perceiver_state(gen, cross, cross, 1280, cross, "perceiver_resampler."))
+    return sd
+
+
+def _perceiver_state(gen, dim, inner, feat, out, prefix=""):
+    """proj_in, proj_out, norm_out and the 4 (attention, feed-forward) layers of a Resampler or a
+    FacePerceiverResampler: width ``dim``, attention width ``inner``, ``feat`` in, ``out`` out."""
+    sd = {}
+    sd.update(_lin(gen, dim, feat, prefix=prefix + "proj_in."))
+    sd.update(_lin(gen, out, dim, prefix=prefix + "proj_out."))
+    sd.update(_ln(gen, out, prefix + "norm_out."))
+    for i in range(4):
+        p = f"{prefix}layers.{i}."
+        sd.update(_ln(gen, dim, p + "0.norm1."))
+        sd.update(_ln(gen, dim, p + "0.norm2."))
+        sd.update(_lin(gen, inner, dim, False, p + "0.to_q."))
+        sd.update(_lin(gen, 2 * inner, dim, False, p + "0.to_kv."))
+        sd.update(_lin(gen, dim, inner, False, p + "0.to_out."))
+        sd.update(_ln(gen, dim, p + "1.0."))
+        sd.update(_lin(gen, 4 * dim, dim, False, p + "1.1."))
+        sd.update(_lin(gen, dim, 4 * dim, False, p + "1.3."))
     return sd
 
 
@@ -113,19 +120,7 @@ def image_proj_state(projection, tokens, feat, cross, family, gen):
         dim, heads = RESAMPLER_DIM[family]
         inner = heads * 64
         sd["latents"] = torch.randn(1, tokens, dim, generator=gen) / dim ** 0.5
-        sd.update(_lin(gen, dim, feat, prefix="proj_in."))
-        sd.update(_lin(gen, cross, dim, prefix="proj_out."))
-        sd.update(_ln(gen, cross, "norm_out."))
-        for i in range(4):
-            p = f"layers.{i}."
-            sd.update(_ln(gen, dim, p + "0.norm1."))
-            sd.update(_ln(gen, dim, p + "0.norm2."))
-            sd.update(_lin(gen, inner, dim, False, p + "0.to_q."))
-            sd.update(_lin(gen, 2 * inner, dim, False, p + "0.to_kv."))
-            sd.update(_lin(gen, dim, inner, False, p + "0.to_out."))
-            sd.update(_ln(gen, dim, p + "1.0."))
-            sd.update(_lin(gen, 4 * dim, dim, False, p + "1.1."))
-            sd.update(_lin(gen, dim, 4 * dim, False, p + "1.3."))
+        sd.update(_perceiver_state(gen, dim, inner, feat, cross))
     return sd
 
 

@@ -7,39 +7,17 @@ the text (the reference slices them off again at ``end_pos``), which is the same
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from support.reference_train import RefPerceiverAttention  # ip_adapter/resampler.py's, shared by both
+
 
 def _ff(dim, mult=4):
     return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim * mult, bias=False), nn.GELU(),
                          nn.Linear(dim * mult, dim, bias=False))
-
-
-class RefPerceiverAttention(nn.Module):
-    def __init__(self, dim, dim_head=64, heads=8):
-        super().__init__()
-        self.scale, self.dim_head, self.heads = dim_head ** -0.5, dim_head, heads
-        inner = dim_head * heads
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_kv = nn.Linear(dim, inner * 2, bias=False)
-        self.to_out = nn.Linear(inner, dim, bias=False)
-
-    def forward(self, x, latents):
-        x, latents = self.norm1(x), self.norm2(latents)
-        b, l, _ = latents.shape
-        q = self.to_q(latents)
-        k, v = self.to_kv(torch.cat((x, latents), dim=-2)).chunk(2, dim=-1)
-        q, k, v = (t.view(b, t.shape[1], self.heads, -1).transpose(1, 2) for t in (q, k, v))
-        scale = 1 / math.sqrt(math.sqrt(self.dim_head))
-        weight = (q * scale) @ (k * scale).transpose(-2, -1)
-        weight = torch.softmax(weight.float(), dim=-1).type(weight.dtype)
-        out = (weight @ v).permute(0, 2, 1, 3).reshape(b, l, -1)
-        return self.to_out(out)
 
 
 class RefFacePerceiverResampler(nn.Module):
