@@ -207,7 +207,7 @@ def face_analysis(rounds: int, provider: str) -> dict:
 def step_cost(rounds: int, device: str) -> dict:
     import comfy.model_management as mm
 
-    from ipadapter_ext.ip_adapter_core.apply.unet_patch import apply_image_prompt
+    from ipadapter_ext.ip_adapter_core.apply.image_prompt import apply_image_prompt
     from ipadapter_ext.ip_adapter_core.prompt.embeds import ImagePrompt
     from ipadapter_ext.ip_adapter_core.prompt.faces import project_faces
 

@@ -62,7 +62,7 @@ class Bench:
             self.prompts[tokens] = models.make_prompt(self.handles[tokens])
 
     def candidates(self, tokens: int, latent: int) -> dict:
-        from ipadapter_ext.ip_adapter_core.apply.unet_patch import apply_image_prompt
+        from ipadapter_ext.ip_adapter_core.apply.image_prompt import apply_image_prompt
 
         from ipadapter_ext.ip_adapter_core.prompt.schedules import make_schedule
 
@@ -103,7 +103,7 @@ class Bench:
                         self.calls[lat], cands["ours"], cands["ours_mask"], self.plan.breakdown_rounds, self.device)
 
     def whole_step(self):
-        from ipadapter_ext.ip_adapter_core.apply.unet_patch import apply_image_prompt
+        from ipadapter_ext.ip_adapter_core.apply.image_prompt import apply_image_prompt
 
         inp = models.step_inputs(32, self.device, self.dtype)
         patched = {t: apply_image_prompt(self.model, self.handles[t], self.prompts[t]) for t in VARIANTS}
@@ -120,7 +120,7 @@ class Bench:
             self.r["step64_s"] = t
 
     def memory(self):
-        from ipadapter_ext.ip_adapter_core.apply.unet_patch import apply_image_prompt
+        from ipadapter_ext.ip_adapter_core.apply.image_prompt import apply_image_prompt
 
         variant = VARIANTS[4]
         size = models.adapter_bytes(self.handles[4])

@@ -1,7 +1,7 @@
 """FaceID nodes: load a face pack, find the faces, turn them into an image prompt, or all of it in one node."""
 from comfy_api.latest import io
 
-from ..ip_adapter_core.apply.unet_patch import apply_image_prompt
+from ..ip_adapter_core.apply.image_prompt import apply_image_prompt
 from ..ip_adapter_core.faces.analysis import CHOICES, PROVIDERS
 from ..ip_adapter_core.faces.insightface_backend import BACKENDS, ONNXRUNTIME, face_analyzer
 from ..ip_adapter_core.faces.detect import SCORE_THRESHOLD

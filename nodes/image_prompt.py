@@ -15,7 +15,9 @@ class IPAEncodeImage(io.ComfyNode):
             node_id="IPAEncodeImage", display_name="IP-Adapter Encode Image", category=CATEGORY,
             description="CLIP vision features of one or more reference images.",
             inputs=[
-                io.ClipVision.Input("clip_vision", tooltip="The encoder the adapter needs (ViT-H/14 or ViT-bigG/14)."),
+                io.ClipVision.Input("clip_vision",
+                                    tooltip="The encoder the adapter needs (ViT-H/14 or ViT-bigG/14; for Flux ViT-L/14 "
+                                            "(XLabs) or SigLIP (InstantX, with its pooling head))."),
                 io.Image.Input("image", tooltip="Reference image(s); a batch gives several image prompts."),
                 io.Combo.Input("crop", options=list(CROP_POSITIONS), default="center",
                                tooltip="center: resize the short side and crop the middle (as the reference); "

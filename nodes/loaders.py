@@ -1,10 +1,10 @@
 """Loader nodes: the adapter file, and the CLIP vision encoder it needs."""
-import comfy.clip_vision
 import folder_paths
 from comfy_api.latest import io
 
 from ..ip_adapter_core.files.loader import load_adapter_handle
-from ..ip_adapter_core.files.model_folders import FOLDER, find_clip_vision_file
+from ..ip_adapter_core.files.model_folders import FOLDER
+from ..ip_adapter_core.prompt.vision import load_encoder_for
 from .types import CATEGORY, IPAModel
 
 
@@ -35,4 +35,4 @@ class IPACLIPVisionLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, ipadapter) -> io.NodeOutput:
-        return io.NodeOutput(comfy.clip_vision.load(find_clip_vision_file(ipadapter.config)))
+        return io.NodeOutput(load_encoder_for(ipadapter.config))

@@ -3,7 +3,7 @@ encode (whole-image features mixed with those of a grid of cells)."""
 import torch
 from comfy_api.latest import io
 
-from ..ip_adapter_core.apply.unet_patch import apply_image_prompt
+from ..ip_adapter_core.apply.image_prompt import apply_image_prompt
 from ..ip_adapter_core.prompt.tiles import (
     MAX_ENHANCE_TILES,
     MAX_TILES,

@@ -30,4 +30,4 @@ def weight_type_inputs() -> list:
                            tooltip="λ per block, with ComfyUI_IPAdapter_plus's names: curves over the blocks "
                                    "(ease ...), weak/strong kinds of block, or the style / composition blocks "
                                    "(precise: the image also goes to the negative elsewhere). The node's help page "
-                                   "lists each.")]
+                                   "lists each. Flux has no such blocks: linear only.")]

@@ -19,10 +19,11 @@ class IPAWeight(io.ComfyNode):
                 io.Combo.Input("blocks", options=list(BLOCK_CHOICES), default="all",
                                tooltip="Which cross-attention blocks get the image: style / composition are "
                                        "InstantStyle's SDXL blocks (structural analogues on SD1.5). Multiplies "
-                                       "with weight_type."),
+                                       "with weight_type. Flux: all or custom."),
                 io.String.Input("custom_blocks", default="", multiline=False,
                                 tooltip="With blocks = custom: e.g. 'input 8 = 1, output 1 = 0.5, output 1:3 = 0' "
-                                        "(block, number, optional transformer index); others get 0."),
+                                        "(block, number, optional transformer index); others get 0. Flux: "
+                                        "'double 0-9 = 1, double 10-18 = 0.5'."),
                 *range_inputs(),
                 *weight_type_inputs(),
                 io.Combo.Input("embeds_scaling", optional=True, options=list(SCALING_MODES), default=V_ONLY,

@@ -127,7 +127,7 @@ def test_no_import_from_a_lower_layer_to_a_higher_one():
 def test_the_checks_can_fail():
     """The graph sees imports inside functions and ``from package import module``."""
     graph = edges()
-    assert f"{CORE}.apply.unet_patch" in graph[f"{CORE}.apply.attention_map"]
+    assert f"{CORE}.apply.run_wrapper" in graph[f"{CORE}.apply.attention_map"]
     assert f"{CORE}.training.drop" in graph[f"{CORE}.training.comfy_train"]
     assert any(d.startswith(CORE + ".prompt.vision") for d in graph[f"{CORE}.prompt.tiles"])
     assert rank(f"{CORE}.apply.run_state") > rank(f"{CORE}.prompt.embeds") > rank(f"{CORE}.files.config")

@@ -16,7 +16,8 @@ from conftest import rel_err
 from ipadapter_ext.ip_adapter_core.prompt.embeds import ImagePrompt
 from ipadapter_ext.ip_adapter_core.files.layers import layers_for
 from ipadapter_ext.ip_adapter_core.files.loader import load_adapter
-from ipadapter_ext.ip_adapter_core.apply.unet_patch import Attn2Patch, Branch
+from ipadapter_ext.ip_adapter_core.apply.branch import Branch
+from ipadapter_ext.ip_adapter_core.apply.unet_patch import Attn2Patch
 
 MODES = ("V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty")
 WEIGHT, SB, CB = 0.7, 2.0, 1.5

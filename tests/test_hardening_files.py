@@ -88,9 +88,9 @@ MALFORMED = {  # name: (positive, negative, config, fragment of the message)
     "face kind on a CLIP config": (t4, t4, _edit(_cfg(), face="faceid"), "FaceID reads the 512-wide"),
     "bad face kind": (t4, t4, _edit(_cfg(), face="faceid-ultra"), "'face' must be one of"),
     "missing field": (t4, t4, _edit(_cfg(), uncond=KeyError), "missing ['uncond']"),
-    "bad family": (t4, t4, _edit(_cfg(), family="sd3"), "'family' must be one of ['sd15', 'sdxl']"),
+    "bad family": (t4, t4, _edit(_cfg(), family="sd3"), "'family' must be one of ['sd15', 'sdxl', 'flux']"),
     "bad projection": (t4, t4, _edit(_cfg(), projection="faceid-ultra"), "'projection' must be one of"),
-    "bad encoder": (t4, t4, _edit(_cfg(), encoder="ViT-L/14"), "'encoder' must be one of"),
+    "bad encoder": (t4, t4, _edit(_cfg(), encoder="ViT-B/16"), "'encoder' must be one of"),
     "bad feature": (t4, t4, _edit(_cfg(), feature="last_hidden_state"), "'feature' must be one of"),
     "string number": (t4, t4, _edit(_cfg(), num_tokens="4"), "'num_tokens' must be a positive integer"),
     "bool number": (t4, t4, _edit(_cfg(), cross_dim=True), "'cross_dim' must be a positive integer"),
@@ -151,10 +151,22 @@ def test_load_embeds_node_rereads_a_changed_file(tmp_path):
 # --------------------------------------------------------------------------- B: CLIP vision files
 
 def test_encoder_tables_are_one_table():
-    assert cfgmod.ENCODER_BY_EMBEDS_DIM == {1024: H, 1280: G}
-    assert cfgmod.ENCODER_BY_HIDDEN_DIM == {1280: H, 1664: G}
+    assert cfgmod.ENCODER_BY_EMBEDS_DIM == {1024: H, 1280: G, 768: cfgmod.VIT_L}
+    assert cfgmod.ENCODER_BY_HIDDEN_DIM == {1280: H, 1664: G, 1024: cfgmod.VIT_L}
     assert all(cfgmod.encoder_by_widths(*CLIP_WIDTHS[e]) == e for e in (H, G))
-    assert cfgmod.encoder_by_widths(1024, 768) is None  # ViT-L/14
+    assert cfgmod.encoder_by_widths(1024, 768) == cfgmod.VIT_L  # XLabs' Flux adapters
+    assert cfgmod.encoder_by_widths(768, 512) is None  # ViT-B/16
+
+
+def test_vit_l_at_336_px_is_told_apart_by_its_positions(tmp_path):
+    """Kolors' ViT-L/14-336 has ViT-L/14's widths but 577 positions; XLabs' adapters need the 224-px one."""
+    from ipadapter_ext.ip_adapter_core.files.model_folders import encoder_of_file
+
+    for positions, name in ((257, cfgmod.VIT_L), (577, f"{cfgmod.VIT_L} at 336 px")):
+        sd = {**_clip_state("hf", None, widths=(1024, 768)),
+              "vision_model.embeddings.position_embedding.weight": torch.zeros(positions, 1024, dtype=torch.float16)}
+        safetensors.torch.save_file(sd, str(tmp_path / f"{positions}.safetensors"))
+        assert encoder_of_file(tmp_path / f"{positions}.safetensors") == name
 
 
 def _clip_state(layout, encoder, widths=None):
@@ -237,6 +249,7 @@ def _fill_with_non_encoders(folder):
     safetensors.torch.save_file({"lora_unet_down_blocks_0.lora_down.weight": torch.zeros(4, 320)},
                                 str(folder / "a-lora.safetensors"))
     safetensors.torch.save_file(_clip_state("hf", None, widths=(1024, 768)), str(folder / "a-vit-l.safetensors"))
+    safetensors.torch.save_file(_clip_state("hf", None, widths=(768, 512)), str(folder / "a-vit-b.safetensors"))
 
 
 @pytest.mark.host
@@ -260,7 +273,8 @@ def test_finder_reads_openclip_and_pickles_and_says_why_it_skipped(clip_vision_f
     expected = {"a-garbage.safetensors": "unreadable: not a valid safetensors file",
                 "a-noise.bin": "unreadable: it is neither a safetensors file nor a PyTorch checkpoint",
                 "a-lora.safetensors": "not a CLIP vision model",
-                "a-vit-l.safetensors": "unsupported encoder (width 1024, projection 768",
+                "a-vit-l.safetensors": f"encoder {cfgmod.VIT_L}, not {G}",
+                "a-vit-b.safetensors": "unsupported encoder (width 768, projection 512",
                 "b-openclip-h.safetensors": f"encoder {H}, not {G}"}
     for name, why in expected.items():
         assert f"'{name}': {why}" in msg, msg

@@ -12,7 +12,8 @@ from ipadapter_ext.ip_adapter_core.files.adapter import load_adapter
 from ipadapter_ext.ip_adapter_core.prompt.embeds import ImagePrompt
 from ipadapter_ext.ip_adapter_core.files.layers import layers_for
 from ipadapter_ext.ip_adapter_core.apply.attention import attention_functions
-from ipadapter_ext.ip_adapter_core.apply.unet_patch import Attn2Patch, Branch
+from ipadapter_ext.ip_adapter_core.apply.branch import Branch
+from ipadapter_ext.ip_adapter_core.apply.unet_patch import Attn2Patch
 from ipadapter_ext.ip_adapter_core.prompt.tokens import project
 
 TOL = 1e-5

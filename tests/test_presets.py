@@ -359,5 +359,5 @@ def test_node_refuses_a_model_of_another_family(folders, monkeypatch):
 
     flux_like = types.SimpleNamespace(model=types.SimpleNamespace(
         model_config=types.SimpleNamespace(unet_config={"context_dim": 4096})))
-    with pytest.raises(IPAdapterMismatchError, match="neither"):
+    with pytest.raises(IPAdapterMismatchError, match="none of them"):
         IPAUnifiedLoader.execute(flux_like, "STANDARD")

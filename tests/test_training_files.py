@@ -118,7 +118,7 @@ def test_diffusers_load_ip_adapter_on_saved_file_equals_our_patch(tmp_path, pari
     from conftest import rel_err
     from ipadapter_ext.ip_adapter_core.prompt.embeds import ImagePrompt
     from ipadapter_ext.ip_adapter_core.files.loader import load_adapter_handle
-    from ipadapter_ext.ip_adapter_core.apply.unet_patch import apply_image_prompt
+    from ipadapter_ext.ip_adapter_core.apply.image_prompt import apply_image_prompt
     from ipadapter_ext.ip_adapter_core.prompt.tokens import project
     from support.unet_pairs import diffusers_ip_host, tiny_sd15_pair
 

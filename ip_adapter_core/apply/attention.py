@@ -58,6 +58,14 @@ def image_kv(to_k_ip, to_v_ip, tokens: torch.Tensor, dtype=None, device=None):
     return k.to(device=device, dtype=dtype), v.to(device=device, dtype=dtype)
 
 
+def rms_per_head(t: torch.Tensor, head_dim: int, eps: float = 1e-5) -> torch.Tensor:
+    """RMSNorm without weight over each head of [..., H*D] (InstantX's norm_added_k / norm_added_v: diffusers'
+    RMSNorm(head_dim, eps 1e-5, elementwise_affine=False), its variance in float32)."""
+    x = t.unflatten(-1, (-1, head_dim))
+    x = x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
+    return x.flatten(-2).to(t.dtype)
+
+
 def scale_kv(ip_k: torch.Tensor, ip_v: torch.Tensor, mode: str, w, penalty: bool = True):
     """K'/V' with λ inside the attention (every mode but V only). ``w`` is a number or a device
     tensor that broadcasts ([1, 1, 1], or [rows, 1, 1] for rows of K'/V'); K'/V' are [S, T, C]

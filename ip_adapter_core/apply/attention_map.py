@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from ..errors import IPAdapterError
 from .attention import POSITIVE
 from .masks import tokens_hw
+from .run_wrapper import patches_of
 from .transformer_options import RECORD_KEY
-from .unet_patch import patches_of
 
 log = logging.getLogger("ipadapter")
 
@@ -148,7 +148,8 @@ def record(model, positive, negative, latent: dict, seed: int, steps: int, step:
 
     if not 0 <= step < steps:
         raise IPAdapterError(f"step: expected a step from 0 to steps - 1 = {steps - 1}; got {step}.")
-    if not patches_of(model.model_options):  # λ = 0 patches nothing either: all-zero maps, said in the labels
+    # UNet layers only; λ = 0 patches nothing either: all-zero maps, said in the labels
+    if not patches_of(model.model_options, ("attn2",)):
         log.warning("attention map: no image prompt acts on this model (λ = 0, or no IP-Adapter node before this "
                     "one): the maps are all zero")
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])

@@ -5,7 +5,7 @@
     Attn2Patch: layer, branches                  K'/V' per device, row index per layout,   up; builds nothing from
                                                  masks per call shape, cond roles           Python data, reads no
                                                                                             device tensor on the host
-A RunState is made when a sampler starts (the OUTER_SAMPLE wrapper that ``unet_patch.register``
+A RunState is made when a sampler starts (the OUTER_SAMPLE wrapper that ``run_wrapper.register``
 installs once per model), travels to the patches inside ``transformer_options`` and is
 emptied when the run ends, so no K'/V' or mask copy outlives it on any device. Input errors
 that depend on the run (a mask batch that fits no latent batch) are raised there, before

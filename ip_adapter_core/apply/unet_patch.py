@@ -16,51 +16,20 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
 
-import torch
-
-from ..errors import IPAdapterMismatchError
-from ..files.config import FAMILY_NAMES, check_model_layers, model_family
 from ..files.layers import AttnLayer
-from ..networks.ops import compute_dtype
 from ..prompt.blocks import V_ONLY
-from ..prompt.embeds import ImagePrompt
-from .attention import add_few_key_branch, add_image_branch, attention_functions, image_kv, scale_kv, use_few_key_path
+from .attention import add_few_key_branch, add_image_branch, attention_functions, scale_kv, use_few_key_path
+from .branch import Branch, BranchPatch
 from .run_state import NEVER, RunState
-from .transformer_options import RECORD_KEY, RUN_KEY, WRAPPER_KEY
+from .run_wrapper import register
+from .transformer_options import RECORD_KEY, RUN_KEY
 from .unet_lora import apply_lora
 
 log = logging.getLogger("ipadapter")
 
 
-@dataclass(eq=False, frozen=True)
-class Branch:
-    """One image prompt applied to a model: the adapter, tokens (with their weighting and
-    sampling range as fractions), an optional region mask. Hashable by identity: run states
-    key their caches by it."""
-
-    adapter: object                 # loader.AdapterHandle (anything with .model: IPAdapterModel)
-    prompt: ImagePrompt
-    mask: torch.Tensor | None       # [M, H, W] in 0..1 on the host, or None
-    # (sigma_start, sigma_end) as resolved when the node ran: used only when the UNet is
-    # called outside a ComfyUI sampler; a sampler run resolves the range on its own schedule.
-    fallback_range: tuple[float, float] = (float("inf"), 0.0)
-
-    def image_kv(self, layer: AttnLayer, device, dtype):
-        """K'/V' [3, T, hidden] of the token sets [image; negative; zeros] for one layer (a route
-        picks one per row; the zero set gives K' = V' = 0: rows that receive nothing)."""
-        ipl = self.adapter.model.layer(layer.file_index)
-        tokens = torch.cat([self.prompt.positive, self.prompt.negative])  # sets IMAGE_SET, NEGATIVE_SET
-        w = ipl.to_k_ip.weight
-        # the adapter's compute dtype in, the call's dtype out: the same rounding as the reference,
-        # which converts the weights before use
-        compute = compute_dtype(ipl.to_k_ip)
-        k, v = image_kv(ipl.to_k_ip, ipl.to_v_ip, tokens.to(device=w.device, dtype=compute), dtype, device)
-        return torch.cat([k, k.new_zeros(k[:1].shape)]), torch.cat([v, v.new_zeros(v[:1].shape)])
-
-
-class Attn2Patch:
+class Attn2Patch(BranchPatch):
     """Replacement for one attn2 call: text attention (or a previous foreign patch) plus branches."""
 
     def __init__(self, layer: AttnLayer, branches: tuple[tuple[Branch, float], ...], previous=None):
@@ -180,40 +149,15 @@ def _existing_patch(attn2: dict, key):
     return hit if hit is not None else attn2.get(key[:2])
 
 
-def check_prompt_for(adapter, prompt: ImagePrompt) -> None:
-    """The embeds must come from an adapter of exactly this kind (encoder included)."""
-    cfg = adapter.config
-    if prompt.config != cfg:
-        raise IPAdapterMismatchError(
-            f"embeds: made by a different kind of adapter ({prompt.config.name}) than the one being "
-            f"applied ({cfg.name}). Project the images with the same IP-Adapter you apply.")
-    if prompt.adapter_path and prompt.adapter_path != adapter.path:
-        log.warning("embeds were projected with '%s' but '%s' is applied; both are %s",
-                    prompt.adapter_path, adapter.path, cfg.name)
-
-
-def apply_image_prompt(model, adapter, prompt: ImagePrompt, mask: torch.Tensor | None = None):
-    """Return a clone of ``model`` with ``prompt`` added to its cross-attention layers."""
-    cfg = adapter.config
-    family = model_family(model)
-    if family != cfg.family:
-        have, need = FAMILY_NAMES[family], FAMILY_NAMES[cfg.family]
-        raise IPAdapterMismatchError(
-            f"ipadapter: '{adapter.name}' is an {need} IP-Adapter but the model is {have}. "
-            f"Use an {have} IP-Adapter file, or an {need} checkpoint.")
-    check_model_layers(model, cfg)
-    check_prompt_for(adapter, prompt)
-
-    # Resolved now only for UNet calls outside a sampler; a sampler run resolves it again
-    # with the model_sampling in force then (patches applied after this node shift it).
-    sampling = model.get_model_object("model_sampling")
-    fallback = (float(sampling.percent_to_sigma(prompt.start_at)), float(sampling.percent_to_sigma(prompt.end_at)))
-    branch = Branch(adapter, prompt, mask, fallback)
+def apply_unet_prompt(model, branch: Branch):
+    """A clone of a UNet ``model`` with ``branch`` added to its cross-attention layers (checked by
+    image_prompt.apply_image_prompt)."""
+    prompt = branch.prompt
     out = model.clone()
     register(out)
-    apply_lora(out, adapter, prompt.lora_strength)  # FaceID: the file's UNet LoRA, once per model
+    apply_lora(out, branch.adapter, prompt.lora_strength)  # FaceID: the file's UNet LoRA, once per model
     existing = out.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
-    for layer in cfg.layers:
+    for layer in branch.adapter.config.layers:
         scale = prompt.layer_scale(layer.key)
         if scale == 0:
             continue  # a layer the prompt does not use costs nothing
@@ -222,38 +166,3 @@ def apply_image_prompt(model, adapter, prompt: ImagePrompt, mask: torch.Tensor |
             else Attn2Patch(layer, ((branch, scale),), previous=prev)
         out.set_model_attn2_replace(patch, *layer.key)
     return out
-
-
-# ---------------------------------------------------------------- the run around the patches
-
-def patches_of(model_options) -> list:
-    """The attn2 patches of ours in a model's options."""
-    attn2 = model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
-    return [p for p in attn2.values() if isinstance(p, Attn2Patch)]
-
-
-def outer_sample_wrapper(executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
-    """OUTER_SAMPLE wrapper: one RunState per sampling run, validated before the first step,
-    handed to the patches through the run's transformer_options, emptied at the end."""
-    guider = executor.class_obj
-    options = guider.model_options  # the guider's copy for this run (CFGGuider.sample clones it)
-    # conds are read lazily: inner_sample replaces guider.conds with processed copies (areas in
-    # latent units) after this point; their uuids stay.
-    run = RunState.for_sampling(guider.model_patcher, sigmas, noise.shape, lambda: getattr(guider, "conds", None))
-    branches = {b for p in patches_of(options) for b, _ in p.branches}
-    run.prepare(branches)
-    options.setdefault("transformer_options", {})[RUN_KEY] = run
-    try:
-        return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
-    finally:
-        options["transformer_options"].pop(RUN_KEY, None)
-        run.free()
-
-
-def register(model_patcher) -> None:
-    """Install outer_sample_wrapper on a model (once; clones inherit it with their model_options)."""
-    import comfy.patcher_extension as pe  # noqa: PLC0415 - host only
-
-    if not pe.get_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, model_patcher.model_options,
-                                    is_model_options=True):
-        model_patcher.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)

@@ -13,18 +13,19 @@ from ..errors import IPAdapterFileError
 from ..networks.ops import TorchOps
 from ..networks.projection import build_projection
 from .config import AdapterConfig, detect_config
-from .formats import read_flat_state_dict, split_sections
+from .flux_layout import adapter_sections
+from .formats import read_flat_state_dict
 
 log = logging.getLogger("ipadapter")
 
 
 class IPLayer(torch.nn.Module):
-    """K' and V' of one cross-attention layer: bias-free Linear cross_dim -> hidden."""
+    """K' and V' of one attention layer: Linear cross_dim -> hidden (bias-free but on XLabs' Flux adapters)."""
 
-    def __init__(self, cross_dim, hidden, operations=TorchOps, device=None, dtype=None):
+    def __init__(self, cross_dim, hidden, operations=TorchOps, device=None, dtype=None, bias=False):
         super().__init__()
-        self.to_k_ip = operations.Linear(cross_dim, hidden, bias=False, device=device, dtype=dtype)
-        self.to_v_ip = operations.Linear(cross_dim, hidden, bias=False, device=device, dtype=dtype)
+        self.to_k_ip = operations.Linear(cross_dim, hidden, bias=bias, device=device, dtype=dtype)
+        self.to_v_ip = operations.Linear(cross_dim, hidden, bias=bias, device=device, dtype=dtype)
 
 
 class IPAdapterModel(torch.nn.Module):
@@ -35,7 +36,7 @@ class IPAdapterModel(torch.nn.Module):
         self.config = config
         self.image_proj = build_projection(config, operations, device=device, dtype=dtype)
         self.ip_adapter = torch.nn.ModuleDict({
-            str(layer.file_index): IPLayer(config.cross_dim, layer.hidden, operations, device, dtype)
+            str(layer.file_index): IPLayer(config.cross_dim, layer.hidden, operations, device, dtype, config.ip_bias)
             for layer in config.layers})
 
     def layer(self, file_index: int) -> IPLayer:
@@ -57,12 +58,12 @@ class LoadedAdapter:
 def read_adapter(path) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
     """Read and classify a file; returns its config and the flat state dict."""
     flat = read_flat_state_dict(path)
-    sections, rest = split_sections(flat)
+    sections, rest = adapter_sections(flat)  # XLabs' Flux files name their sections their own way
     config = detect_config(sections, path, rest)
     if rest:
         log.warning("IP-Adapter file '%s': ignoring %d keys outside image_proj/ip_adapter (%s)",
                     path, len(rest), ", ".join(rest[:3]))
-    return config, {k: v for k, v in flat.items() if k.partition(".")[0] in ("image_proj", "ip_adapter")}
+    return config, {f"{name}.{k}": v for name, part in sections.items() for k, v in part.items()}
 
 
 def load_adapter(path, dtype: torch.dtype | None = None, device="cpu", operations=TorchOps) -> LoadedAdapter:

@@ -13,17 +13,20 @@ import torch
 
 from ..errors import IPAdapterFileError, IPAdapterMismatchError
 from ..networks.faceid import FACE_MLP_HIDDEN
+from .flux_layout import FLUX, FLUX1, FLUX_HEAD_DIM, INSTANTX, XLABS, flux_layers, flux_model_blocks
 from .layers import base_channels, layers_of_width, layout_difference
 
 FAMILY_BY_CROSS_DIM = {768: "sd15", 2048: "sdxl"}
-FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
+UNET_FAMILIES = ("sd15", "sdxl")
+FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL", FLUX: "Flux.1"}
 
 IMAGE_EMBEDS = "image_embeds"                  # after the visual projection
 PENULTIMATE = "penultimate_hidden_states"      # the encoder's own width
 # The fields of ComfyUI's CLIP vision output that hold features (combined, mixed and projected alike).
 CLIP_VISION_FEATURES = (IMAGE_EMBEDS, PENULTIMATE, "last_hidden_state")
-FEATURES = (IMAGE_EMBEDS, PENULTIMATE)
-PROJECTIONS = ("linear", "resampler", "mlp", "faceid", "faceid-plus")
+POOLED = "siglip_pooled"                       # SigLIP's attention-pooled output (networks/siglip_head.py)
+FEATURES = (IMAGE_EMBEDS, PENULTIMATE, POOLED)
+PROJECTIONS = ("linear", "resampler", "mlp", "faceid", "faceid-plus", "mlp-tokens")
 
 # FaceID adapters read a face-recognition embedding (insightface's ArcFace, 512 wide) instead of, or
 # beside, CLIP features. ``AdapterConfig.face`` names the kind (FAMILIES.md §1):
@@ -45,22 +48,35 @@ FACE_PLUS_DEPTH = 4  # FacePerceiverResampler layers in every release
 # An encoder is recognised by this pair (file shapes, loaded models, adapter inputs).
 VIT_H = "ViT-H/14"
 VIT_BIGG = "ViT-bigG/14"
+VIT_L = "ViT-L/14"  # OpenAI's, 224 px: XLabs' Flux adapters
+SIGLIP = "SigLIP so400m/14-384"  # google/siglip-so400m-patch14-384: InstantX's Flux adapter
 ENCODERS = {VIT_H: {IMAGE_EMBEDS: 1024, PENULTIMATE: 1280},
-            VIT_BIGG: {IMAGE_EMBEDS: 1280, PENULTIMATE: 1664}}
-ENCODER_BY_EMBEDS_DIM = {w[IMAGE_EMBEDS]: name for name, w in ENCODERS.items()}
-ENCODER_BY_HIDDEN_DIM = {w[PENULTIMATE]: name for name, w in ENCODERS.items()}
+            VIT_BIGG: {IMAGE_EMBEDS: 1280, PENULTIMATE: 1664},
+            VIT_L: {IMAGE_EMBEDS: 768, PENULTIMATE: 1024},
+            SIGLIP: {POOLED: 1152}}
+# SigLIP so400m's pooling head (vision_model.head.*): heads and MLP width (SiglipVisionConfig)
+SIGLIP_HEAD = {"heads": 16, "mlp": 4304}
+# The image size each encoder's adapters were trained at, where a model of the same widths exists at
+# another size (ComfyUI also loads ViT-L/14 at 336 px, Kolors' encoder): it gives other features.
+ENCODER_IMAGE_SIZE = {VIT_L: 224}
+ENCODER_BY_EMBEDS_DIM = {w[IMAGE_EMBEDS]: name for name, w in ENCODERS.items() if IMAGE_EMBEDS in w}
+ENCODER_BY_HIDDEN_DIM = {w[PENULTIMATE]: name for name, w in ENCODERS.items() if PENULTIMATE in w}
 
 
 def encoder_by_widths(hidden: int, embeds: int) -> str | None:
     """The encoder whose penultimate width is ``hidden`` and image_embeds width ``embeds``, or None."""
     return next((name for name, w in ENCODERS.items()
-                 if (w[PENULTIMATE], w[IMAGE_EMBEDS]) == (hidden, embeds)), None)
+                 if (w.get(PENULTIMATE), w.get(IMAGE_EMBEDS)) == (hidden, embeds)), None)
 
 
 # How the negative (unconditional) image tokens are made, as the reference does it.
 UNCOND_PROJECT_ZEROS = "project zero image_embeds"
 UNCOND_ENCODE_ZERO_IMAGE = "project encoder features of an all-zero normalised image"
-UNCONDS = (UNCOND_PROJECT_ZEROS, UNCOND_ENCODE_ZERO_IMAGE)
+# XLabs' Flux pipeline (and diffusers' FluxPipeline) encode a black picture for the negative
+UNCOND_ENCODE_BLACK_IMAGE = "project image_embeds of a black image"
+UNCONDS = (UNCOND_PROJECT_ZEROS, UNCOND_ENCODE_ZERO_IMAGE, UNCOND_ENCODE_BLACK_IMAGE)
+# the encoders whose adapters take a black image's features as the negative (the others' need the zero image)
+BLACK_IMAGE_NEGATIVE_ENCODERS = (VIT_L,)
 
 RESAMPLER_DIM_HEAD = 64  # every released Resampler uses 64; heads = inner width / 64
 
@@ -81,18 +97,31 @@ class ResamplerConfig:
 class AdapterConfig:
     """Everything that differs between IP-Adapter variants."""
 
-    family: str                      # "sd15" | "sdxl"
+    family: str                      # "sd15" | "sdxl" | "flux"
     projection: str                  # "linear" | "resampler" | "mlp"
     num_tokens: int                  # image tokens per image
     encoder: str                     # VIT_H | VIT_BIGG
     feature: str                     # IMAGE_EMBEDS | PENULTIMATE
     feature_dim: int                 # width of that feature
-    cross_dim: int                   # 768 (SD1.5) or 2048 (SDXL)
+    cross_dim: int                   # token width: 768 (SD1.5), 2048 (SDXL), 4096 (Flux)
     layer_hidden: tuple[int, ...]    # to_k_ip output width, in file order (k = 0, 1, ...)
     uncond: str                      # UNCOND_PROJECT_ZEROS | UNCOND_ENCODE_ZERO_IMAGE
     resampler: ResamplerConfig | None = None
     face: str = ""                   # one of FACE_KINDS for FaceID adapters, "" otherwise
     lora_rank: int = 0               # rank of the UNet LoRA a FaceID file carries (0: none)
+    flux_kind: str = ""              # Flux: XLABS or INSTANTX (how K'/V' are made and where the term is added)
+    single_blocks: int = 0           # Flux: how many of the layers are single-stream blocks (after the double)
+
+    @property
+    def ip_bias(self) -> bool:
+        """to_k_ip / to_v_ip have a bias (XLabs' Flux adapters)."""
+        return self.flux_kind == XLABS
+
+    @property
+    def ip_inside(self) -> bool:
+        """K'/V' are RMS-normed per head and the term is added to the block's attention output, before its
+        output projection and gate (InstantX); otherwise it is added to the block's output (XLabs)."""
+        return self.flux_kind == INSTANTX
 
     @property
     def clip_encoder(self) -> str | None:
@@ -113,12 +142,29 @@ class AdapterConfig:
         return base_channels(self.family, self.layer_hidden[0])
 
     @property
+    def double_blocks(self) -> int:
+        """Flux: how many double-stream blocks the adapter acts in."""
+        return len(self.layer_hidden) - self.single_blocks
+
+    @property
     def layers(self):
-        """The adapter's layers (ComfyUI key, file index, width), derived from the UNet shape."""
+        """The adapter's layers (ComfyUI key, file index, width), derived from the UNet shape or, on
+        Flux, from the blocks the file has."""
+        if self.family == FLUX:
+            return flux_layers(self.double_blocks, self.single_blocks, self.layer_hidden[0])
         return layers_of_width(self.family, self.model_channels)
 
     @property
     def name(self) -> str:
+        if self.family == FLUX:
+            n, s, hidden = self.double_blocks, self.single_blocks, self.layer_hidden[0]
+            standard = (n, hidden) == (FLUX1["depth"], FLUX1["hidden_size"]) and s in (0, FLUX1["depth_single_blocks"])
+            size = "" if standard else f", {n}{f' + {s}' if s else ''} blocks {hidden} wide"
+            if self.flux_kind == INSTANTX:
+                return f"Flux.1 InstantX IP-Adapter ({self.num_tokens} tokens, {self.encoder} pooled{size})"
+            version = {4: " v1", 16: " v2"}.get(self.num_tokens, "")
+            return (f"Flux.1 XLabs IP-Adapter{version} ({self.num_tokens} tokens, {self.encoder} {self.feature}"
+                    f"{size})")
         if self.face:
             width = "" if self.model_channels == 320 else f", {self.model_channels}-channel UNet"
             inputs = "ArcFace face embedding" + (" + ViT-H/14 face crop" if self.face == FACEID_PLUS else "")
@@ -137,7 +183,14 @@ def _refuse_foreign(path, sections, rest, flat_keys) -> None:
     def any_key(pattern):
         return any(re.search(pattern, k) for k in keys)
 
-    hint = "Supported are the IP-Adapter and FaceID files for SD1.5 and SDXL listed in README.md (Models)."
+    hint = ("Supported are the IP-Adapter and FaceID files for SD1.5 and SDXL and XLabs' Flux IP-Adapters listed "
+            "in README.md (Models).")
+    if any_key(r"^(model\.diffusion_model\.)?double_blocks\.\d+\.img_attn\."):
+        raise IPAdapterFileError(path, "looks like a Flux diffusion model.",
+                                 "Put it in models/diffusion_models and load it with Load Diffusion Model.")
+    if any_key(r"^redux_(up|down)\."):
+        raise IPAdapterFileError(path, "looks like Flux Redux, a style model.",
+                                 "Put it in models/style_models and use ComfyUI's Apply Style Model.")
     if any_key(r"^model\.diffusion_model\.|^first_stage_model\.|^cond_stage_model\.|^conditioner\."):
         raise IPAdapterFileError(path, "looks like a Stable Diffusion checkpoint.",
                                  "Put it in models/checkpoints and load it with a checkpoint loader.")
@@ -171,6 +224,8 @@ def detect_config(sections: dict[str, dict[str, torch.Tensor]], path="<state dic
     _refuse_foreign(path, sections, rest, flat_keys)
     proj = sections["image_proj"]
     ipa, lora = _split_lora(sections["ip_adapter"])
+    if "0.to_k_ip.weight" in ipa:  # UNet adapters number their attn2 layers 1, 3, 5, ...; Flux's blocks from 0
+        return _flux_config(proj, ipa, lora, path)
 
     k_shape = _shape(ipa, "1.to_k_ip.weight", path, "ip_adapter")
     cross_dim = k_shape[1]
@@ -216,6 +271,52 @@ def detect_config(sections: dict[str, dict[str, torch.Tensor]], path="<state dic
     uncond = UNCOND_PROJECT_ZEROS if projection == "linear" else UNCOND_ENCODE_ZERO_IMAGE
     return AdapterConfig(family, projection, num_tokens, encoder, feature, feature_dim, cross_dim,
                          layer_hidden, uncond, resampler)
+
+
+def _flux_config(proj, ipa, lora, path) -> AdapterConfig:
+    """Flux adapters (FAMILIES.md §3): XLabs' (renamed by flux_layout.xlabs_sections) project CLIP ViT-L/14
+    image_embeds with Linear + LayerNorm and have K'/V' with a bias in each double block; InstantX's project
+    SigLIP's pooled output with an MLP and have bias-free K'/V' in each double then each single block."""
+    n = len({k.split(".")[0] for k in ipa})
+    k_shape = _shape(ipa, "0.to_k_ip.weight", path, "ip_adapter")
+    hidden, width = k_shape if len(k_shape) == 2 else (0, 0)
+    if lora:
+        raise IPAdapterFileError(path, f"is a Flux IP-Adapter that also carries LoRA weights ({sorted(lora)[0]}, "
+                                 "...), which no release has.", "Download it again.")
+    kind = XLABS if "proj.weight" in proj else INSTANTX if "proj.0.weight" in proj else ""
+    ends = ("weight", "bias") if kind == XLABS else ("weight",)
+    want = {f"{i}.to_{kv}_ip.{e}" for i in range(n) for kv in "kv" for e in ends}
+    if not kind or set(ipa) != want or hidden % FLUX_HEAD_DIM or not hidden or (kind == INSTANTX and n % 3):
+        raise IPAdapterFileError(
+            path, f"is a Flux IP-Adapter of a layout this extension does not know ({n} blocks, first K' {k_shape}, "
+            f"image_proj keys {', '.join(sorted(proj)[:4])}; unexpected: {sorted(set(ipa) - want)[:3]}, missing: "
+            f"{sorted(want - set(ipa))[:3]}).",
+            "Supported on Flux are XLabs' flux-ip-adapter v1 and v2 and InstantX's FLUX.1-dev-IP-Adapter "
+            "(README.md, Models); a damaged file: download it again.")
+    for key, t in ipa.items():
+        if tuple(t.shape) != ((hidden, width) if key.endswith("weight") else (hidden,)):
+            raise IPAdapterFileError(path, f"block tensor {key} has shape {tuple(t.shape)}; the other blocks have "
+                                     f"{(hidden, width)}.", "The file is damaged: download it again.")
+    out = _shape(proj, "norm.weight", path, "image_proj")[0]
+    _check_out(out, width, path)
+    if kind == XLABS:
+        rows, feature_dim = _shape(proj, "proj.weight", path, "image_proj")
+        encoder, feature, uncond, single = VIT_L, IMAGE_EMBEDS, UNCOND_ENCODE_BLACK_IMAGE, 0
+    else:
+        inner, feature_dim = _shape(proj, "proj.0.weight", path, "image_proj")
+        rows, inner2 = _shape(proj, "proj.2.weight", path, "image_proj")
+        if inner2 != inner or inner != 2 * feature_dim:
+            raise IPAdapterFileError(path, f"has an image projection of inconsistent shapes (proj.0 "
+                                     f"[{inner}, {feature_dim}], proj.2 [{rows}, {inner2}]).", "Download it again.")
+        # InstantX numbers 19 double then 38 single blocks; smaller files keep that 1 : 2 ratio
+        encoder, feature, uncond, single = SIGLIP, POOLED, UNCOND_PROJECT_ZEROS, 2 * n // 3
+    if rows % out or feature_dim != ENCODERS[encoder][feature]:
+        raise IPAdapterFileError(path, f"projects {encoder} {feature} of width {feature_dim} to {rows} values; "
+                                 f"expected whole tokens of width {out} from {ENCODERS[encoder][feature]}-wide "
+                                 "features.", "The file is damaged: download it again.")
+    projection = "linear" if kind == XLABS else "mlp-tokens"
+    return AdapterConfig(FLUX, projection, rows // out, encoder, feature, feature_dim, width, (hidden,) * n, uncond,
+                         flux_kind=kind, single_blocks=single)
 
 
 def _check_out(out, cross_dim, path) -> None:
@@ -351,15 +452,19 @@ def _resampler_config(proj, path) -> ResamplerConfig:
 # ---------------------------------------------------------------- what a UNet is
 
 def model_family(model) -> str:
-    """'sd15' or 'sdxl' from the UNet's cross-attention width; refuses other models."""
+    """'sd15', 'sdxl' (UNets, by their cross-attention width) or 'flux' (Flux.1); refuses other models."""
     unet_config = unet_config_of(model)
+    if flux_model_blocks(unet_config) is not None:
+        return FLUX
     ctx = unet_config.get("context_dim")
     fam = FAMILY_BY_CROSS_DIM.get(ctx)
     if fam is None or "transformer_depth" not in unet_config:
         name = type(model.model).__name__
+        kind = unet_config.get("image_model")
+        found = f"a {kind} transformer" if kind else f"cross-attention width {ctx}"
         raise IPAdapterMismatchError(
-            f"model: IP-Adapter works on Stable Diffusion 1.5 and SDXL UNets; this model ({name}, "
-            f"cross-attention width {ctx}) is neither. Load an SD1.5 or SDXL checkpoint.")
+            f"model: IP-Adapter works on Stable Diffusion 1.5 and SDXL UNets and on Flux.1; this model ({name}, "
+            f"{found}) is none of them. Load an SD1.5, SDXL or Flux.1 [dev]/[schnell] model.")
     return fam
 
 
@@ -369,8 +474,19 @@ def unet_config_of(model) -> dict:
 
 
 def check_model_layers(model, config) -> None:
-    """Refuse a UNet of the family's width whose cross-attention layers are not where (or not as
-    wide as) the adapter's are: distilled SDXL models (SSD-1B, Vega, KOALA), other depths or widths."""
+    """Refuse a model of the family whose attention layers are not where (or not as wide as) the
+    adapter's are: distilled SDXL models (SSD-1B, Vega, KOALA), other depths or widths; on Flux, a
+    transformer with other block counts or width."""
+    if config.family == FLUX:
+        have = flux_model_blocks(unet_config_of(model))
+        want = (config.double_blocks, config.single_blocks, config.layer_hidden[0])
+        if have is None or have[0] != want[0] or have[2] != want[2] or want[1] not in (0, have[1]):
+            found = ("no Flux.1 blocks" if have is None
+                     else f"{have[0]} double and {have[1]} single blocks {have[2]} wide")
+            raise IPAdapterMismatchError(
+                f"model: this Flux model has {found}, but the adapter was made for {want[0]} double and {want[1]} "
+                f"single blocks {want[2]} wide. Use the Flux.1 model the adapter was trained for (dev).")
+        return
     diff = layout_difference(unet_config_of(model), config.layers)
     if diff is not None:
         name = FAMILY_NAMES[config.family]

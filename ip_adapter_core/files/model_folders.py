@@ -27,8 +27,10 @@ from pathlib import Path
 import torch
 
 from ..errors import IPAdapterError, IPAdapterFileError
-from .config import ENCODERS, IMAGE_EMBEDS, PENULTIMATE, AdapterConfig, detect_config, encoder_by_widths
-from .formats import flatten_state_dict, load_pickle, sniff_format, split_sections
+from .config import (ENCODER_IMAGE_SIZE, ENCODERS, IMAGE_EMBEDS, PENULTIMATE, POOLED, SIGLIP, AdapterConfig,
+                     detect_config, encoder_by_widths)
+from .flux_layout import adapter_sections
+from .formats import flatten_state_dict, load_pickle, sniff_format
 
 log = logging.getLogger("ipadapter")
 
@@ -50,7 +52,7 @@ def adapter_config_of_file(path) -> AdapterConfig:
         flat = _safetensors_meta(path)
     else:
         flat = flatten_state_dict(load_pickle(path, mmap=fmt == "zip-pickle"), path)
-    sections, rest = split_sections(flat)
+    sections, rest = adapter_sections(flat)
     return detect_config(sections, path, rest)
 
 
@@ -72,7 +74,11 @@ HF_PROJ = "visual_projection.weight"                    # [proj, width]
 OPENCLIP_WIDTH = "visual.class_embedding"               # [width]
 OPENCLIP_PROJ = "visual.proj"                           # [width, proj]
 OPENCLIP_MARKER = "visual.transformer.resblocks.0.attn.in_proj_weight"
-WANTED = {HF_WIDTH, HF_PROJ, OPENCLIP_WIDTH, OPENCLIP_PROJ, OPENCLIP_MARKER}
+HF_POSITIONS = "vision_model.embeddings.position_embedding.weight"  # [1 + (size / 14)², width]; SigLIP: no +1
+SIGLIP_WIDTH = "vision_model.post_layernorm.weight"                 # [width] (SigLIP has no class embedding)
+SIGLIP_PROBE = "vision_model.head.probe"                            # the pooling head, [1, 1, width]
+WANTED = {HF_WIDTH, HF_PROJ, OPENCLIP_WIDTH, OPENCLIP_PROJ, OPENCLIP_MARKER, HF_POSITIONS, SIGLIP_WIDTH, SIGLIP_PROBE}
+NO_HEAD = "without its pooling head (vision_model.head.*)"
 
 
 class NotAnEncoder(IPAdapterError):
@@ -83,12 +89,30 @@ def encoder_of_file(path) -> str:
     """Name the supported encoder (see config.ENCODERS) in ``path``, or raise NotAnEncoder."""
     path = Path(path)
     shapes = _safetensors_shapes(path) if path.suffix.lower() in SAFETENSORS_SUFFIXES else _pickle_shapes(path)
+    if SIGLIP_WIDTH in shapes and HF_WIDTH not in shapes:
+        return _siglip(shapes)
     hidden, embeds = _widths(shapes)
     found = encoder_by_widths(hidden, embeds)
     if found is None:
-        known = ", ".join(f"{n} ({w[PENULTIMATE]}/{w[IMAGE_EMBEDS]})" for n, w in ENCODERS.items())
+        known = ", ".join(f"{n} ({w[PENULTIMATE]}/{w[IMAGE_EMBEDS]})" for n, w in ENCODERS.items()
+                          if PENULTIMATE in w)
         raise NotAnEncoder(f"unsupported encoder (width {hidden}, projection {embeds}; supported: {known})")
+    positions = shapes.get(HF_POSITIONS)
+    if found in ENCODER_IMAGE_SIZE and positions and len(positions) == 2:
+        size = round((positions[0] - 1) ** 0.5) * 14  # ViT-L/14 at 336 px (Kolors') has 577 positions, not 257
+        if size != ENCODER_IMAGE_SIZE[found]:
+            return f"{found} at {size} px"  # as prompt/vision.encoder_of names a loaded one
     return found
+
+
+def _siglip(shapes: dict[str, tuple]) -> str:
+    """SigLIP so400m at 384 px (729 positions, 1152 wide), with or without the pooling head InstantX needs."""
+    width = shapes[SIGLIP_WIDTH][0] if len(shapes[SIGLIP_WIDTH]) == 1 else 0
+    positions = shapes.get(HF_POSITIONS, (0,))[0]
+    if (width, positions) != (ENCODERS[SIGLIP][POOLED], 729):
+        raise NotAnEncoder(f"unsupported SigLIP encoder (width {width}, {positions} positions; supported: {SIGLIP}, "
+                           "1152 wide, 729 positions)")
+    return SIGLIP if SIGLIP_PROBE in shapes else f"{SIGLIP} {NO_HEAD}"
 
 
 def _widths(shapes: dict[str, tuple]) -> tuple[int, int]:

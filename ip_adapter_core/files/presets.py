@@ -132,6 +132,9 @@ def preset_files(preset: str, family: str) -> PresetFiles:
     if family not in p.releases:
         table = FACEID_PRESETS if p.name in FACEID_PRESETS else PRESETS
         others = [n for n, q in table.items() if family in q.releases]
+        if not others:
+            raise IPAdapterError(f"preset {p.name}: presets cover SD1.5 and SDXL; for {fam} load the adapter with "
+                                 "IP-Adapter Loader (README.md, Models, lists the files).")
         raise IPAdapterError(f"preset {p.name}: there is no {fam} release of this preset ({p.meaning}). "
                              f"For {fam} use one of: {', '.join(others)}.")
     files = scan(FOLDER)

@@ -1,33 +1,17 @@
 """The FaceID projections: a face-recognition embedding (512 wide) -> image tokens.
 
-``FaceIDProjModel`` is the original repository's MLPProjModel (faceid, portrait): Linear, GELU, Linear to
-T tokens, LayerNorm per token. ``FaceIDPlusProjModel`` is its ProjPlusModel (plus, plusv2): the same MLP
+The faceid and portrait projection is the original repository's MLPProjModel (mlp.TokenMLP): Linear, GELU,
+Linear to T tokens, LayerNorm per token. ``FaceIDPlusProjModel`` is its ProjPlusModel (plus, plusv2): the same MLP
 gives the ID tokens, which are the queries of a FacePerceiverResampler over CLIP ViT-H penultimate states
 of the aligned face crop; v2 adds them back (``shortcut``) with weight ``s_scale``. The portrait-unnorm
 file is a plain Resampler (resampler.py). Parameter names follow tencent-ailab/IP-Adapter so the files load
 strictly.
 """
-import torch
-
+from .mlp import TokenMLP
 from .ops import TorchOps
 from .resampler import Resampler
 
 FACE_MLP_HIDDEN = 1024  # the MLP's hidden width in every release (FAMILIES.md §1.2)
-
-
-class FaceIDProjModel(torch.nn.Module):
-    """[B, 512] -> [B, num_tokens, cross_dim] (keys ``proj.0``, ``proj.2``, ``norm``)."""
-
-    def __init__(self, embed_dim, hidden, cross_dim, num_tokens, operations=TorchOps, device=None, dtype=None):
-        super().__init__()
-        kw = dict(device=device, dtype=dtype)
-        self.num_tokens, self.cross_dim = num_tokens, cross_dim
-        self.proj = torch.nn.Sequential(operations.Linear(embed_dim, hidden, **kw), torch.nn.GELU(),
-                                        operations.Linear(hidden, cross_dim * num_tokens, **kw))
-        self.norm = operations.LayerNorm(cross_dim, **kw)
-
-    def forward(self, face_embeds):
-        return self.norm(self.proj(face_embeds).reshape(-1, self.num_tokens, self.cross_dim))
 
 
 class FacePerceiverResampler(Resampler):
@@ -42,7 +26,7 @@ class FacePerceiverResampler(Resampler):
         return super().forward(x, latents)
 
 
-class FaceIDPlusProjModel(FaceIDProjModel):
+class FaceIDPlusProjModel(TokenMLP):
     """([B, 512] face embedding, [B, 257, 1280] CLIP states of the face crop) -> [B, num_tokens, cross_dim]:
     the FaceID MLP's tokens refined by a FacePerceiverResampler."""
 

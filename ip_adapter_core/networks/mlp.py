@@ -1,4 +1,5 @@
-"""The full-face projection: every penultimate CLIP token through a two-layer MLP."""
+"""MLP projections: the full-face one (every penultimate CLIP token through a two-layer MLP), and the one that
+makes T tokens from one embedding (FaceID's and InstantX's Flux adapter's MLPProjModel)."""
 import torch
 
 from .ops import TorchOps
@@ -18,3 +19,20 @@ class MLPProjModel(torch.nn.Module):
 
     def forward(self, hidden_states):
         return self.proj(hidden_states)
+
+
+class TokenMLP(torch.nn.Module):
+    """[B, embed_dim] -> [B, num_tokens, cross_dim] (keys ``proj.0``, ``proj.2``, ``norm``): Linear, GELU, Linear to
+    T·C, LayerNorm per token. tencent's FaceID MLPProjModel (512 -> 1024 -> T·C) and InstantX's Flux
+    MLPProjModel (SigLIP pooled 1152 -> 2304 -> 128·4096) are this network."""
+
+    def __init__(self, embed_dim, hidden, cross_dim, num_tokens, operations=TorchOps, device=None, dtype=None):
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        self.num_tokens, self.cross_dim = num_tokens, cross_dim
+        self.proj = torch.nn.Sequential(operations.Linear(embed_dim, hidden, **kw), torch.nn.GELU(),
+                                        operations.Linear(hidden, cross_dim * num_tokens, **kw))
+        self.norm = operations.LayerNorm(cross_dim, **kw)
+
+    def forward(self, embeds):
+        return self.norm(self.proj(embeds).reshape(-1, self.num_tokens, self.cross_dim))

@@ -1,9 +1,9 @@
 """Build the empty projection network an AdapterConfig describes."""
 from __future__ import annotations
 
-from .faceid import FACE_MLP_HIDDEN, FaceIDPlusProjModel, FaceIDProjModel
+from .faceid import FACE_MLP_HIDDEN, FaceIDPlusProjModel
 from .linear import ImageProjModel
-from .mlp import MLPProjModel
+from .mlp import MLPProjModel, TokenMLP
 from .ops import TorchOps
 from .resampler import Resampler
 
@@ -25,6 +25,9 @@ def build_projection(config, operations=TorchOps, device=None, dtype=None):
     if config.projection in ("faceid", "faceid-plus"):
         args = (config.feature_dim, FACE_MLP_HIDDEN, config.cross_dim, config.num_tokens)
         if config.projection == "faceid":
-            return FaceIDProjModel(*args, operations=operations, device=device, dtype=dtype)
+            return TokenMLP(*args, operations=operations, device=device, dtype=dtype)
         return FaceIDPlusProjModel(*args, config.resampler, operations=operations, device=device, dtype=dtype)
+    if config.projection == "mlp-tokens":  # InstantX's Flux adapter: hidden twice the feature width
+        return TokenMLP(config.feature_dim, 2 * config.feature_dim, config.cross_dim, config.num_tokens,
+                        operations=operations, device=device, dtype=dtype)
     raise ValueError(f"unknown projection kind {config.projection!r}")

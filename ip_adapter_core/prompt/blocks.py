@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from ..errors import IPAdapterError
+from ..files.flux_layout import DOUBLE, FLUX, SINGLE
 from ..files.layers import layers_for
 from ..input_bounds import MAX_CUSTOM_BLOCK_ENTRIES, MAX_ENTRY_CHARS, check_count, read_number
 
@@ -202,11 +203,87 @@ def parse_custom(family: str, text: str) -> dict:
 
 
 def layer_lambdas(family: str, weight_type: str = "linear", blocks: str = "all", custom: str = "",
-                  style_boost: float = 1.0, composition_boost: float = 1.0) -> dict:
+                  style_boost: float = 1.0, composition_boost: float = 1.0, layers=None, scaling: str = V_ONLY) -> dict:
     """{layer key: (multiplier of λ, route)} for every attn2 layer of ``family``: the weight type's
-    multiplier times the blocks choice's (a layer the choice leaves out gets 0), and the weight type's route."""
+    multiplier times the blocks choice's (a layer the choice leaves out gets 0), and the weight type's route.
+    On Flux, for the blocks ``layers`` the adapter acts in (flux_blocks.py)."""
+    if family == FLUX:
+        mults = flux_lambdas(layers, weight_type, blocks, custom, scaling in (V_ONLY, K_V))
+        return {k: (m, DEFAULT_ROUTE) for k, m in mults.items()}
     table = layer_table(family, weight_type, style_boost, composition_boost)
     chosen = block_weights(family, blocks, custom)
     if chosen is None:
         return table
     return {k: (m * chosen.get(k, 0.0), r) for k, (m, r) in table.items()}
+
+
+# ---------------------------------------------------------------------------- Flux
+# Flux has no UNet levels, so the popular extension's weight types (curves over SpatialTransformer blocks,
+# style / composition blocks found in SDXL's UNet) mean nothing there: only ``linear`` is accepted, and
+# ``blocks`` takes ``all`` or ``custom`` with entries by block name, as ComfyUI's patch keys name them:
+# "double 0-18 = 1, single 0-37 = 0.5, double 3 = 0". Embeds scaling: λ on the output (V only, as XLabs and
+# diffusers do) or on K'/V' (K+V); the C-penalty modes scale by a UNet layer's width over 1280, which means
+# nothing on Flux's blocks, so they are refused.
+
+FLUX_WEIGHT_TYPES = ("linear",)
+FLUX_BLOCK_CHOICES = ("all", "custom")
+FLUX_CUSTOM_EXAMPLE = "'double 0-18 = 1' or 'single 0-37 = 0.5', separated by commas"
+_FLUX_NAMES = {"double": DOUBLE, "single": SINGLE}
+_FLUX_ENTRY = re.compile(r"^\s*(double|single)\s+(\d+)(?:\s*-\s*(\d+))?\s*=\s*(\S+)\s*$")
+
+
+def flux_lambdas(layers, weight_type: str, blocks: str, custom: str, scaling_ok: bool) -> dict:
+    """{block key: multiplier of λ} for the blocks ``layers`` of a Flux adapter (every block's rows attend to
+    the default token sets: no weight type routes them otherwise)."""
+    if weight_type not in FLUX_WEIGHT_TYPES:
+        raise IPAdapterError(
+            f"weight_type: '{weight_type}' is defined for the blocks of SD1.5 and SDXL UNets; Flux has none of them. "
+            "Use 'linear' on Flux, and blocks = custom for a weight per block (e.g. 'double 0-9 = 1, double 10-18 = "
+            "0.5').")
+    if not scaling_ok:
+        raise IPAdapterError("embeds_scaling: the C-penalty modes scale λ by a UNet layer's width over 1280, which "
+                             "means nothing on Flux. Use 'V only' (as XLabs) or 'K+V'.")
+    if blocks == "all":
+        chosen = {layer.key: 1.0 for layer in layers}
+    elif blocks == "custom":
+        chosen = parse_flux_custom(layers, custom)
+    else:
+        raise IPAdapterError(f"blocks: '{blocks}' names UNet blocks (InstantStyle's); on Flux use 'all' or 'custom' "
+                             f"with entries like {FLUX_CUSTOM_EXAMPLE}.")
+    return {layer.key: chosen.get(layer.key, 0.0) for layer in layers}
+
+
+def parse_flux_custom(layers, text: str) -> dict:
+    """``"double 0-18 = 1, single 3 = 0.5"`` -> {block key: multiplier}; blocks not named get 0, later
+    entries win. A block the adapter does not act in is refused, naming the ones it has."""
+    have = {layer.key for layer in layers}
+    parts = [p for p in re.split(r"[,;\n]", text or "") if p.strip()]
+    check_count(len(parts), MAX_CUSTOM_BLOCK_ENTRIES, "custom_blocks", "entries")
+    out = {}
+    for part in parts:
+        m = _FLUX_ENTRY.match(part) if len(part) <= MAX_ENTRY_CHARS else None
+        if not m:
+            raise IPAdapterError(f"custom_blocks: cannot read {part.strip()[:80]!r}; on Flux write entries like "
+                                 f"{FLUX_CUSTOM_EXAMPLE}.")
+        kind, first = _FLUX_NAMES[m[1]], int(m[2])
+        last = int(m[3]) if m[3] is not None else first
+        value = read_number(m[4], f"custom_blocks ({m[1]} {m[2]})", FLUX_CUSTOM_EXAMPLE)
+        keys = [(kind, i) for i in range(first, min(last, first + len(have)) + 1)]
+        if last < first or not keys or any(k not in have for k in keys):
+            raise IPAdapterError(f"custom_blocks: {part.strip()!r} names blocks this adapter does not act in; it "
+                                 f"has {_ranges(have)}.")
+        out.update({k: value for k in keys})
+    if not out:
+        raise IPAdapterError("custom_blocks: blocks is 'custom' but no entries were given, e.g. "
+                             f"{FLUX_CUSTOM_EXAMPLE}.")
+    return out
+
+
+def _ranges(keys) -> str:
+    """'double 0-18' / 'double 0-18 and single 0-37' for a set of block keys."""
+    parts = []
+    for word, kind in _FLUX_NAMES.items():
+        idx = sorted(i for k, i in keys if k == kind)
+        if idx:
+            parts.append(f"{word} {idx[0]}-{idx[-1]}" if len(idx) > 1 else f"{word} {idx[0]}")
+    return " and ".join(parts) or "no blocks"

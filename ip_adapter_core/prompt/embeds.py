@@ -81,7 +81,8 @@ class ImagePrompt:
             raise IPAdapterError(f"start_at/end_at: need 0 <= start_at <= end_at <= 1; got {start_at}, {end_at}.")
         if scaling not in SCALING_MODES:
             raise IPAdapterError(f"embeds_scaling: expected one of {', '.join(SCALING_MODES)}; got {scaling!r}.")
-        table = layer_lambdas(self.config.family, weight_type, blocks, custom, style_boost, composition_boost)
+        table = layer_lambdas(self.config.family, weight_type, blocks, custom, style_boost, composition_boost,
+                              self.config.layers, scaling)
         mults = {k: m for k, (m, _) in table.items()}
         routes = {k: r for k, (_, r) in table.items() if r != DEFAULT_ROUTE}
         return replace(self, weight=float(weight),

@@ -24,9 +24,18 @@ from ..files.config import (
     FAMILY_BY_CROSS_DIM,
     FAMILY_NAMES,
     FEATURES,
+    FLUX,
+    IMAGE_EMBEDS,
+    INSTANTX,
+    POOLED,
     PORTRAIT_UNNORM,
     PROJECTIONS,
+    SIGLIP,
+    UNCOND_ENCODE_BLACK_IMAGE,
+    UNCOND_PROJECT_ZEROS,
     UNCONDS,
+    VIT_L,
+    XLABS,
     AdapterConfig,
     ResamplerConfig,
 )
@@ -113,6 +122,8 @@ def parse_config(text, path) -> AdapterConfig:
         _refuse(path, f"its 'config' metadata is not JSON ({e}).")
     if not isinstance(raw, dict):
         _refuse(path, f"expected a JSON object in the 'config' metadata; found {text!r:.80}.")
+    # fields added after files were first written get their default (files of SD1.5 / SDXL adapters)
+    raw = {**ADDED_FIELDS, **raw}
     values = _fields(raw, AdapterConfig, path, "config")
     for field, allowed in CHOICES.items():
         if values[field] not in allowed:
@@ -157,11 +168,27 @@ FIELD_KINDS = {  # (dataclass, field) -> (check, description)
     (AdapterConfig, "lora_rank"): (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
                                    "a non-negative integer"),
     **{(ResamplerConfig, f.name): _INT for f in dataclasses.fields(ResamplerConfig)},
+    (AdapterConfig, "flux_kind"): (lambda v: v in ("", XLABS, INSTANTX), f"'', '{XLABS}' or '{INSTANTX}'"),
+    (AdapterConfig, "single_blocks"): (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                                       "a non-negative integer"),
 }
+ADDED_FIELDS = {"flux_kind": "", "single_blocks": 0}  # (Flux) absent from files written before them
 
 
 def _check_consistent(config: AdapterConfig, path) -> None:
     """Fields that the loader derives from one another must still agree."""
+    if config.family == FLUX:
+        want = {XLABS: ("linear", VIT_L, IMAGE_EMBEDS, UNCOND_ENCODE_BLACK_IMAGE, 0),
+                INSTANTX: ("mlp-tokens", SIGLIP, POOLED, UNCOND_PROJECT_ZEROS, 2 * len(config.layer_hidden) // 3)}
+        have = (config.projection, config.encoder, config.feature, config.uncond, config.single_blocks)
+        if want.get(config.flux_kind) != have or config.resampler is not None or config.face \
+                or config.feature_dim != ENCODERS[config.encoder].get(config.feature):
+            _refuse(path, f"config says family 'flux' but is not the config of an XLabs or InstantX Flux adapter "
+                          f"({config}).")
+        return
+    if config.flux_kind or config.single_blocks:
+        _refuse(path, "config names a Flux adapter kind or single blocks, which only Flux adapters have, but family "
+                      f"{config.family!r}.")
     if FAMILY_BY_CROSS_DIM.get(config.cross_dim) != config.family:
         _refuse(path, f"config says family {config.family!r} but cross_dim {config.cross_dim}; "
                       f"expected {dict((f, d) for d, f in FAMILY_BY_CROSS_DIM.items())}.")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import IPAdapterError
-from ..files.config import PENULTIMATE, UNCOND_PROJECT_ZEROS, AdapterConfig
+from ..files.config import PENULTIMATE, UNCOND_ENCODE_BLACK_IMAGE, UNCOND_PROJECT_ZEROS, AdapterConfig
 from ..input_bounds import check_magnitudes, check_token
 from ..networks.ops import compute_dtype
 
@@ -142,10 +142,11 @@ def project(image_proj: torch.nn.Module, config: AdapterConfig, features: torch.
         if config.uncond == UNCOND_PROJECT_ZEROS:
             negative_features = torch.zeros_like(features)
         elif zero_image_features is None:
+            picture = "a black image" if config.uncond == UNCOND_ENCODE_BLACK_IMAGE else "an all-zero image"
             raise IPAdapterError(
                 f"negative_features: the adapter ({config.name}) makes its negative tokens from the "
-                "encoder's output for an all-zero image, and none was given. Encode the image with "
-                "the IP-Adapter Encode Image node (it supplies it), or connect negative_features.")
+                f"encoder's output for {picture}, and none was given. Encode the image with the IP-Adapter "
+                "Encode Image node (it supplies it), connect clip_vision, or connect negative_features.")
         else:
             check_features(config, zero_image_features, "zero-image features")
             negative_features = zero_image_features[:1].expand(n, *zero_image_features.shape[1:])

@@ -8,7 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import IPAdapterError, IPAdapterMismatchError
-from ..files.config import IMAGE_EMBEDS, AdapterConfig, encoder_by_widths
+from ..files.config import (BLACK_IMAGE_NEGATIVE_ENCODERS, ENCODER_IMAGE_SIZE, ENCODERS, IMAGE_EMBEDS, POOLED, SIGLIP,
+                            UNCOND_ENCODE_BLACK_IMAGE, AdapterConfig, encoder_by_widths)
+from ..files.encoder_heads import read_pooling_head
+from ..files.model_folders import find_clip_vision_file
 from ..input_bounds import check_image_batch
 from .embeds import ImagePrompt
 from .references import CLIP_MEAN, CROP_POSITIONS, INTERPOLATIONS, prepare_reference
@@ -18,16 +21,65 @@ CROP_MODES = ("center", "squash", "pad")
 # "default": ComfyUI's encoder does the resizing (bicubic, antialiased), as before the options existed.
 ENCODE_INTERPOLATIONS = ("default",) + INTERPOLATIONS
 ZERO_IMAGE_ATTR = "ipadapter_zero_image_penultimate"
+BLACK_IMAGE_ATTR = "ipadapter_black_image_embeds"
 
 
 def encoder_of(clip_vision) -> str | None:
-    """Name the CLIP vision model (ViT-H/14, ViT-bigG/14) from its structure, or None."""
+    """Name the CLIP vision model (ViT-H/14, ViT-bigG/14, ViT-L/14) from its structure, or None. A model of an
+    encoder's widths at another image size than its adapters' is named with its size (ViT-L/14 at 336 px)."""
     try:
         emb = clip_vision.model.vision_model.embeddings.class_embedding.shape[-1]
         proj = clip_vision.model.visual_projection.weight.shape[0]
     except AttributeError:
+        return _siglip_of(clip_vision)
+    name = encoder_by_widths(emb, proj)
+    size = getattr(clip_vision, "image_size", None)
+    if name in ENCODER_IMAGE_SIZE and size is not None and size != ENCODER_IMAGE_SIZE[name]:
+        return f"{name} at {size} px"
+    return name
+
+
+def _siglip_of(clip_vision) -> str | None:
+    """SigLIP so400m/14 at 384 px (no class embedding, no projection), or None."""
+    try:
+        width = clip_vision.model.vision_model.post_layernorm.weight.shape[-1]
+    except AttributeError:
         return None
-    return encoder_by_widths(emb, proj)
+    ok = (width, getattr(clip_vision, "image_size", None)) == (ENCODERS[SIGLIP][POOLED], 384)
+    return SIGLIP if ok else None
+
+
+def attach_pooling_head(clip_vision, head) -> None:
+    """Keep SigLIP's pooling head (files/encoder_heads.py) with the loaded encoder: ComfyUI's loader drops it."""
+    clip_vision.ipadapter_pooling_head = head
+
+
+def load_encoder_for(config: AdapterConfig, path=None):
+    """Load the CLIP vision model an adapter needs (found in models/clip_vision by its shapes unless ``path``
+    is given), with SigLIP's pooling head for InstantX's Flux adapter."""
+    import comfy.clip_vision
+
+    path = path or find_clip_vision_file(config)
+    clip_vision = comfy.clip_vision.load(path)
+    if config.encoder == SIGLIP:
+        attach_pooling_head(clip_vision, read_pooling_head(path))
+    return clip_vision
+
+
+def pooled_features(clip_vision, last_hidden_state: torch.Tensor) -> torch.Tensor:
+    """SigLIP's pooler_output from the post-LayerNorm tokens ComfyUI's encoder returns, in float32."""
+    head = getattr(clip_vision, "ipadapter_pooling_head", None)
+    if head is None:
+        raise IPAdapterError(NO_POOLING_HEAD)
+    with torch.no_grad():
+        return head.to(last_hidden_state.device)(last_hidden_state.float())
+
+
+NO_POOLING_HEAD = (
+    f"clip_vision: InstantX's Flux adapter reads {SIGLIP}'s attention-pooled output, which needs the encoder's "
+    "pooling head (vision_model.head.*); ComfyUI's Load CLIP Vision drops it. Load the encoder with IP-Adapter "
+    "CLIP Vision Loader, which keeps it, from a file that has it (google/siglip-so400m-patch14-384's "
+    "model.safetensors).")
 
 
 def check_encoder(config: AdapterConfig, clip_vision, what="clip_vision") -> None:
@@ -54,6 +106,17 @@ def zero_image_features(clip_vision) -> torch.Tensor:
         out = clip_vision.model(pixel_values=pixels, intermediate_output=-2)
     clip_vision._ipadapter_zero_image = out[1].to(mm.intermediate_device()).float()
     return clip_vision._ipadapter_zero_image
+
+
+def black_image_features(clip_vision) -> torch.Tensor:
+    """image_embeds of a black picture, through ComfyUI's own preprocessing: the negative of XLabs' Flux
+    adapters (their pipeline, and diffusers' FluxPipeline, encode ``np.zeros`` pixels). Cached on the encoder."""
+    cached = getattr(clip_vision, "_ipadapter_black_image", None)
+    if cached is None:
+        size = getattr(clip_vision, "image_size", 224)
+        out = encode_batches(clip_vision, torch.zeros(1, size, size, 3), False)
+        cached = clip_vision._ipadapter_black_image = out.image_embeds.float()
+    return cached
 
 
 def _mean(clip_vision, image):
@@ -109,7 +172,14 @@ def encode(clip_vision, image: torch.Tensor, crop: str = "center", mask: torch.T
     ``interpolation``, ``sharpening``: see ``prepare``. ``batch_size``: see ``encode_batches``."""
     pixels, crop_flag = prepare(clip_vision, image, crop, mask, interpolation, sharpening)
     out = encode_batches(clip_vision, pixels, crop_flag, batch_size)
-    out[ZERO_IMAGE_ATTR] = zero_image_features(clip_vision)
+    encoder = encoder_of(clip_vision)
+    if encoder == SIGLIP:  # InstantX: pooled features (when the head is there); zeros for the negative
+        if getattr(clip_vision, "ipadapter_pooling_head", None) is not None:
+            out[POOLED] = pooled_features(clip_vision, out["last_hidden_state"])
+    elif encoder in BLACK_IMAGE_NEGATIVE_ENCODERS:
+        out[BLACK_IMAGE_ATTR] = black_image_features(clip_vision)
+    else:
+        out[ZERO_IMAGE_ATTR] = zero_image_features(clip_vision)
     return out
 
 
@@ -171,10 +241,11 @@ def image_prompt(adapter, image_features, combine: str = "concat", negative_feat
     cfg = adapter.config
     feats = _feature(image_features, cfg.feature, "image_features")
     neg = _feature(negative_features, cfg.feature, "negative_features") if negative_features is not None else None
-    zero = getattr(image_features, ZERO_IMAGE_ATTR, None)
-    if zero is None and clip_vision is not None and cfg.feature != IMAGE_EMBEDS:
+    black = cfg.uncond == UNCOND_ENCODE_BLACK_IMAGE
+    zero = getattr(image_features, BLACK_IMAGE_ATTR if black else ZERO_IMAGE_ATTR, None)
+    if zero is None and clip_vision is not None and (black or cfg.feature != IMAGE_EMBEDS):
         check_encoder(cfg, clip_vision)
-        zero = zero_image_features(clip_vision)
+        zero = black_image_features(clip_vision) if black else zero_image_features(clip_vision)
     if isinstance(weights, str):
         weights = parse_image_weights(weights, feats.shape[0])
     pos, negative = project(adapter.model.image_proj, cfg, feats, neg, zero, combine, weights=weights)
@@ -183,6 +254,8 @@ def image_prompt(adapter, image_features, combine: str = "concat", negative_feat
 
 def _feature(output, name, what):
     t = getattr(output, name, None)
+    if t is None and name == POOLED:
+        raise IPAdapterError(f"{what}: no SigLIP pooled output. " + NO_POOLING_HEAD.removeprefix("clip_vision: "))
     if t is None:
         raise IPAdapterError(f"{what}: this CLIP vision output has no '{name}'; encode the image with a "
                              "CLIP vision model (ViT-H/14 or ViT-bigG/14).")

@@ -1,0 +1,72 @@
+"""What every architecture's patch holds: branches (one image prompt applied to a model, immutable, made
+at node time) and the marker of our patches, so the run wrapper finds them whichever hook they sit in."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import IPAdapterMismatchError
+from ..files.layers import AttnLayer
+from ..networks.ops import compute_dtype
+from ..prompt.embeds import ImagePrompt
+from .attention import image_kv, rms_per_head
+
+log = logging.getLogger("ipadapter")
+
+
+@dataclass(eq=False, frozen=True)
+class Branch:
+    """One image prompt applied to a model: the adapter, tokens (with their weighting and
+    sampling range as fractions), an optional region mask. Hashable by identity: run states
+    key their caches by it."""
+
+    adapter: object                 # loader.AdapterHandle (anything with .model: IPAdapterModel)
+    prompt: ImagePrompt
+    mask: torch.Tensor | None       # [M, H, W] in 0..1 on the host, or None
+    # (sigma_start, sigma_end) as resolved when the node ran: used only when the UNet is
+    # called outside a ComfyUI sampler; a sampler run resolves the range on its own schedule.
+    fallback_range: tuple[float, float] = (float("inf"), 0.0)
+
+    def image_kv(self, layer: AttnLayer, device, dtype):
+        """K'/V' [3, T, hidden] of the token sets [image; negative; zeros] for one layer (a route
+        picks one per row; the zero set gives K' = V' = 0: rows that receive nothing)."""
+        ipl = self.adapter.model.layer(layer.file_index)
+        tokens = torch.cat([self.prompt.positive, self.prompt.negative])  # sets IMAGE_SET, NEGATIVE_SET
+        w = ipl.to_k_ip.weight
+        # the adapter's compute dtype in, the call's dtype out: the same rounding as the reference,
+        # which converts the weights before use
+        compute = compute_dtype(ipl.to_k_ip)
+        k, v = image_kv(ipl.to_k_ip, ipl.to_v_ip, tokens.to(device=w.device, dtype=compute), dtype, device)
+        if self.adapter.config.ip_inside:  # InstantX's Flux adapter: each head of K' and V' RMS-normed
+            k, v = rms_per_head(k, layer.dim_head), rms_per_head(v, layer.dim_head)
+        return torch.cat([k, k.new_zeros(k[:1].shape)]), torch.cat([v, v.new_zeros(v[:1].shape)])
+
+
+
+class BranchPatch:
+    """Base of our patches (attn2 layers, Flux blocks): each holds ``branches``, a tuple of (Branch, λ)."""
+
+    branches: tuple = ()
+
+
+def check_prompt_for(adapter, prompt: ImagePrompt) -> None:
+    """The embeds must come from an adapter of exactly this kind (encoder included)."""
+    cfg = adapter.config
+    if prompt.config != cfg:
+        raise IPAdapterMismatchError(
+            f"embeds: made by a different kind of adapter ({prompt.config.name}) than the one being "
+            f"applied ({cfg.name}). Project the images with the same IP-Adapter you apply.")
+    if prompt.adapter_path and prompt.adapter_path != adapter.path:
+        log.warning("embeds were projected with '%s' but '%s' is applied; both are %s",
+                    prompt.adapter_path, adapter.path, cfg.name)
+
+
+def branch_for(model, adapter, prompt: ImagePrompt, mask: torch.Tensor | None) -> Branch:
+    """The branch of ``prompt`` on ``model``. The sampling range is resolved now only for model calls
+    outside a sampler; a sampler run resolves it again with the model_sampling in force then (patches
+    applied after this node shift it)."""
+    sampling = model.get_model_object("model_sampling")
+    fallback = (float(sampling.percent_to_sigma(prompt.start_at)), float(sampling.percent_to_sigma(prompt.end_at)))
+    return Branch(adapter, prompt, mask, fallback)

@@ -1,0 +1,27 @@
+"""Apply an image prompt to a model: check that adapter, prompt and model belong together, then hand the
+prompt to the patch module of the model's architecture (unet_patch.py: SD1.5, SDXL; flux_patch.py: Flux)."""
+from __future__ import annotations
+
+import torch
+
+from ..errors import IPAdapterMismatchError
+from ..files.config import FAMILY_NAMES, FLUX, check_model_layers, model_family
+from ..prompt.embeds import ImagePrompt
+from .branch import branch_for, check_prompt_for
+from .flux_patch import apply_flux_prompt
+from .unet_patch import apply_unet_prompt
+
+
+def apply_image_prompt(model, adapter, prompt: ImagePrompt, mask: torch.Tensor | None = None):
+    """Return a clone of ``model`` with ``prompt`` added (the model itself is not changed)."""
+    cfg = adapter.config
+    family = model_family(model)
+    if family != cfg.family:
+        have, need = FAMILY_NAMES[family], FAMILY_NAMES[cfg.family]
+        raise IPAdapterMismatchError(
+            f"ipadapter: '{adapter.name}' is an {need} IP-Adapter but the model is {have}. "
+            f"Use an {have} IP-Adapter file, or an {need} model.")
+    check_model_layers(model, cfg)
+    check_prompt_for(adapter, prompt)
+    branch = branch_for(model, adapter, prompt, mask)
+    return apply_flux_prompt(model, branch) if family == FLUX else apply_unet_prompt(model, branch)
