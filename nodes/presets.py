@@ -4,7 +4,7 @@ from comfy_api.latest import io
 
 from ..ip_adapter_core.faces.analysis import PROVIDERS, FaceAnalyzer
 from ..ip_adapter_core.faces.packs import pack_dirs
-from ..ip_adapter_core.files.config import model_family
+from ..ip_adapter_core.files.base_model import model_family
 from ..ip_adapter_core.files.loader import load_adapter_handle
 from ..ip_adapter_core.files.presets import FACEID_PRESETS, PRESETS, preset_files
 from .types import CATEGORY, FaceAnalysis, IPAModel

@@ -408,3 +408,11 @@ def test_instantx_without_pooled_features_says_which_loader(instantx):
     feats["last_hidden_state"] = torch.randn(1, 729, 1152)
     with pytest.raises(IPAdapterError, match="no SigLIP pooled output.*IP-Adapter CLIP Vision Loader"):
         image_prompt(handle, feats)
+
+
+def test_training_refuses_flux_by_name(flux):
+    from ipadapter_ext.ip_adapter_core.errors import IPAdapterMismatchError
+    from ipadapter_ext.ip_adapter_core.training.comfy_session import adapter_for_model
+
+    with pytest.raises(IPAdapterMismatchError, match="training works on SD1.5 and SDXL UNets; this is a Flux.1 model"):
+        adapter_for_model(flux, None, "linear")

@@ -170,7 +170,7 @@ def models():
 
 @pytest.mark.parametrize("preset,family", sorted(EXPECTED))
 def test_each_preset_finds_its_files_by_their_tensors(folders, presets, models, preset, family):
-    from ipadapter_ext.ip_adapter_core.files.config import model_family
+    from ipadapter_ext.ip_adapter_core.files.base_model import model_family
 
     assert model_family(models[family]) == family
     folder, name, encoder = EXPECTED[preset, family]

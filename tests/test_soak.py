@@ -8,7 +8,7 @@ IP-Adapter files. Images are SIZE×SIZE pixels (an 8×8 latent), KSampler STEPS 
 
 Why the full-width SD1.5 checkpoint and not the tiny one: the tiny UNet (32 channels) cannot take a real
 IP-Adapter, whose K'/V' are 320/640/1280 wide; IPAApply refuses it by its layer widths
-(``config.check_model_layers``), and no smaller file is an SD1.5 IP-Adapter. At an 8×8 latent a prompt with
+(``base_model.check_model_layers``), and no smaller file is an SD1.5 IP-Adapter. At an 8×8 latent a prompt with
 the full UNet samples in a few seconds, and the file is in the suite's cache already (test_workflows uses it).
 
 Each round queues the GOOD prompts (base adapter Encode → Project → Weight → Apply; plus adapter; two

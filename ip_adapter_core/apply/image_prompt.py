@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import IPAdapterMismatchError
-from ..files.config import FAMILY_NAMES, FLUX, check_model_layers, model_family
+from ..files.base_model import check_model_layers, model_family
+from ..files.config import FAMILY_NAMES, FLUX
 from ..prompt.embeds import ImagePrompt
 from .branch import branch_for, check_prompt_for
 from .flux_patch import apply_flux_prompt

@@ -1,0 +1,54 @@
+"""Which base model a ComfyUI model is (SD1.5, SDXL, Flux.1), from its configuration, and whether its attention
+layers are where an adapter's are; the adapter side of the same question is config.py."""
+from __future__ import annotations
+
+from ..errors import IPAdapterMismatchError
+from .config import FAMILY_BY_CROSS_DIM, FAMILY_NAMES
+from .flux_layout import FLUX, flux_model_blocks
+from .layers import layout_difference
+
+
+def model_family(model) -> str:
+    """'sd15', 'sdxl' (UNets, by their cross-attention width) or 'flux' (Flux.1); refuses other models."""
+    unet_config = unet_config_of(model)
+    if flux_model_blocks(unet_config) is not None:
+        return FLUX
+    ctx = unet_config.get("context_dim")
+    fam = FAMILY_BY_CROSS_DIM.get(ctx)
+    if fam is None or "transformer_depth" not in unet_config:
+        name = type(model.model).__name__
+        kind = unet_config.get("image_model")
+        found = f"a {kind} transformer" if kind else f"cross-attention width {ctx}"
+        raise IPAdapterMismatchError(
+            f"model: IP-Adapter works on Stable Diffusion 1.5 and SDXL UNets and on Flux.1; this model ({name}, "
+            f"{found}) is none of them. Load an SD1.5, SDXL or Flux.1 [dev]/[schnell] model.")
+    return fam
+
+
+def unet_config_of(model) -> dict:
+    """The ComfyUI unet_config of a ModelPatcher's model ({} when it has none)."""
+    return getattr(getattr(model.model, "model_config", None), "unet_config", {}) or {}
+
+
+def check_model_layers(model, config) -> None:
+    """Refuse a model of the family whose attention layers are not where (or not as wide as) the
+    adapter's are: distilled SDXL models (SSD-1B, Vega, KOALA), other depths or widths; on Flux, a
+    transformer with other block counts or width."""
+    if config.family == FLUX:
+        have = flux_model_blocks(unet_config_of(model))
+        want = (config.double_blocks, config.single_blocks, config.layer_hidden[0])
+        if have is None or have[0] != want[0] or have[2] != want[2] or want[1] not in (0, have[1]):
+            found = ("no Flux.1 blocks" if have is None
+                     else f"{have[0]} double and {have[1]} single blocks {have[2]} wide")
+            raise IPAdapterMismatchError(
+                f"model: this Flux model has {found}, but the adapter was made for {want[0]} double and {want[1]} "
+                f"single blocks {want[2]} wide. Use the Flux.1 model the adapter was trained for (dev).")
+        return
+    diff = layout_difference(unet_config_of(model), config.layers)
+    if diff is not None:
+        name = FAMILY_NAMES[config.family]
+        raise IPAdapterMismatchError(
+            f"model: this {type(model.model).__name__} UNet reads {name}-width text but its layers differ "
+            f"from the {name} UNet the adapter was trained for: {diff}. Distilled models (SSD-1B, Segmind "
+            f"Vega, KOALA) and other variants need an IP-Adapter trained for them; use a standard {name} "
+            "checkpoint (or a fine-tune of it).")
