@@ -10,6 +10,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -205,9 +206,11 @@ class LocalServer(Client):
 
     def __init__(self, host: Path | None = None, *, port: int | None = None, cpu: bool | None = None,
                  extra_model_paths: list | tuple = (), extra_args: list | tuple = (), python: str | None = None,
-                 workdir: Path | None = None, isolate: bool = False, startup_timeout: float = 300):
+                 workdir: Path | None = None, isolate: bool = False, startup_timeout: float = 300,
+                 extra_nodes: list | tuple = ()):
         """``isolate``: load no custom node but this extension, and keep input/output/temp/user
-        folders in ``workdir`` (tests). Otherwise the host's own folders and custom nodes are used."""
+        folders in ``workdir`` (tests). Otherwise the host's own folders and custom nodes are used.
+        ``extra_nodes``: one-file custom nodes (paths) loaded too, from ``workdir``'s custom_nodes (tests)."""
         self.host = Path(host) if host else find_host()
         port = port or free_port()
         super().__init__(f"http://127.0.0.1:{port}")
@@ -225,14 +228,17 @@ class LocalServer(Client):
         # Loaded from the host's custom_nodes/ when it is there (README › Install), else through a link; never
         # both, or ComfyUI would import it twice.
         installed_as = extension_in_host(self.host)
-        if installed_as is None:
-            configs.append(self._link_extension())
+        if installed_as is None or extra_nodes:
+            configs.append(self._link_extension(link=installed_as is None))
+        extra = [Path(n).name for n in extra_nodes]
+        for n in extra_nodes:
+            shutil.copyfile(n, self.workdir / "custom_nodes" / Path(n).name)
         for c in configs:
             args += ["--extra-model-paths-config", str(c)]
         if isolate:
             for d in ("input", "output", "temp", "user"):
                 (self.workdir / d).mkdir(parents=True, exist_ok=True)
-            args += ["--disable-all-custom-nodes", "--whitelist-custom-nodes", installed_as or LINK_NAME,
+            args += ["--disable-all-custom-nodes", "--whitelist-custom-nodes", installed_as or LINK_NAME, *extra,
                      "--input-directory", str(self.workdir / "input"), "--output-directory",
                      str(self.workdir / "output"), "--temp-directory", str(self.workdir / "temp"),
                      "--user-directory", str(self.workdir / "user"), "--database-url", "sqlite:///:memory:"]
@@ -256,13 +262,14 @@ class LocalServer(Client):
             self.stop()
             raise
 
-    def _link_extension(self) -> Path:
-        """An extra_model_paths config whose ``custom_nodes:`` folder holds a link to this repo."""
+    def _link_extension(self, link: bool = True) -> Path:
+        """An extra_model_paths config whose ``custom_nodes:`` folder holds a link to this repo (``link``; else
+        only the extra nodes: the extension is in the host's own folder)."""
         nodes = self.workdir / "custom_nodes"
         nodes.mkdir(parents=True, exist_ok=True)
-        link = nodes / LINK_NAME
-        if not link.exists():
-            link.symlink_to(REPO, target_is_directory=True)
+        target = nodes / LINK_NAME
+        if link and not target.exists():
+            target.symlink_to(REPO, target_is_directory=True)
         config = self.workdir / "extension_paths.yaml"
         config.write_text(f"ipadapter_extension:\n  custom_nodes: {json.dumps(str(nodes))}\n")
         return config

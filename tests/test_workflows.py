@@ -27,6 +27,14 @@ ran, peaking at ~10 GB resident, but was killed by the kernel's OOM killer in a 
 grew; with fp8 weights the server peaked at 6.5 GB resident. The SD1.5 workflows run in a server with
 ComfyUI's defaults (fp32 weights and computation). If less than SDXL_MIN_FREE_GB of memory is available when
 the SDXL server would start, that test is skipped with the reason.
+
+What ran for Flux (15_flux_xlabs): the workflow file unchanged, in a third server, with ComfyUI's own Flux class
+at the real width (3072, 24 heads) but one double block and no single block (0.37 B parameters, fp16 file of
+0.74 GB; tests/support/host_models.py), the real CLIP-L, Flux's VAE, the OpenAI ViT-L/14 encoder and an XLabs
+v2-layout adapter for that one block. T5-XXL's fixed config would build 4.7 B parameters whatever the file holds,
+so that server also loads a one-file test node (host_models.write_tiny_t5_node) that shrinks the T5 class to
+TINY_T5; the Flux model reads text of that width. Everything else is ComfyUI's: UNETLoader, DualCLIPLoader,
+FluxGuidance, KSampler, VAEDecode.
 """
 from __future__ import annotations
 
@@ -40,13 +48,13 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-from support.workflow_servers import MODEL_INPUTS, SDXL, SIZE, WORKFLOWS, api, comfy_server, ui, wf
+from support.workflow_servers import MODEL_INPUTS, SDXL, SIZE, WORKFLOWS, api, comfy_server, family_of, ui, wf
 
 log = logging.getLogger("ipadapter.tests.workflows")
 
 STEPS = 2
 SDXL_STEPS = 1  # one SDXL step (cond and uncond through all 70 patched layers) is ~50 s on a busy 2-core CPU
-RUN_ORDER = [n for n in WORKFLOWS if n not in SDXL] + [n for n in WORKFLOWS if n in SDXL]  # one switch
+RUN_ORDER = sorted(WORKFLOWS, key=lambda n: ("sd15", "flux", "sdxl").index(family_of(n)))  # one switch each
 LAMBDA_NODES = {"IPAWeight", "IPAApplySimple", "IPAApplyTiled", "IPAFaceID"}
 TRAIN_STEPS = 2  # IPATrain steps in the runs (the file says 200)
 TRAIN_NODES = {"IPATrainingSet", "IPATrain"}  # upstream of λ: the λ = 0 rerun must take them from ComfyUI's cache
@@ -146,7 +154,7 @@ def small(prompt: dict, weight: float | None = None, steps: int = STEPS) -> dict
     for node in prompt.values():
         if node["class_type"] == "KSampler":
             node["inputs"]["steps"] = steps
-        if node["class_type"] in ("EmptyLatentImage", "ImageScale"):
+        if node["class_type"] in ("EmptyLatentImage", "EmptySD3LatentImage", "ImageScale"):
             node["inputs"].update(width=SIZE, height=SIZE)
         if node["class_type"] == "IPATrain":
             node["inputs"]["steps"] = TRAIN_STEPS
@@ -159,7 +167,8 @@ def small(prompt: dict, weight: float | None = None, steps: int = STEPS) -> dict
 
 def _frames(prompt: dict) -> int:
     """Images the prompt saves: the latent batch (one per frame in the animation workflow)."""
-    return max([n["inputs"]["batch_size"] for n in prompt.values() if n["class_type"] == "EmptyLatentImage"] or [1])
+    return max([n["inputs"]["batch_size"] for n in prompt.values()
+                if n["class_type"] in ("EmptyLatentImage", "EmptySD3LatentImage")] or [1])
 
 
 def _run(server, prompt) -> tuple[np.ndarray, float, set[str]]:
@@ -184,7 +193,7 @@ def _run(server, prompt) -> tuple[np.ndarray, float, set[str]]:
 def test_workflow_runs_and_the_image_prompt_acts(name, servers, record_property):
     prompt = api(name)
     assert any(n["class_type"] in LAMBDA_NODES for n in prompt.values())
-    server = servers.get("sdxl" if name in SDXL else "sd15")
+    server = servers.get(family_of(name))
     try:
         steps = SDXL_STEPS if name in SDXL else STEPS
         image, t1, _ = _run(server, small(prompt, steps=steps))

@@ -47,6 +47,7 @@ Run ``python tests/host_models.py [--full]`` to fill the cache ahead of a CI run
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -260,6 +261,125 @@ def clip_vision_vit_bigg_state_dict() -> dict[str, torch.Tensor]:
 def clip_vision_vit_bigg() -> Path:
     """OpenCLIP ViT-bigG/14 vision tower with projection (HF layout, fp16, ~3.7 GB)."""
     return cached_build("clip-vision-vit-bigg", clip_vision_vit_bigg_state_dict)
+
+
+# --------------------------------------------------------------------------- Flux
+
+# The workflow tests' Flux.1 [dev]: ComfyUI's own Flux class at the real width (3072, 24 heads of 128: its model
+# detection fixes 24 heads) with one double block and no single block (0.37 B parameters instead of 12 B), reading
+# text of TINY_T5's width. Its text encoders: the real CLIP-L and a T5 of the T5-XXL structure shrunk to TINY_T5
+# (T5-XXL's 4.7 B parameters do not fit this machine); the server learns the shrunk T5 from the test node that
+# write_tiny_t5_node writes. The VAE is Flux's (16 latent channels) at its real size.
+FLUX_DOUBLE, FLUX_SINGLE = 1, 0
+TINY_T5 = {"d_ff": 128, "d_kv": 32, "d_model": 64, "num_heads": 2, "num_layers": 1, "num_decoder_layers": 1}
+
+
+def flux_unet_config() -> dict:
+    return dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=TINY_T5["d_model"],
+                hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=FLUX_DOUBLE, depth_single_blocks=FLUX_SINGLE,
+                axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True, txt_ids_dims=[])
+
+
+def _flux_model() -> dict[str, torch.Tensor]:
+    import comfy.ops  # noqa: PLC0415
+    from comfy.ldm.flux.model import Flux  # noqa: PLC0415
+
+    cfg = {k: v for k, v in flux_unet_config().items() if k != "image_model"}
+    with torch.device("meta"):
+        model = Flux(**cfg, operations=comfy.ops.disable_weight_init)
+    return {k: v.contiguous() for k, v in _random_state_dict(model, SEED + 30).items()}
+
+
+def flux_dev() -> Path:
+    """Flux.1 [dev] diffusion model (UNETLoader layout: no prefix), fp16, 1 double block (~0.74 GB)."""
+    return cached_build("flux-dev-1block", _flux_model)
+
+
+def _flux_vae() -> dict[str, torch.Tensor]:
+    from comfy.ldm.models.autoencoder import AutoencodingEngine  # noqa: PLC0415
+
+    ddconfig = {"double_z": True, "z_channels": 16, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+    with torch.device("meta"):
+        vae = AutoencodingEngine(
+            regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
+            encoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Encoder", "params": ddconfig},
+            decoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Decoder", "params": ddconfig})
+    return _random_state_dict(vae, SEED + 31)
+
+
+def flux_vae() -> Path:
+    """Flux's VAE (ae.safetensors layout, 16 latent channels), fp16 (~0.17 GB)."""
+    return cached_build("flux-vae", _flux_vae)
+
+
+def _clip_l_text() -> dict[str, torch.Tensor]:
+    import comfy.sd1_clip  # noqa: PLC0415
+
+    with torch.device("meta"):
+        te = comfy.sd1_clip.SDClipModel(device="meta")
+    sd = _random_state_dict(te.transformer, SEED + 32)
+    sd["text_model.embeddings.position_ids"] = torch.arange(77)[None]
+    return sd
+
+
+def clip_l_text() -> Path:
+    """CLIP-L text encoder as Flux's clip_l.safetensors (``text_model.*``), fp16 (~0.25 GB)."""
+    return cached_build("clip-l-text", _clip_l_text)
+
+
+def tiny_t5_config() -> dict:
+    import json  # noqa: PLC0415
+
+    import comfy.text_encoders.sd3_clip as sc  # noqa: PLC0415
+
+    real = json.loads((Path(sc.__file__).parent / "t5_config_xxl.json").read_text())
+    return {**real, **TINY_T5}
+
+
+def _t5_tiny() -> dict[str, torch.Tensor]:
+    import comfy.ops  # noqa: PLC0415
+    from comfy.text_encoders.t5 import T5  # noqa: PLC0415
+
+    with torch.device("meta"):
+        model = T5(tiny_t5_config(), torch.float16, "meta", comfy.ops.disable_weight_init)
+    return _random_state_dict(model, SEED + 33)
+
+
+def t5xxl_tiny() -> Path:
+    """A T5 of T5-XXL's structure at TINY_T5's size, in t5xxl_fp16.safetensors' layout."""
+    return cached_build("t5xxl-tiny", _t5_tiny)
+
+
+def write_tiny_t5_node(custom_nodes: Path) -> Path:
+    """A one-file custom node that makes the server's T5-XXL text encoder the TINY_T5 one (tests only: its
+    fixed config would build 4.7 B parameters whatever the file holds)."""
+    path = Path(custom_nodes) / "ipadapter_test_tiny_t5.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "# Written by tests/support/host_models.py: the workflow tests' Flux reads text from a shrunk T5-XXL.\n"
+        "import json, os, tempfile\n"
+        "import comfy.sd1_clip\n"
+        "import comfy.text_encoders.sd3_clip as sc\n"
+        "import comfy.text_encoders.t5\n"
+        f"CONFIG = {json.dumps(json.dumps(tiny_t5_config()))}\n"
+        "_path = os.path.join(tempfile.mkdtemp(prefix='tiny-t5-'), 'config.json')\n"
+        "open(_path, 'w').write(CONFIG)\n"
+        "class TinyT5XXLModel(sc.T5XXLModel):\n"
+        "    def __init__(self, device='cpu', layer='last', layer_idx=None, dtype=None, attention_mask=False, "
+        "model_options={}):\n"
+        "        comfy.sd1_clip.SDClipModel.__init__(self, device=device, layer=layer, layer_idx=layer_idx, "
+        "textmodel_json_config=_path, dtype=dtype, special_tokens={'end': 1, 'pad': 0}, "
+        "model_class=comfy.text_encoders.t5.T5, enable_attention_masks=attention_mask, "
+        "return_attention_masks=attention_mask, model_options={**model_options, 'model_name': 't5xxl'})\n"
+        "sc.T5XXLModel = TinyT5XXLModel\n"
+        "NODE_CLASS_MAPPINGS = {}\n")
+    return path
+
+
+def clip_vision_vit_l() -> Path:
+    """OpenAI CLIP ViT-L/14 vision tower with projection (HF layout, fp16, ~0.6 GB): XLabs' encoder."""
+    return cached_build("clip-vision-vit-l", lambda: _clip_vision("clip_vision_config_vitl.json", SEED + 34))
 
 
 # --------------------------------------------------------------------------- folders

@@ -1,5 +1,5 @@
 """The ComfyUI servers the workflow and browser tests drive: one at a time (memory), SD1.5 workflows with
-ComfyUI's defaults, SDXL with SDXL_FLAGS; a models folder of symlinks, under the README's file names, to
+ComfyUI's defaults, SDXL with SDXL_FLAGS, Flux with the shrunk T5 node (host_models.write_tiny_t5_node); a models folder of symlinks, under the README's file names, to
 random-weight files of the real shapes (made the first time a server needs them); the repository's input
 images scaled to SIZE on their short side. Shared by the test session (conftest.py ``servers``)."""
 from __future__ import annotations
@@ -19,6 +19,14 @@ wf = script("workflow_format")
 
 WORKFLOWS = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
 SDXL = {"07_sdxl_style_composition", "14_sdxl_faceid"}
+FLUX = {"15_flux_xlabs"}
+
+
+def family_of(name: str) -> str:
+    """The server a workflow runs in: "sdxl", "flux" or "sd15"."""
+    return "sdxl" if name in SDXL else "flux" if name in FLUX else "sd15"
+
+
 SIZE = 192  # the workflows' input images are scaled to it (their latents too, by the workflow tests)
 SDXL_FLAGS = ("--fp8_e4m3fn-unet",)
 SDXL_MIN_FREE_GB = 8.0
@@ -27,12 +35,20 @@ MODEL_INPUTS = {
     "ckpt_name": ("checkpoints", {"v1-5-pruned-emaonly.safetensors": ("sd15_checkpoint", False),
                                   "sd_xl_base_1.0.safetensors": ("sdxl_checkpoint", False)}),
     "control_net_name": ("controlnet", {"control_v11p_sd15_canny_fp16.safetensors": ("controlnet_sd15", False)}),
-    "clip_name": ("clip_vision", {"CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors": ("clip_vision_vit_h",)}),
+    "clip_name": ("clip_vision", {"CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors": ("clip_vision_vit_h",),
+                                  "clip-vit-large-patch14.safetensors": ("clip_vision_vit_l",)}),
+    # Flux (host_models: one double block at the real width, CLIP-L, a shrunk T5-XXL, Flux's VAE)
+    "unet_name": ("diffusion_models", {"flux1-dev.safetensors": ("flux_dev",)}),
+    "clip_name1": ("text_encoders", {"clip_l.safetensors": ("clip_l_text",)}),
+    "clip_name2": ("text_encoders", {"t5xxl_fp16.safetensors": ("t5xxl_tiny",)}),
+    "vae_name": ("vae", {"ae.safetensors": ("flux_vae",)}),
     "ipadapter_file": ("ipadapter", {**{f"{v}.safetensors": ("adapter", v) for v in
                                         ("ip-adapter_sd15", "ip-adapter-plus_sd15", "ip-adapter_sdxl_vit-h",
                                          "ip-adapter-full-face_sd15")},
                                      **{f"{v}.bin": ("adapter", v, "bin") for v in  # released as .bin only
-                                        ("ip-adapter-faceid-plusv2_sd15", "ip-adapter-faceid_sdxl")}}),
+                                        ("ip-adapter-faceid-plusv2_sd15", "ip-adapter-faceid_sdxl")},
+                                     # XLabs' v2 layout for the one-block Flux above
+                                     "flux-ip-adapter-v2.safetensors": ("xlabs_flux",)}),
     # a face pack is a folder: models/insightface/models/<pack>/ (synthetic ONNX graphs, tests/support/face_packs.py)
     "pack": ("insightface/models", {"buffalo_l": ("face_pack",)}),
 }
@@ -81,6 +97,8 @@ def _model_file(recipe, adapter_file) -> Path:
         return adapter_file(*recipe[1:])
     if recipe[0] == "face_pack":
         return _face_pack()
+    if recipe[0] == "xlabs_flux":
+        return _xlabs_flux()
     return getattr(host_models, recipe[0])(*recipe[1:])
 
 
@@ -95,6 +113,21 @@ def _face_pack() -> Path:
     if not (folder / "w600k_r50.onnx").is_file():
         write_pack(root, faces=[face_at(16, 20, 20, FACE_LANDMARKS, (280, 270, 360, 370))], landmarks=None)
     return folder
+
+
+def _xlabs_flux() -> Path:
+    """XLabs' flux-ip-adapter-v2 layout for the workflow tests' one-block Flux (fp16, ~0.15 GB), cached."""
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    from support import host_models  # noqa: PLC0415
+    from support.flux_models import xlabs_state_dict  # noqa: PLC0415
+
+    path = host_models.cache_dir() / f"xlabs-flux-v2-1block-{host_models.VERSION}.safetensors"
+    if not path.is_file():
+        tmp = path.with_suffix(".tmp")
+        save_file(xlabs_state_dict("v2", double=host_models.FLUX_DOUBLE, hidden=3072), str(tmp))
+        tmp.replace(path)
+    return path
 
 
 class Servers:
@@ -116,17 +149,22 @@ class Servers:
                 free = _available_gb()
                 if free < SDXL_MIN_FREE_GB:
                     pytest.skip(f"SDXL workflow needs ~{SDXL_MIN_FREE_GB} GB free memory, {free:.1f} GB available")
-            self._link_models([n for n in WORKFLOWS if (n in SDXL) == (key == "sdxl")])
+            self._link_models([n for n in WORKFLOWS if family_of(n) == key])
             work = self.root / key
             shutil.copytree(self.root / "input", work / "input", dirs_exist_ok=True)
+            nodes = ()
+            if key == "flux":  # the shrunk T5-XXL (host_models.write_tiny_t5_node)
+                from support import host_models  # noqa: PLC0415
+
+                nodes = (host_models.write_tiny_t5_node(self.root / "test_nodes"),)
             self.current = comfy_server.LocalServer(cpu=True, isolate=True, workdir=work,
-                                                    extra_model_paths=[self.config],
+                                                    extra_model_paths=[self.config], extra_nodes=nodes,
                                                     extra_args=SDXL_FLAGS if key == "sdxl" else ())
             self.key = key
         return self.current
 
     def _link_models(self, names):
-        self.link(set().union(*[models_of(api(n), "sdxl" if n in SDXL else "sd15") for n in names]))
+        self.link(set().union(*[models_of(api(n), family_of(n)) for n in names]))
 
     def link(self, needed):
         """Link the model files of these (MODEL_INPUTS key, value) pairs (built the first time)."""
@@ -157,7 +195,7 @@ def make_servers(root: Path, adapter_file) -> "Servers":
     config = root / "models.yaml"
     config.write_text("ipadapter_workflow_tests:\n  base_path: " + json.dumps(str(models)) + "\n"
                       + "".join(f"  {f}: {f}\n" for f in ("checkpoints", "controlnet", "clip_vision", "ipadapter",
-                                                           "insightface")))
+                                                           "insightface", "diffusion_models", "text_encoders", "vae")))
     (root / "input").mkdir()
     for png in (REPO / "workflows" / "input").glob("*.png"):
         img = Image.open(png)
