@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from ipadapter_ext.ip_adapter_core.convert import THEIR_NODE_IDS, ConversionError, convert
+from ipadapter_ext.ip_adapter_core.convert.flux_nodes import FLUX_NODES
 from ipadapter_ext.ip_adapter_core.convert.plus_nodes import NODES as THEIR_NODES
 from ipadapter_ext.ip_adapter_core.convert.rules import NOT_HERE, RULES
 from support.plus_graphs import SCENARIOS, canonical, core, theirs
@@ -40,8 +41,9 @@ def test_scenario_converts_to_the_hand_built_graph(name):
 
 
 def test_every_node_id_has_a_rule_or_a_reason():
-    assert set(THEIR_NODE_IDS) == set(THEIR_NODES) and len(THEIR_NODE_IDS) == 37
-    assert set(RULES) | set(NOT_HERE) == set(THEIR_NODES)
+    """ComfyUI_IPAdapter_plus's 37 node ids, and the Flux packs' 7 (test_convert_flux.py)."""
+    assert set(THEIR_NODE_IDS) == set(THEIR_NODES) | set(FLUX_NODES) and len(THEIR_NODE_IDS) == 37 + 7
+    assert set(RULES) | set(NOT_HERE) == set(THEIR_NODE_IDS)
     assert not set(RULES) & set(NOT_HERE)
     assert all(reason for reason in NOT_HERE.values())
 

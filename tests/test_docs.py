@@ -4,7 +4,7 @@ the two Quick start commands, every node with its in-app page, every guide linke
 
 Host-free and quick: it reads text only. Node ids come from the ``node_id="..."`` of nodes/*.py and, for
 ComfyUI_IPAdapter_plus's ids that the conversion guide names, from the keys of ``NODES`` in
-ip_adapter_core/convert/plus_nodes.py, both parsed without importing them. The diffusers snippet of
+ip_adapter_core/convert/plus_nodes.py and flux_nodes.py, parsed without importing them. The diffusers snippet of
 docs/training.md runs in tests/test_train_script.py, beside the trained file it loads."""
 from __future__ import annotations
 
@@ -73,12 +73,24 @@ def _real_node_ids() -> set[str]:
 
 
 def _their_node_ids() -> set[str]:
-    """ComfyUI_IPAdapter_plus's node ids, as the converter knows them (the keys of plus_nodes.NODES)."""
-    tree = ast.parse((REPO_ROOT / "ip_adapter_core" / "convert" / "plus_nodes.py").read_text(encoding="utf-8"))
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "NODES" for t in node.targets):
-            return {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
-    raise AssertionError("ip_adapter_core/convert/plus_nodes.py: no NODES dict found")
+    """The node ids the converter knows, as its schema files define them: ComfyUI_IPAdapter_plus's (the keys of
+    plus_nodes.NODES) and the Flux packs' (flux_nodes.FLUX_NODES, its keys and the ids assigned after it)."""
+    ids = set()
+    for name, table in (("plus_nodes.py", "NODES"), ("flux_nodes.py", "FLUX_NODES")):
+        tree = ast.parse((REPO_ROOT / "ip_adapter_core" / "convert" / name).read_text(encoding="utf-8"))
+        found = set()
+        for node in tree.body:
+            if not isinstance(node, ast.Assign):
+                continue
+            for t in node.targets:
+                if getattr(t, "id", None) == table and isinstance(node.value, ast.Dict):
+                    found |= {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+                elif isinstance(t, ast.Subscript) and getattr(t.value, "id", None) == table \
+                        and isinstance(t.slice, ast.Constant):
+                    found.add(t.slice.value)
+        assert found, f"ip_adapter_core/convert/{name}: no {table} dict found"
+        ids |= found
+    return ids
 
 
 def _paths_named(doc: Path) -> set[str]:
@@ -129,7 +141,7 @@ def test_every_node_id_named_is_real(doc):
     named = set(NODE_ID.findall(doc.read_text(encoding="utf-8")))
     unknown = sorted(named - ours - theirs)
     assert not unknown, (f"{_name(doc)} names node ids that are neither ours (nodes/*.py) nor "
-                         f"ComfyUI_IPAdapter_plus's (ip_adapter_core/convert/plus_nodes.py): {unknown}")
+                         f"the converter's (ip_adapter_core/convert/plus_nodes.py, flux_nodes.py): {unknown}")
 
 
 def test_readme_is_a_front_door():

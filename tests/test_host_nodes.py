@@ -1,6 +1,7 @@
 """The nodes inside the real ComfyUI host: registration, cloning, chaining, batching
 layouts, λ = 0, the middle block, dtypes and errors."""
 import asyncio
+import os
 import types
 
 import pytest
@@ -52,7 +53,10 @@ def test_model_folder_registration_keeps_extra_model_paths(tmp_path):
         register_model_folder()
         register_model_folder()  # idempotent
         paths, exts = folder_paths.folder_names_and_paths["ipadapter"]
-        assert paths[0] == str(tmp_path) and len(paths) == 2
+        # then models/ipadapter, and the Flux packs' folders (models/xlabs/ipadapters, models/ipadapter-flux)
+        assert paths[0] == str(tmp_path) and len(paths) == 4
+        assert [os.path.relpath(p, folder_paths.models_dir) for p in paths[1:]] == \
+            ["ipadapter", os.path.join("xlabs", "ipadapters"), "ipadapter-flux"]
         assert {".safetensors", ".bin"} <= set(exts)
         write_adapter(tmp_path, "ip-adapter_sd15")
         folder_paths.filename_list_cache.clear()

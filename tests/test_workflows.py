@@ -171,7 +171,7 @@ def _frames(prompt: dict) -> int:
                 if n["class_type"] in ("EmptyLatentImage", "EmptySD3LatentImage")] or [1])
 
 
-def _run(server, prompt) -> tuple[np.ndarray, float, set[str]]:
+def run_saved(server, prompt) -> tuple[np.ndarray, float, set[str]]:
     """The images the prompt saved in the output folder, one per latent frame, stacked (previews, such as
     Plot Loss Graph's, go to temp and are not counted), the seconds it took, and the ids of the nodes
     ComfyUI took from its cache."""
@@ -196,8 +196,8 @@ def test_workflow_runs_and_the_image_prompt_acts(name, servers, record_property)
     server = servers.get(family_of(name))
     try:
         steps = SDXL_STEPS if name in SDXL else STEPS
-        image, t1, _ = _run(server, small(prompt, steps=steps))
-        zero, t0, cached = _run(server, small(prompt, weight=0.0, steps=steps))
+        image, t1, _ = run_saved(server, small(prompt, steps=steps))
+        zero, t0, cached = run_saved(server, small(prompt, weight=0.0, steps=steps))
     except comfy_server.ComfyError as e:
         pytest.fail(f"{name}: {e}\n--- server log ---\n{server.log_tail()}")
     trained = {k for k, n in prompt.items() if n["class_type"] in TRAIN_NODES}

@@ -13,9 +13,10 @@ import re
 from dataclasses import dataclass, field
 
 from .context import Ctx, Engine, Unconvertible
-from .graph import ConversionError, all_sources, as_int, check_format, read_api, read_ui, write_api, write_ui
+from .flux_nodes import OWN_SAMPLERS, PACK_OF
+from .graph import (THEIR_NODES, ConversionError, all_sources, as_int, check_format, read_api, read_ui, write_api,
+                    write_ui)
 from .limits import MAX_NODES
-from .plus_nodes import NODES as THEIR_NODES
 from .rules import NOT_HERE, RULES
 from .validate import find_cycle
 
@@ -23,6 +24,7 @@ __all__ = ["convert", "Report", "ConversionError", "THEIR_NODE_IDS", "FAMILIES"]
 
 log = logging.getLogger("ipadapter.convert")
 THEIR_NODE_IDS = tuple(THEIR_NODES)
+PLUS = "ComfyUI_IPAdapter_plus"
 FAMILIES = ("auto", "sd15", "sdxl")
 GLOBAL_NOTES = (
     "the middle block is patched here (theirs never is, so pictures can differ slightly for weight types "
@@ -68,10 +70,10 @@ class Report:
 
     def summary(self) -> str:
         if not self.converted and not self.kept:
-            return "No ComfyUI_IPAdapter_plus nodes in this workflow."
+            return f"No {PLUS} nodes in this workflow."
         made = sum(len(c["to"]) for c in self.converted)
-        text = (f"Converted {len(self.converted)} ComfyUI_IPAdapter_plus node(s) into {made} node(s) of this "
-                "extension.")
+        packs = " and ".join(sorted({PACK_OF.get(c["type"], PLUS) for c in self.converted + self.kept}))
+        text = f"Converted {len(self.converted)} {packs} node(s) into {made} node(s) of this extension."
         if self.kept:
             names = ", ".join(sorted({k["type"] for k in self.kept}))
             text += f" Not converted ({len(self.kept)}, kept as they are): {names}."
@@ -324,6 +326,10 @@ def _graph_notes(workflow: dict, fmt: str) -> list:
     types = {n.get("type") for n in workflow["nodes"]} if fmt == "ui" else \
         {n.get("class_type") for n in workflow.values()}
     notes = []
+    for kind in sorted(types & set(OWN_SAMPLERS)):
+        notes.append(f"{kind} ({OWN_SAMPLERS[kind]}) stays: it runs Flux through its own loop, which ComfyUI's block "
+                     "patches never reach, so the converted image prompt does not act there; use KSampler (or "
+                     "SamplerCustomAdvanced) instead")
     if "DualCFGGuider" in types:
         notes.append("DualCFGGuider: theirs gives the positive image tokens to the guider's 'negative' cond "
                      "(it picks tokens by batch position), ours gives it the negative tokens")

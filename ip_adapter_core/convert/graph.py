@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 from .layout import GAP, NODE_WIDTH, Placer, box, height, pair
 from .limits import MAX_NODES
 from .our_nodes import CONTROL, SPECS
-from .plus_nodes import NODES as THEIR_NODES
+from .flux_nodes import FLUX_NODES
+from .plus_nodes import NODES
 from .validate import ConversionError, api_link, check_api, check_ui, is_int, ui_link
 
 REROUTE = "Reroute"
+# every node id the converter knows: ComfyUI_IPAdapter_plus's and the Flux packs'
+THEIR_NODES = {**NODES, **FLUX_NODES}
 THEIR_OUTPUTS = {kind: len(schema.outputs) for kind, schema in THEIR_NODES.items()}
 DIGITS = re.compile(r"-?[0-9]+")
 

@@ -128,6 +128,12 @@ SPECS = {
         widget_types=(('frames', 'INT'), ('curve', 'COMBO'), ('start_weight', 'FLOAT'), ('end_weight', 'FLOAT'),
                       ('seed', 'INT')),
         defaults=(('frames', 16), ('curve', 'linear'), ('start_weight', 1.0), ('end_weight', 0.0), ('seed', 0))),
+    'IPASchedule': Spec(
+        sockets=(('embeds', 'IPA_EMBEDS'),),
+        widgets=('curve', 'weight_end', 'keyframes'),
+        outputs=(('embeds', 'IPA_EMBEDS'),),
+        widget_types=(('curve', 'COMBO'), ('weight_end', 'FLOAT'), ('keyframes', 'STRING')),
+        defaults=(('curve', 'linear'), ('weight_end', 0.0), ('keyframes', '0.0:1.0, 0.5:0.6, 1.0:0.2'))),
     'ConditioningSetMask': Spec(
         sockets=(('conditioning', 'CONDITIONING'), ('mask', 'MASK')),
         widgets=('strength', 'set_cond_area'),

@@ -15,6 +15,7 @@ from __future__ import annotations
 from ..prompt.blocks import block_order, layer_lambdas
 from .context import Ctx, Unconvertible
 from .faceid_rules import FACEID_RULES
+from .flux_rules import FLUX_RULES
 from .limits import MAX_PARAM_ENTRIES
 
 SIMPLE_TYPES = {"standard": "linear", "prompt is more important": "ease out", "style transfer": "style transfer"}
@@ -472,4 +473,5 @@ RULES = {
     "IPAdapterRegionalConditioning": regional,
     "IPAdapterCombineParams": combine_params,
     **FACEID_RULES,
+    **FLUX_RULES,
 }

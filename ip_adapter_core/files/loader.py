@@ -13,16 +13,21 @@ from .adapter import load_adapter
 from .config import AdapterConfig
 from .model_folders import EXTENSIONS, FOLDER
 
+# Where the Flux IP-Adapter packs keep their files (x-flux-comfyui, ComfyUI-IPAdapter-Flux): listed too, so their
+# users' files and converted workflows need no move.
+PACK_FOLDERS = (os.path.join("xlabs", "ipadapters"), "ipadapter-flux")
+
 
 def register_model_folder() -> None:
     """Add ``models/ipadapter`` once, keeping folders extra_model_paths.yaml registered first
     (ComfyUI reads that file before custom nodes import) and making sure our extensions count."""
     import folder_paths
 
-    default = os.path.join(folder_paths.models_dir, FOLDER)
     paths, exts = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))
-    if default not in paths:
-        paths = list(paths) + [default]
+    for folder in (FOLDER, *PACK_FOLDERS):
+        default = os.path.join(folder_paths.models_dir, folder)
+        if default not in paths:
+            paths = list(paths) + [default]
     folder_paths.folder_names_and_paths[FOLDER] = (paths, set(exts) | EXTENSIONS)
 
 

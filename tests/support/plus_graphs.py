@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 
-from ipadapter_ext.ip_adapter_core.convert.plus_nodes import NODES as THEIR_NODES
+from ipadapter_ext.ip_adapter_core.convert.graph import THEIR_NODES
 
 SIZE = 192
 SD15_CKPT, SDXL_CKPT = "v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"
