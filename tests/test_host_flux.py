@@ -150,6 +150,9 @@ def test_two_chained_prompts_equal_diffusers_with_two_adapters(flux, inputs, xla
     dit = model.model_options["transformer_options"]["patches_replace"]["dit"]
     assert set(dit) == {("double_block", 0), ("double_block", 1)}
     assert all(isinstance(p, FluxBlockPatch) and len(p.branches) == 2 for p in dit.values())
+    # one run-state wrapper and one call wrapper, however many Apply nodes are chained
+    assert {kind: len(by_key["ipadapter"]) for kind, by_key in model.wrappers.items()} == \
+        {"outer_sample": 1, "diffusion_model": 1}
     ours, x = velocity(model, inputs)
     ref = DiffusersFlux(flux, [xlabs_files["v1"], xlabs_files["v2"]])
     want = ref.velocity(x, inputs, 0, [inputs["embeds"][:1], inputs["embeds"][1:2]], [0.7, 0.5])

@@ -32,8 +32,8 @@ from ..prompt.blocks import V_ONLY
 from .attention import attention_functions, scale_kv, select_rows
 from .branch import Branch, BranchPatch
 from .run_state import NEVER, RunState
-from .run_wrapper import register
-from .transformer_options import FLUX_CALL_KEY, RUN_KEY, WRAPPER_KEY
+from .run_wrapper import add_wrapper_once, register
+from .transformer_options import FLUX_CALL_KEY, RUN_KEY
 
 OVERRIDE = "optimized_attention_override"  # ComfyUI's hook around every optimized_attention call
 
@@ -212,7 +212,7 @@ def _query(linear, x, width, heads, norm):
     import comfy.ops  # noqa: PLC0415 - host only
 
     weight, bias = comfy.ops.cast_bias_weight(linear, x)
-    if type(weight) is torch.Tensor:
+    if type(weight) in (torch.Tensor, torch.nn.Parameter):  # not a quantized tensor subclass
         q = F.linear(x, weight[:width], None if bias is None else bias[:width])
     else:  # a quantized tensor type that cannot be sliced: the whole projection, its first columns
         q = linear(x)[..., :width]
@@ -262,9 +262,7 @@ def apply_flux_prompt(model, branch: Branch):
 
     out = model.clone()
     register(out)
-    if not pe.get_wrappers_with_key(pe.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, out.model_options,
-                                    is_model_options=True):
-        out.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, flux_call_wrapper)
+    add_wrapper_once(out, pe.WrappersMP.DIFFUSION_MODEL, flux_call_wrapper)
     existing = out.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     for layer in branch.adapter.config.layers:
         scale = branch.prompt.layer_scale(layer.key)

@@ -32,9 +32,15 @@ def outer_sample_wrapper(executor, noise, latent_image, sampler, sigmas, *args, 
 
 
 def register(model_patcher) -> None:
-    """Install outer_sample_wrapper on a model (once; clones inherit it with their model_options)."""
+    """Install outer_sample_wrapper on a model (once; clones inherit it with the patcher's wrappers)."""
     import comfy.patcher_extension as pe  # noqa: PLC0415 - host only
 
-    if not pe.get_wrappers_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, model_patcher.model_options,
-                                    is_model_options=True):
-        model_patcher.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)
+    add_wrapper_once(model_patcher, pe.WrappersMP.OUTER_SAMPLE, outer_sample_wrapper)
+
+
+def add_wrapper_once(model_patcher, wrapper_type: str, wrapper) -> None:
+    """Add ``wrapper`` under our key unless the patcher already has one of that type. ModelPatcher keeps its
+    wrappers in ``.wrappers`` (copied by clone, merged into transformer_options when sampling starts), not in
+    model_options: looking there found none, and every chained Apply added one more."""
+    if not model_patcher.wrappers.get(wrapper_type, {}).get(WRAPPER_KEY):
+        model_patcher.add_wrapper_with_key(wrapper_type, WRAPPER_KEY, wrapper)

@@ -1,7 +1,7 @@
 """The ComfyUI servers the workflow and browser tests drive: one at a time (memory), SD1.5 workflows with
-ComfyUI's defaults, SDXL with SDXL_FLAGS, Flux with the shrunk T5 node (host_models.write_tiny_t5_node); a models folder of symlinks, under the README's file names, to
-random-weight files of the real shapes (made the first time a server needs them); the repository's input
-images scaled to SIZE on their short side. Shared by the test session (conftest.py ``servers``)."""
+ComfyUI's defaults, SDXL with SDXL_FLAGS, Flux with the shrunk T5 node (host_models.write_tiny_t5_node); a
+models folder of symlinks, under the README's file names, to random-weight files of the real shapes (made the
+first time a server needs them); the repository's input images scaled to SIZE on their short side. Shared by the test session (conftest.py ``servers``)."""
 from __future__ import annotations
 
 import json
