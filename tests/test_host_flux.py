@@ -34,7 +34,8 @@ def flux():
 @pytest.fixture(scope="module")
 def inputs():
     g = torch.Generator().manual_seed(1)
-    return dict(noise=torch.randn(1, 16, LATENT, LATENT, generator=g), latent=torch.randn(1, 16, LATENT, LATENT, generator=g),
+    return dict(noise=torch.randn(1, 16, LATENT, LATENT, generator=g),
+                latent=torch.randn(1, 16, LATENT, LATENT, generator=g),
                 text=torch.randn(2, TEXT, CONTEXT, generator=g), pooled=torch.randn(2, CLIP_EMBEDS, generator=g),
                 embeds=torch.randn(2, CLIP_EMBEDS, generator=g), black=torch.randn(1, CLIP_EMBEDS, generator=g))
 
@@ -174,6 +175,24 @@ def test_lambda_zero_and_outside_the_range_leave_the_model_bit_for_bit(flux, inp
         model = applied(flux, h, prompt_of(h, inputs, **weighting))
         ours, _ = velocity(model, inputs, 3.0)
         assert torch.equal(ours, base), weighting
+
+
+def test_a_lambda_schedule_acts_on_flux(flux, inputs, handles):
+    """λ looked up per step on the device (schedules.py) on Flux's blocks: in a one-step run a linear schedule
+    from 0.8 is λ 0.8 at that step (the same prompt as a constant 0.8, through the schedule's path), and a
+    schedule starting at 0 changes nothing at it."""
+    from ipadapter_ext.ip_adapter_core.prompt.schedules import make_schedule
+
+    h = handles["v2"]
+    constant, _ = velocity(applied(flux, h, prompt_of(h, inputs, weight=0.8)), inputs, 3.0)
+    scheduled = prompt_of(h, inputs, weight=0.8).scheduled(make_schedule("linear", 0.0, ""))
+    assert scheduled.time_varying()
+    ours, _ = velocity(applied(flux, h, scheduled), inputs, 3.0)
+    assert_close_reordered(ours, constant, "linear schedule at its first step")
+    from_zero = prompt_of(h, inputs, weight=0.0).scheduled(make_schedule("linear", 1.0, ""))
+    base, _ = velocity(flux, inputs, 3.0)
+    ours, _ = velocity(applied(flux, h, from_zero), inputs, 3.0)
+    assert torch.equal(ours, base)
 
 
 def test_the_model_is_not_changed_and_the_adapter_follows_it(flux, inputs, handles):

@@ -48,9 +48,13 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
+from ipadapter_ext.ip_adapter_core.convert import convert
 from support.workflow_servers import MODEL_INPUTS, SDXL, SIZE, WORKFLOWS, api, comfy_server, family_of, ui, wf
+from support.flux_graphs import xlabs_graph
 
 log = logging.getLogger("ipadapter.tests.workflows")
+# workflows whose twin in another pack's nodes converts to them (tests/test_convert_flux.py builds the twin)
+CONVERTED_TWINS = {"15_flux_xlabs": lambda: xlabs_graph(values={"ip_scale": 0.9})}
 
 STEPS = 2
 SDXL_STEPS = 1  # one SDXL step (cond and uncond through all 70 patched layers) is ~50 s on a busy 2-core CPU
@@ -209,3 +213,7 @@ def test_workflow_runs_and_the_image_prompt_acts(name, servers, record_property)
     record_property("seconds", round(t1 + t0, 1))
     for f in range(image.shape[0]):  # on every frame
         assert not np.array_equal(image[f], zero[f]), f"{name}: the image prompt (λ > 0) changed nothing on frame {f}"
+    if name in CONVERTED_TWINS:  # a Flux pack's workflow, converted, is this graph: the same picture, bit for bit
+        converted, report = convert(CONVERTED_TWINS[name]())
+        assert not report.kept, report.text()
+        assert np.array_equal(run_saved(server, small(converted, steps=steps))[0], image), report.text()
