@@ -1,6 +1,6 @@
 """The block replace patch that runs Flux IP-Adapters inside ComfyUI's Flux (FAMILIES.md §3), through the
-host's own patch point ``patches_replace["dit"][("double_block", i)]``: every sampler, guider and
-scheduler works, and nothing of the model is replaced or changed.
+host's own patch points ``patches_replace["dit"][("double_block", i)]`` and ``[("single_block", i)]``: every
+sampler, guider and scheduler works, and nothing of the model is replaced or changed.
 
 XLabs (v1, v2), per double block i, as their pipeline and diffusers' ``FluxIPAdapterAttnProcessor``:
 
@@ -11,6 +11,16 @@ XLabs (v1, v2), per double block i, as their pipeline and diffusers' ``FluxIPAda
 Only the q third of the block's qkv projection is computed again (a third of one matmul per block).
 The block itself runs unchanged (or a foreign patch registered before ours), so λ = 0 and steps outside
 the range leave the model's output bit for bit.
+
+InstantX, per double block (the image stream's query) and per single block (the query of all its tokens,
+[text; image]), as Shakker-Labs' node (tests/support/reference_instantx.py transcribes it):
+
+    attn = attention(q, k, v) + λ · SDPA(q, RMS(K'_i), RMS(V'_i))   # before the output projection and gate
+
+Its term goes inside the block, so the block's own attention call is wrapped through ComfyUI's
+``optimized_attention_override`` (set in a copy of this call's transformer_options, chaining any override
+already there); the rest of the block runs as ComfyUI wrote it. The hook counts its calls: a block that does
+not call attention exactly once (a host change) is refused with an error instead of a misplaced term.
 
 Like the UNet patch (unet_patch.py), one patch per block holds every image prompt applied to it, holds
 nothing of a run (the RunState of run_state.py does) and is shared by the model's clones. The diffusion
