@@ -67,6 +67,20 @@ def test_damaged_xlabs_files_are_refused_by_name():
     refused(no_bias, "layout this extension does not know", "XLabs", "InstantX")
 
 
+def test_hostile_flux_shapes_are_refused_by_name():
+    """Shapes no release has, in the places the detection reads: a clear refusal, never an exception of Python."""
+    m = "meta"
+    for key, shape, words in (("ip_adapter_proj_model.proj.weight", (16384,), "not a matrix"),
+                              ("ip_adapter_proj_model.norm.weight", (4096, 1), "not a vector"),
+                              ("ip_adapter_proj_model.norm.weight", (0,), "width 0")):
+        flat = xlabs_state_dict("v1", device=m)
+        flat[key] = torch.empty(shape, device=m)
+        refused(flat, words)
+    flat = {k: (torch.empty(v.shape[0], 0, device=m) if v.ndim == 2 and k.startswith("double") else v)
+            for k, v in xlabs_state_dict("v1", device=m).items()}
+    refused(flat, "layout this extension does not know")
+
+
 def test_published_instantx_shapes_are_detected():
     cfg = detect(instantx_state_dict(device="meta"))
     assert (cfg.family, cfg.projection, cfg.num_tokens, cfg.encoder, cfg.feature, cfg.feature_dim, cfg.cross_dim) \

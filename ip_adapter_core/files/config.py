@@ -286,7 +286,8 @@ def _flux_config(proj, ipa, lora, path) -> AdapterConfig:
     kind = XLABS if "proj.weight" in proj else INSTANTX if "proj.0.weight" in proj else ""
     ends = ("weight", "bias") if kind == XLABS else ("weight",)
     want = {f"{i}.to_{kv}_ip.{e}" for i in range(n) for kv in "kv" for e in ends}
-    if not kind or set(ipa) != want or hidden % FLUX_HEAD_DIM or not hidden or (kind == INSTANTX and n % 3):
+    if not kind or set(ipa) != want or hidden % FLUX_HEAD_DIM or not hidden or not width \
+            or (kind == INSTANTX and n % 3):
         raise IPAdapterFileError(
             path, f"is a Flux IP-Adapter of a layout this extension does not know ({n} blocks, first K' {k_shape}, "
             f"image_proj keys {', '.join(sorted(proj)[:4])}; unexpected: {sorted(set(ipa) - want)[:3]}, missing: "
@@ -297,6 +298,11 @@ def _flux_config(proj, ipa, lora, path) -> AdapterConfig:
         if tuple(t.shape) != ((hidden, width) if key.endswith("weight") else (hidden,)):
             raise IPAdapterFileError(path, f"block tensor {key} has shape {tuple(t.shape)}; the other blocks have "
                                      f"{(hidden, width)}.", "The file is damaged: download it again.")
+    for key in ("proj.weight", "proj.0.weight", "proj.2.weight", "norm.weight"):
+        if key in proj and len(_shape(proj, key, path, "image_proj")) != (1 if key.startswith("norm") else 2):
+            raise IPAdapterFileError(path, f"has image_proj.{key} of shape {_shape(proj, key, path, 'image_proj')}, "
+                                     "not a " + ("vector." if key.startswith("norm") else "matrix."),
+                                     "The file is damaged: download it again.")
     out = _shape(proj, "norm.weight", path, "image_proj")[0]
     _check_out(out, width, path)
     if kind == XLABS:
