@@ -438,3 +438,14 @@ def test_training_refuses_flux_by_name(flux):
 
     with pytest.raises(IPAdapterMismatchError, match="training works on SD1.5 and SDXL UNets; this is a Flux.1 model"):
         adapter_for_model(flux, None, "linear")
+
+
+def test_the_attention_map_refuses_flux_by_name(flux, inputs, handles):
+    from ipadapter_ext.ip_adapter_core.apply.attention_map import record
+    from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
+
+    h = handles["v1"]
+    model = applied(flux, h, prompt_of(h, inputs))
+    with pytest.raises(IPAdapterError, match="Flux's transformer blocks, which it does not record"):
+        record(model, conds(inputs, 0), conds(inputs, 1), {"samples": inputs["latent"]}, 0, 2, 0, 1.0, "euler",
+               "simple")
