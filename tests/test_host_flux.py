@@ -449,3 +449,12 @@ def test_the_attention_map_refuses_flux_by_name(flux, inputs, handles):
     with pytest.raises(IPAdapterError, match="Flux's transformer blocks, which it does not record"):
         record(model, conds(inputs, 0), conds(inputs, 1), {"samples": inputs["latent"]}, 0, 2, 0, 1.0, "euler",
                "simple")
+
+
+def test_the_preset_loaders_point_flux_users_to_the_loader(flux):
+    from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
+    from ipadapter_ext.nodes.presets import IPAUnifiedLoader
+
+    with pytest.raises(IPAdapterError, match="presets cover SD1.5 and SDXL; for Flux.1 load the adapter with "
+                                             "IP-Adapter Loader"):
+        IPAUnifiedLoader.execute(flux, "STANDARD")
