@@ -140,3 +140,17 @@ def test_hostile_widget_values_end_in_a_kept_node_or_a_value(kind):
             for k in report.kept:
                 assert k["reason"], (kind, widget.name, value)
             assert len(report.converted) + len(report.kept) == 2
+
+
+def test_the_converter_and_the_lambda_tables_import_without_torch():
+    """Pure data, as the editor's route and the command line need it: Flux's rows did not bring torch in."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; sys.path.insert(0, 'tests'); from support.package_alias import install; install(); "
+            "import ipadapter_ext.ip_adapter_core.convert, ipadapter_ext.ip_adapter_core.prompt.blocks; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", out

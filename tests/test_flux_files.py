@@ -8,7 +8,7 @@ from support.flux_models import CLIP_EMBEDS, CONTEXT, XLABS_TOKENS, instantx_sta
 from ipadapter_ext.ip_adapter_core.errors import IPAdapterError, IPAdapterFileError
 from ipadapter_ext.ip_adapter_core.files import config as C
 from ipadapter_ext.ip_adapter_core.files.adapter import load_adapter, read_adapter
-from ipadapter_ext.ip_adapter_core.files.flux_layout import adapter_sections
+from ipadapter_ext.ip_adapter_core.files.formats import adapter_sections
 from ipadapter_ext.ip_adapter_core.prompt.blocks import layer_lambdas
 
 

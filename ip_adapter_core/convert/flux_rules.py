@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import math
 
+from ..files.flux_layout import FLUX1
 from .context import Ctx, Unconvertible
 
-XLABS_BLOCKS = 19  # their loader builds 19 double-block processors whatever the model (nodes.py)
 XLABS_FOLDER = "models/xlabs/ipadapters"
 SHAKKER_FOLDER = "models/ipadapter-flux"
 
@@ -72,8 +72,9 @@ def xlabs_apply(c: Ctx):
 
 
 def xlabs_apply_advanced(c: Ctx):
+    # their loader builds Flux.1's 19 double-block processors whatever the model (nodes.py)
     strengths = _strengths(c.v("smothing_type"), float(c.v("begin_strength")), float(c.v("end_strength")),
-                           XLABS_BLOCKS)
+                           FLUX1["depth"])
     custom = ", ".join(f"double {i} = {_number(s)}" for i, s in enumerate(strengths))
     _chain(c, "ip_adapter_flux", weight=1.0, blocks="custom", custom=custom)
     c.note(f"their {c.v('smothing_type')} strengths over the 19 double blocks are λ per block (custom_blocks)")

@@ -13,8 +13,7 @@ from ..errors import IPAdapterFileError
 from ..networks.ops import TorchOps
 from ..networks.projection import build_projection
 from .config import AdapterConfig, detect_config
-from .flux_layout import adapter_sections
-from .formats import read_flat_state_dict
+from .formats import adapter_sections, read_flat_state_dict
 
 log = logging.getLogger("ipadapter")
 

@@ -13,13 +13,14 @@ XLabs' files (flux-ip-adapter v1, v2) have their own key names:
 ``xlabs_sections`` renames them into the ``image_proj`` / ``ip_adapter.{i}.to_{k,v}_ip`` sections every
 other adapter has, so detection, loading and the patch read one layout. v1 (4 tokens) and v2 (16) share
 the file name; the token count is read from ``proj.weight``'s rows over the norm's width.
+
+Torch-free (as layers.py), so the converter and the λ tables read it without torch.
 """
 from __future__ import annotations
 
 import re
 from types import MappingProxyType
 
-from .formats import split_sections
 from .layers import AttnLayer
 
 FLUX = "flux"
@@ -51,11 +52,6 @@ def xlabs_sections(flat: dict) -> tuple[dict[str, dict], list[str]]:
         else:
             rest.append(key)
     return sections, rest
-
-
-def adapter_sections(flat: dict) -> tuple[dict[str, dict], list[str]]:
-    """Any adapter file's flat keys -> (its ``image_proj`` / ``ip_adapter`` sections, the other keys)."""
-    return xlabs_sections(flat) if is_xlabs(flat) else split_sections(flat)
 
 
 def flux_layers(double: int, single: int, hidden: int) -> tuple[AttnLayer, ...]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import IPAdapterFileError
+from .flux_layout import is_xlabs, xlabs_sections
 
 log = logging.getLogger("ipadapter")
 
@@ -175,3 +176,9 @@ def split_sections(flat: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, t
             rest.append(k)
     return sections, rest
 
+
+
+def adapter_sections(flat: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
+    """Any adapter file's flat keys -> (its ``image_proj`` / ``ip_adapter`` sections, the other keys): XLabs' Flux
+    files name their sections their own way (flux_layout.xlabs_sections)."""
+    return xlabs_sections(flat) if is_xlabs(flat) else split_sections(flat)

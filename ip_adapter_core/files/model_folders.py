@@ -29,8 +29,7 @@ import torch
 from ..errors import IPAdapterError, IPAdapterFileError
 from .config import (ENCODER_IMAGE_SIZE, ENCODERS, IMAGE_EMBEDS, PENULTIMATE, POOLED, SIGLIP, AdapterConfig,
                      detect_config, encoder_by_widths)
-from .flux_layout import adapter_sections
-from .formats import flatten_state_dict, load_pickle, sniff_format
+from .formats import adapter_sections, flatten_state_dict, load_pickle, sniff_format
 
 log = logging.getLogger("ipadapter")
 
