@@ -365,7 +365,7 @@ def test_instantx_hook_refuses_a_block_that_calls_attention_twice(instantx, inpu
         layers.attention = saved
 
 
-def test_siglip_pooling_head_equals_transformers(tmp_path):
+def test_siglip_pooling_head_equals_transformers(tmp_path, parity):
     """ComfyUI's SigLIP tower (its class, 2 layers of so400m's width) + our head = transformers'
     SiglipVisionModel.pooler_output on the same random weights; the head is read from the file, tensors only."""
     import comfy.clip_model
@@ -396,7 +396,7 @@ def test_siglip_pooling_head_equals_transformers(tmp_path):
     with torch.no_grad():
         want = hf(pixel_values=pixels).pooler_output
         ours = head(tower(pixel_values=pixels)[0])
-    assert rel_err(ours, want) < 1e-5, rel_err(ours, want)
+    parity("SigLIP tower (2 layers) + pooling head vs transformers pooler_output", ours, want, 1e-5)
 
 
 def test_a_siglip_file_without_its_head_is_refused_naming_the_fix(tmp_path):
