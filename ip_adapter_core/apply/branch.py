@@ -39,7 +39,7 @@ class Branch:
         # which converts the weights before use
         compute = compute_dtype(ipl.to_k_ip)
         k, v = image_kv(ipl.to_k_ip, ipl.to_v_ip, tokens.to(device=w.device, dtype=compute), dtype, device)
-        if self.adapter.config.ip_inside:  # InstantX's Flux adapter: each head of K' and V' RMS-normed
+        if self.prompt.config.ip_inside:  # InstantX's Flux adapter: each head of K' and V' RMS-normed
             k, v = rms_per_head(k, layer.dim_head), rms_per_head(v, layer.dim_head)
         return torch.cat([k, k.new_zeros(k[:1].shape)]), torch.cat([v, v.new_zeros(v[:1].shape)])
 

@@ -85,8 +85,8 @@ class FluxBlockPatch(BranchPatch):
         text = args["txt"].shape[1] if double else args["img"].shape[1] - call.picture_tokens - call.ref_tokens
         terms = _Terms(self.layer, q, {**opts, "original_shape": call.shape}, run, run.roles(opts), call,
                        0 if double else text)
-        inside = [a for a in active if a[0].adapter.config.ip_inside]
-        after = [a for a in active if not a[0].adapter.config.ip_inside]
+        inside = [a for a in active if a[0].prompt.config.ip_inside]
+        after = [a for a in active if not a[0].prompt.config.ip_inside]
         if inside:
             hook = _AttentionHook(terms, inside, offset=text if double else 0, previous=opts.get(OVERRIDE))
             args = {**args, "transformer_options": {**opts, OVERRIDE: hook}}
