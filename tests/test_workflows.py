@@ -34,7 +34,7 @@ at the real width (3072, 24 heads) but one double block and no single block (0.3
 v2-layout adapter for that one block. T5-XXL's fixed config would build 4.7 B parameters whatever the file holds,
 so that server also loads a one-file test node (host_models.write_tiny_t5_node) that shrinks the T5 class to
 TINY_T5; the Flux model reads text of that width. Everything else is ComfyUI's: UNETLoader, DualCLIPLoader,
-FluxGuidance, KSampler, VAEDecode.
+FluxGuidance, KSampler (FLUX_STEPS steps), VAEDecode.
 """
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ CONVERTED_TWINS = {"15_flux_xlabs": lambda: xlabs_graph(values={"ip_scale": 0.9}
 
 STEPS = 2
 SDXL_STEPS = 1  # one SDXL step (cond and uncond through all 70 patched layers) is ~50 s on a busy 2-core CPU
+FLUX_STEPS = 1  # one step of the one-block Flux at its real width (400 tokens) is ~5 s; three runs of it
 RUN_ORDER = sorted(WORKFLOWS, key=lambda n: ("sd15", "flux", "sdxl").index(family_of(n)))  # one switch each
 LAMBDA_NODES = {"IPAWeight", "IPAApplySimple", "IPAApplyTiled", "IPAFaceID"}
 TRAIN_STEPS = 2  # IPATrain steps in the runs (the file says 200)
@@ -199,7 +200,7 @@ def test_workflow_runs_and_the_image_prompt_acts(name, servers, record_property)
     assert any(n["class_type"] in LAMBDA_NODES for n in prompt.values())
     server = servers.get(family_of(name))
     try:
-        steps = SDXL_STEPS if name in SDXL else STEPS
+        steps = {"sdxl": SDXL_STEPS, "flux": FLUX_STEPS}.get(family_of(name), STEPS)
         image, t1, _ = run_saved(server, small(prompt, steps=steps))
         zero, t0, cached = run_saved(server, small(prompt, weight=0.0, steps=steps))
     except comfy_server.ComfyError as e:
