@@ -49,7 +49,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 from ipadapter_ext.ip_adapter_core.convert import convert
-from support.workflow_servers import MODEL_INPUTS, SDXL, SIZE, WORKFLOWS, api, comfy_server, family_of, ui, wf
+from support.workflow_servers import MODEL_INPUTS, SIZE, WORKFLOWS, api, comfy_server, family_of, ui, wf
 from support.flux_graphs import xlabs_graph
 
 log = logging.getLogger("ipadapter.tests.workflows")
