@@ -126,6 +126,7 @@ def _xlabs_flux() -> Path:
     if not path.is_file():
         tmp = path.with_suffix(".tmp")
         save_file(xlabs_state_dict("v2", double=host_models.FLUX_DOUBLE, hidden=3072), str(tmp))
+        tmp.chmod(0o644)  # as host_models.cached_build: a shared CI cache may be read by another user
         tmp.replace(path)
     return path
 
