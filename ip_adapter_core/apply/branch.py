@@ -2,6 +2,7 @@
 at node time) and the marker of our patches, so the run wrapper finds them whichever hook they sit in."""
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 
@@ -46,9 +47,50 @@ class Branch:
 
 
 class BranchPatch:
-    """Base of our patches (attn2 layers, Flux blocks): each holds ``branches``, a tuple of (Branch, λ)."""
+    """Base of our patches (attn2 layers, Flux blocks): one per layer or block, holding every image prompt
+    applied there as ``branches`` (a tuple of (Branch, λ)) and the foreign patch it runs over (``previous``).
+    Immutable and shared by every clone of the model: it holds no run state and no tensors of its own."""
 
-    branches: tuple = ()
+    def __init__(self, layer: AttnLayer, branches: tuple = (), previous=None):
+        self.layer = layer
+        self.branches = branches
+        self.previous = previous
+
+    def with_branch(self, branch: Branch, scale: float) -> "BranchPatch":
+        return type(self)(self.layer, self.branches + ((branch, scale),), self.previous)
+
+    # A foreign patch chained under ours is copied the way it expects (its own __deepcopy__ or not).
+    def __deepcopy__(self, memo):
+        if self.previous is None:
+            return self
+        return type(self)(self.layer, self.branches, copy.deepcopy(self.previous, memo))
+
+    def to(self, device_or_dtype):
+        """ComfyUI moves patches with the model; ours has nothing to move, a foreign one may."""
+        if self.previous is None or not hasattr(self.previous, "to"):
+            return self
+        moved = self.previous.to(device_or_dtype)
+        return self if moved is self.previous else type(self)(self.layer, self.branches, moved)
+
+    def models(self):
+        """The adapters' ModelPatchers and those of a foreign patch under ours, for the memory manager (it
+        loads and offloads them with the model)."""
+        seen = []
+        for branch, _ in self.branches:
+            if branch.adapter.patcher not in seen:
+                seen.append(branch.adapter.patcher)
+        if self.previous is not None and hasattr(self.previous, "models"):
+            seen += [m for m in self.previous.models() if m not in seen]
+        return seen
+
+
+def product(*factors):
+    """The product of the per-token / per-step factors that are not None (None if none is)."""
+    out = None
+    for f in factors:
+        if f is not None:
+            out = f if out is None else out * f
+    return out
 
 
 def check_prompt_for(adapter, prompt: ImagePrompt) -> None:

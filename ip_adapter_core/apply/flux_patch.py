@@ -29,7 +29,6 @@ signature carries neither): the block whose query is needed is the one of the mo
 """
 from __future__ import annotations
 
-import copy
 import functools
 import logging
 
@@ -37,10 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from ..files.flux_layout import DOUBLE
-from ..files.layers import AttnLayer
 from ..prompt.blocks import V_ONLY
 from .attention import attention_functions, scale_kv, select_rows
-from .branch import Branch, BranchPatch
+from .branch import Branch, BranchPatch, product
 from .run_state import NEVER, RunState
 from .run_wrapper import add_wrapper_once, register
 from .transformer_options import FLUX_CALL_KEY, RUN_KEY
@@ -53,14 +51,6 @@ log = logging.getLogger("ipadapter")
 class FluxBlockPatch(BranchPatch):
     """Replacement for one double or single block: the block (or a previous foreign patch) with the branches'
     terms added inside its attention (InstantX) and after it (XLabs)."""
-
-    def __init__(self, layer: AttnLayer, branches: tuple[tuple[Branch, float], ...], previous=None):
-        self.layer = layer
-        self.branches = branches
-        self.previous = previous
-
-    def with_branch(self, branch: Branch, scale: float) -> "FluxBlockPatch":
-        return FluxBlockPatch(self.layer, self.branches + ((branch, scale),), self.previous)
 
     def _block(self, args, extra):
         return self.previous(args, extra) if self.previous is not None else extra["original_block"](args)
@@ -100,28 +90,6 @@ class FluxBlockPatch(BranchPatch):
             out["img"] = terms.add(out["img"], after)
         return out
 
-    # Shared by clones, as Attn2Patch: a foreign patch under ours is copied the way it expects.
-    def __deepcopy__(self, memo):
-        if self.previous is None:
-            return self
-        return FluxBlockPatch(self.layer, self.branches, copy.deepcopy(self.previous, memo))
-
-    def to(self, device_or_dtype):
-        if self.previous is None or not hasattr(self.previous, "to"):
-            return self
-        moved = self.previous.to(device_or_dtype)
-        return self if moved is self.previous else FluxBlockPatch(self.layer, self.branches, moved)
-
-    def models(self):
-        """The adapters' ModelPatchers (and a foreign patch's), loaded and offloaded with the model."""
-        seen = []
-        for branch, _ in self.branches:
-            if branch.adapter.patcher not in seen:
-                seen.append(branch.adapter.patcher)
-        if self.previous is not None and hasattr(self.previous, "models"):
-            seen += [m for m in self.previous.models() if m not in seen]
-        return seen
-
 
 class _Terms:
     """Each branch's ``λ·mask·gate·SDPA(q, K', V')`` for one block call, over q's tokens: image tokens in a double
@@ -152,9 +120,9 @@ class _Terms:
         mask = self._mask(branch, rows, out.dtype, out.device)
         gate, lam = run.step_factors(branch, plan, self.opts.get("sigmas"), out.dtype)
         if prompt.scaling == V_ONLY:
-            factor, lam_in = _product(mask, gate, lam), None
+            factor, lam_in = product(mask, gate, lam), None
         else:
-            factor, lam_in, scale = _product(mask, gate), (scale if lam is None else lam * scale), 1.0
+            factor, lam_in, scale = product(mask, gate), (scale if lam is None else lam * scale), 1.0
         _, image_attention = attention_functions()
         ip_k, ip_v = run.kv(branch, self.layer, q.device, q.dtype, prompt.scaling, lam_in)
         if prompt.animated():
@@ -167,7 +135,7 @@ class _Terms:
             if w is not None and prompt.scaling != V_ONLY:
                 k, v = scale_kv(k, v, prompt.scaling, w, penalty=False)
             elif w is not None:
-                f = _product(factor, w)
+                f = product(factor, w)
             k, v = (t.view(rows, t.shape[1], heads, -1).transpose(1, 2) for t in (k, v))
             o = image_attention(q, k, v, heads, skip_reshape=True, transformer_options=self.opts)
             out = torch.add(out, o, alpha=scale) if f is None else torch.addcmul(out, o, f, value=scale)
@@ -196,14 +164,6 @@ class _AttentionHook:
 def _warn_unwrapped() -> None:
     log.warning("IP-Adapter: a Flux model was called without the wrapper that IP-Adapter Apply installs (another "
                 "extension removed the model's wrappers?); the image prompt is left out of this call.")
-
-
-def _product(*factors):
-    out = None
-    for f in factors:
-        if f is not None:
-            out = f if out is None else out * f
-    return out
 
 
 def image_query(block, img: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:

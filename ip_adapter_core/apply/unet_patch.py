@@ -14,13 +14,11 @@ ComfyUI's memory manager loads and offloads with the UNet.
 """
 from __future__ import annotations
 
-import copy
 import logging
 
-from ..files.layers import AttnLayer
 from ..prompt.blocks import V_ONLY
 from .attention import add_few_key_branch, add_image_branch, attention_functions, scale_kv, use_few_key_path
-from .branch import Branch, BranchPatch
+from .branch import Branch, BranchPatch, product
 from .run_state import NEVER, RunState
 from .run_wrapper import register
 from .transformer_options import RECORD_KEY, RUN_KEY
@@ -31,14 +29,6 @@ log = logging.getLogger("ipadapter")
 
 class Attn2Patch(BranchPatch):
     """Replacement for one attn2 call: text attention (or a previous foreign patch) plus branches."""
-
-    def __init__(self, layer: AttnLayer, branches: tuple[tuple[Branch, float], ...], previous=None):
-        self.layer = layer
-        self.branches = branches
-        self.previous = previous
-
-    def with_branch(self, branch: Branch, scale: float) -> "Attn2Patch":
-        return Attn2Patch(self.layer, self.branches + ((branch, scale),), self.previous)
 
     def __call__(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]
@@ -78,10 +68,10 @@ class Attn2Patch(BranchPatch):
         mask = run.mask(branch, extra_options, q.shape[1], q.shape[0], q.dtype, q.device)
         gate, lam = run.step_factors(branch, plan, extra_options.get("sigmas"), q.dtype)
         if prompt.scaling == V_ONLY:
-            factor = _product(mask, gate, lam)  # λ on the output, as the paper
+            factor = product(mask, gate, lam)  # λ on the output, as the paper
             lam_in = None
         else:
-            factor, lam_in = _product(mask, gate), scale if lam is None else lam * scale
+            factor, lam_in = product(mask, gate), scale if lam is None else lam * scale
             scale = 1.0
         if prompt.animated():
             return self._add_frames(out, q, extra_options, run, branch, scale, sets, factor, lam_in, image_attention, kw)
@@ -101,45 +91,12 @@ class Attn2Patch(BranchPatch):
         ip_k, ip_v = run.kv(branch, self.layer, q.device, q.dtype, scaling, lam_in)
         for index, w in run.frame_tracks(branch, sets, extra_options, q.shape[0], q.dtype, q.device):
             if scaling == V_ONLY or w is None:
-                out = add_image_branch(out, q, ip_k, ip_v, heads, scale, index, _product(factor, w),
+                out = add_image_branch(out, q, ip_k, ip_v, heads, scale, index, product(factor, w),
                                        image_attention, **kw)
             else:
                 k, v = scale_kv(ip_k.index_select(0, index), ip_v.index_select(0, index), scaling, w, penalty=False)
                 out = add_image_branch(out, q, k, v, heads, scale, None, factor, image_attention, **kw)
         return out
-
-    # Shared by clones: the patch holds no run state and no tensors of its own. A foreign
-    # patch chained under ours is copied the way it expects (its own __deepcopy__ or not).
-    def __deepcopy__(self, memo):
-        if self.previous is None:
-            return self
-        return Attn2Patch(self.layer, self.branches, copy.deepcopy(self.previous, memo))
-
-    def to(self, device_or_dtype):
-        """ComfyUI moves patches with the model; ours has nothing to move, a foreign one may."""
-        if self.previous is None or not hasattr(self.previous, "to"):
-            return self
-        moved = self.previous.to(device_or_dtype)
-        return self if moved is self.previous else Attn2Patch(self.layer, self.branches, moved)
-
-    def models(self):
-        """The adapters' ModelPatchers and those of a foreign patch under ours, for the memory manager."""
-        seen = []
-        for branch, _ in self.branches:
-            if branch.adapter.patcher not in seen:
-                seen.append(branch.adapter.patcher)
-        if self.previous is not None and hasattr(self.previous, "models"):
-            seen += [m for m in self.previous.models() if m not in seen]
-        return seen
-
-
-def _product(*factors):
-    """The product of the per-token / per-step factors that are not None (None if none is)."""
-    out = None
-    for f in factors:
-        if f is not None:
-            out = f if out is None else out * f
-    return out
 
 
 def _existing_patch(attn2: dict, key):
