@@ -7,7 +7,8 @@ from .attention_map import IPAAttentionMap
 from .combine import IPACombineEmbeds, IPACombineFeatures
 from .embeds_files import IPALoadEmbeds, IPASaveEmbeds
 from .faces import IPAFaceAnalysis, IPAFaceAnalysisLoader, IPAFaceID, IPAProjectFace
-from .frames import IPAFrames, IPAFrameWeights
+from .features_files import IPALoadFeatures, IPASaveFeatures
+from .frames import IPAFrames, IPAFrameWeights, IPAJoinFrameWeights, IPAPromptSchedule
 from .image_prompt import IPAEncodeImage, IPAProject
 from .loaders import IPACLIPVisionLoader, IPALoader
 from .presets import IPAUnifiedLoader, IPAUnifiedLoaderFaceID
@@ -17,11 +18,11 @@ from .training import IPASaveAdapterNode, IPATrainingSetNode, IPATrainNode
 from .weight import IPASchedule, IPAWeight
 
 NODES = [IPALoader, IPACLIPVisionLoader, IPAEncodeImage, IPAProject, IPAWeight, IPASchedule, IPAApply,
-         IPAApplySimple, IPASaveEmbeds, IPALoadEmbeds, IPACombineFeatures, IPACombineEmbeds,
-         IPATrainingSetNode, IPATrainNode, IPASaveAdapterNode, IPAUnifiedLoader,
+         IPAApplySimple, IPASaveEmbeds, IPALoadEmbeds, IPASaveFeatures, IPALoadFeatures, IPACombineFeatures,
+         IPACombineEmbeds, IPATrainingSetNode, IPATrainNode, IPASaveAdapterNode, IPAUnifiedLoader,
          IPAPrepareReference, IPANoiseNegative, IPAEncodeEnhanced, IPAApplyTiled, IPAFrames, IPAFrameWeights,
-         IPAAttentionMap, IPAFaceAnalysisLoader, IPAFaceAnalysis, IPAProjectFace, IPAFaceID,
-         IPAUnifiedLoaderFaceID]
+         IPAJoinFrameWeights, IPAPromptSchedule, IPAAttentionMap, IPAFaceAnalysisLoader, IPAFaceAnalysis,
+         IPAProjectFace, IPAFaceID, IPAUnifiedLoaderFaceID]
 
 
 class IPAdapterExtension(ComfyExtension):

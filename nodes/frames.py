@@ -4,7 +4,15 @@ from dataclasses import replace
 from comfy_api.latest import io
 
 from ..ip_adapter_core.input_bounds import MAX_FRAMES
-from ..ip_adapter_core.prompt.frames import TRANSITIONS, WEIGHT_CURVES, FrameSpec, curve_weights, parse_weights
+from ..ip_adapter_core.prompt.frames import (
+    TRANSITIONS,
+    WEIGHT_CURVES,
+    FrameSpec,
+    curve_weights,
+    join_weights,
+    parse_weights,
+    prompt_schedule,
+)
 from .types import CATEGORY, IPAEmbeds
 
 
@@ -66,3 +74,58 @@ class IPAFrameWeights(io.ComfyNode):
     @classmethod
     def execute(cls, frames, curve, start_weight, end_weight, seed) -> io.NodeOutput:
         return io.NodeOutput(curve_weights(curve, frames, start_weight, end_weight, seed))
+
+
+class IPAJoinFrameWeights(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IPAJoinFrameWeights", display_name="IP-Adapter Join Frame Weights", category=CATEGORY,
+            description="Two FLOAT lists of λ multipliers one after the other (weights_1, then weights_2), e.g. a "
+                        "fade in and a fade out, as one list for IP-Adapter Frames.",
+            inputs=[
+                io.Float.Input("weights_1", force_input=True,
+                               tooltip="The first frames' multipliers: a FLOAT list (IP-Adapter Frame Weights) or "
+                                       "a single number (one frame)."),
+                io.Float.Input("weights_2", force_input=True,
+                               tooltip="The frames after them: a FLOAT list or a single number."),
+            ],
+            outputs=[io.Float.Output(display_name="frame_weights"), io.Int.Output(display_name="count")])
+
+    @classmethod
+    def execute(cls, weights_1, weights_2) -> io.NodeOutput:
+        joined = join_weights(weights_1, weights_2)
+        return io.NodeOutput(joined, len(joined))
+
+
+class IPAPromptSchedule(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="IPAPromptSchedule", display_name="IP-Adapter Prompt Schedule", category=CATEGORY,
+            description='A text prompt schedule (lines "frame": "prompt", for FizzNodes\' Batch Prompt Schedule '
+                        "and the like) that starts prompt i where image i of the batch starts.",
+            inputs=[
+                io.String.Input("prompt", default="", multiline=True,
+                                tooltip="One prompt per line, one line per image in batch order (blank lines are "
+                                        "skipped); the last one repeats for the remaining images, extra lines are "
+                                        "not used."),
+                io.Int.Input("frames", default=1, min=0, max=MAX_FRAMES,
+                             tooltip="Frames per image: image i's prompt (i from 0) starts at frame i × frames + "
+                                     "add_starting_frames."),
+                io.Int.Input("add_starting_frames", default=0, min=0, max=MAX_FRAMES,
+                             tooltip="Frames before the first image; when > 0 the first prompt also starts at "
+                                     "frame 0."),
+                io.Int.Input("add_ending_frames", default=0, min=0, max=MAX_FRAMES,
+                             tooltip="Frames after the last image; when > 0 the last prompt is keyed again "
+                                     "where they start."),
+                io.Image.Input("image", optional=True,
+                               tooltip="The reference images: only their number is used (one keyframe per "
+                                       "image). Unconnected: no images, an empty schedule."),
+            ],
+            outputs=[io.String.Output(display_name="prompt_schedule")])
+
+    @classmethod
+    def execute(cls, prompt, frames, add_starting_frames, add_ending_frames, image=None) -> io.NodeOutput:
+        count = 0 if image is None else int(image.shape[0])
+        return io.NodeOutput(prompt_schedule(prompt, frames, count, add_starting_frames, add_ending_frames))

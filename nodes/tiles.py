@@ -9,6 +9,7 @@ from ..ip_adapter_core.prompt.tiles import (
     MAX_TILES,
     MIN_TILE_SIZE,
     PLACEMENTS,
+    TILE_BATCHES,
     enhanced_features,
     tiled_prompts,
 )
@@ -28,7 +29,8 @@ class IPAApplyTiled(io.ComfyNode):
                 IPAModel.Input("ipadapter", tooltip="From IP-Adapter Loader."),
                 io.ClipVision.Input("clip_vision", tooltip="The encoder the adapter needs."),
                 io.Image.Input("image", tooltip="The reference; a batch is tiled image by image at the same places "
-                                                "and each tile's images are concatenated."),
+                                                "and each tile's images are concatenated (or one per frame: see "
+                                                "batch)."),
                 *weight_inputs(),
                 io.Combo.Input("placement", options=list(PLACEMENTS), default=PLACEMENTS[0],
                                tooltip="where the tile lies: each tile acts only on the part of the picture that "
@@ -43,14 +45,21 @@ class IPAApplyTiled(io.ComfyNode):
                              tooltip=f"Side of the square tiles in reference pixels; 0 = the reference's short "
                                      f"side, else at least {MIN_TILE_SIZE}. At most {MAX_TILES} tiles."),
                 *weight_type_inputs(),
+                # last, so that saved workflows keep their widget order
+                io.Combo.Input("batch", options=list(TILE_BATCHES), default=TILE_BATCHES[0], optional=True,
+                               tooltip="A batch of references. together: every frame of the latent batch gets "
+                                       "all images' tiles. one per frame (animation, as IPAdapter Tiled Batch): "
+                                       "frame k gets only image k's tiles, the last image holding when there are "
+                                       "fewer images; with placement everywhere, all of image k's tiles at once."),
             ],
             outputs=[io.Model.Output(), io.Image.Output(display_name="tiles"), io.Mask.Output(display_name="masks")])
 
     @classmethod
     def execute(cls, model, ipadapter, clip_vision, image, weight, placement, start_at=0.0, end_at=1.0,
-                tile_size=0, weight_type="linear") -> io.NodeOutput:
+                tile_size=0, weight_type="linear", batch="together") -> io.NodeOutput:
         check_encoder(ipadapter.config, clip_vision)
-        prompts, regions, crops, masks = tiled_prompts(ipadapter, clip_vision, image, placement, tile_size or 0)
+        prompts, regions, crops, masks = tiled_prompts(ipadapter, clip_vision, image, placement, tile_size or 0,
+                                                       batch or "together")
         for prompt, region in zip(prompts, regions):  # chained: one branch per prompt
             prompt = prompt.weighted(weight, "all", "", start_at, end_at, weight_type or "linear")
             model = apply_image_prompt(model, ipadapter, prompt, region)

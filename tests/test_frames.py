@@ -1,5 +1,6 @@
 """Animation (one image prompt per frame): frame plans against plans worked out by hand; per-frame weight
-curves against their formulas; and in the real host: at one layer each row of a 4-frame batch attends to
+curves against their formulas; joined weight lists by hand and the text prompt schedule against a transcription
+of ComfyUI_IPAdapter_plus's function; and in the real host: at one layer each row of a 4-frame batch attends to
 its own image's K'/V' (cond and uncond rows) with its frame's λ, computed independently here; a sampled
 4-frame batch equals four 1-frame samplings with one image each, also under ComfyUI's context windows
 (ContextWindowsManual, windows of 2) where a window sees only its frames' images."""
@@ -11,6 +12,7 @@ import torch
 
 from ipadapter_ext.ip_adapter_core.prompt import frames as F
 from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
+from ipadapter_ext.ip_adapter_core.input_bounds import MAX_FRAMES
 
 log = logging.getLogger("ipadapter.tests.frames")
 
@@ -120,6 +122,74 @@ def test_row_tracks_route_each_chunk_to_its_sets():
     assert index == [8, 8, 8, 8, 0, 1, 2, 3] and w is None
 
 
+def test_join_weights_puts_lists_and_numbers_one_after_the_other():
+    """As ComfyUI_IPAdapter_plus's IPAdapterCombineWeights: list + list, a number counting as a list of one."""
+    assert F.join_weights([1.0, 0.5], [0.25]) == [1.0, 0.5, 0.25]
+    assert F.join_weights(0.5, [1, 2]) == [0.5, 1.0, 2.0]
+    assert F.join_weights(0.5, 0.75) == [0.5, 0.75]
+    assert F.join_weights(F.curve_weights("linear", 3, 0, 1), F.curve_weights("linear", 2, 1, 0)) == \
+        [0.0, 0.5, 1.0, 1.0, 0.0]
+    with pytest.raises(IPAdapterError, match="weights_1 and weights_2 joined: 100,001 weights; at most 100,000"):
+        F.join_weights([1.0] * MAX_FRAMES, 1.0)
+    with pytest.raises(IPAdapterError, match="weights_2: expected a list of numbers"):
+        F.join_weights(1.0, "1, 2")
+    with pytest.raises(IPAdapterError, match="weights_1: nothing connected"):
+        F.join_weights(None, 1.0)
+
+
+def plus_prompt_schedule(weights_strategy, prompt=""):
+    """ComfyUI_IPAdapter_plus's IPAdapterPromptScheduleFromWeightsStrategy.prompt_schedule, transcribed
+    statement by statement from their IPAdapterPlus.py (independent of ours: string building by +=)."""
+    frames = weights_strategy["frames"]
+    add_starting_frames = weights_strategy["add_starting_frames"]
+    add_ending_frames = weights_strategy["add_ending_frames"]
+    frame_count = weights_strategy["frame_count"]
+    out = ""
+    prompt = [p for p in prompt.split("\n") if p.strip() != ""]
+    if len(prompt) > 0 and frame_count > 0:
+        if len(prompt) > frame_count:
+            prompt = prompt[:frame_count]
+        elif len(prompt) < frame_count:
+            prompt += [prompt[-1]] * (frame_count - len(prompt))
+        if add_starting_frames > 0:
+            out += f"\"0\": \"{prompt[0]}\",\n"
+        for i in range(frame_count):
+            out += f"\"{i * frames + add_starting_frames}\": \"{prompt[i]}\",\n"
+        if add_ending_frames > 0:
+            out += f"\"{frame_count * frames + add_starting_frames}\": \"{prompt[-1]}\",\n"
+    return out
+
+
+@pytest.mark.parametrize("prompt", ["a cat\n\n  \na dog, running\na bird", "only one", "", "\n \n", "x\ny\nz\nw\nv"])
+@pytest.mark.parametrize("frames,count,start,end", [(16, 3, 0, 0), (4, 3, 2, 5), (0, 2, 1, 0), (1, 1, 0, 3),
+                                                    (3, 0, 2, 2), (12, 6, 4, 4)])
+def test_prompt_schedule_matches_the_popular_extension(prompt, frames, count, start, end):
+    strategy = dict(frames=frames, add_starting_frames=start, add_ending_frames=end, frame_count=count)
+    want = plus_prompt_schedule(strategy, prompt)
+    assert F.prompt_schedule(prompt, frames, count, start, end) == want
+    lines = want.splitlines()
+    assert len(lines) <= count + 2 and (bool(lines) == (count > 0 and bool(prompt.strip())))
+
+
+def test_prompt_schedule_by_hand_and_its_bounds():
+    assert F.prompt_schedule("a\nb", 8, 3, 2, 1) == '"0": "a",\n"2": "a",\n"10": "b",\n"18": "b",\n"26": "b",\n'
+    with pytest.raises(IPAdapterError, match="image: expected 0 to 100,000 images; got 100,001"):
+        F.prompt_schedule("a", 1, MAX_FRAMES + 1)
+    with pytest.raises(IPAdapterError, match="frames: expected 0 to 100,000 frames; got -1"):
+        F.prompt_schedule("a", -1, 2)
+
+
+@pytest.mark.host
+def test_join_and_prompt_schedule_nodes():
+    from ipadapter_ext.nodes.frames import IPAJoinFrameWeights, IPAPromptSchedule
+
+    assert IPAJoinFrameWeights.execute([1.0, 0.5], 0.25).result == ([1.0, 0.5, 0.25], 3)
+    # the image's batch size is the number of prompts keyed; no image: an empty schedule, as theirs
+    assert IPAPromptSchedule.execute("a\nb", 4, 0, 0, torch.zeros(3, 2, 2, 3)).result == \
+        ('"0": "a",\n"4": "b",\n"8": "b",\n',)
+    assert IPAPromptSchedule.execute("a\nb", 4, 0, 0).result == ("",)
+
+
 # ---------------------------------------------------------------- in the host
 
 def per_frame(h, n, seed=0, frames=None):
@@ -150,7 +220,8 @@ def sdpa(q, k, v, heads):
     b, n, c = q.shape
     d = c // heads
     split = lambda t: t.reshape(t.shape[0], -1, heads, d).transpose(1, 2)  # noqa: E731
-    return torch.nn.functional.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).reshape(b, n, c)
+    out = torch.nn.functional.scaled_dot_product_attention(split(q), split(k), split(v))
+    return out.transpose(1, 2).reshape(b, n, c)
 
 
 # case -> (images, IPAFrames inputs, per frame [(image, share of λ), ...]) worked out by hand

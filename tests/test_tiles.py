@@ -196,3 +196,71 @@ def test_enhancer_ratio_zero_is_plain_and_others_are_the_mix(vit_h):
     want = 0.75 * plain.penultimate_hidden_states + 0.25 * merged
     assert torch.allclose(mixed.penultimate_hidden_states, want, atol=1e-3)
     assert torch.equal(getattr(mixed, ZERO_IMAGE_ATTR), getattr(plain, ZERO_IMAGE_ATTR))
+
+
+@pytest.fixture(scope="module")
+def encode_each_once(vit_h):
+    """tiles.encode, one image at a time and cached by its pixels: the encoder is not under test here (ViT-H
+    takes seconds an image on CPU), and every frame's tiles then get the same features in a batch and alone."""
+    from ipadapter_ext.ip_adapter_core.prompt.vision import encode
+
+    seen = {}
+
+    def encode_each(clip_vision, image, crop="center"):
+        outs = []
+        for one in image:
+            key = (crop, one.numpy().tobytes())
+            if key not in seen:
+                seen[key] = encode(clip_vision, one[None], crop)
+            outs.append(seen[key])
+        out = type(outs[0])()
+        for name, value in vars(outs[0]).items():
+            batched = name in ("image_embeds", "penultimate_hidden_states", "last_hidden_state")
+            out[name] = torch.cat([getattr(o, name) for o in outs]) if batched else value
+        return out
+
+    return encode_each
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("placement", ["where the tile lies", "everywhere"])
+def test_one_per_frame_gives_frame_k_the_tiles_of_image_k(vit_h, sd15, adapter_file, encode_each_once, monkeypatch,
+                                                          placement):
+    """batch "one per frame" (ComfyUI_IPAdapter_plus's IPAdapterTiledBatch): the UNet's output for frame k of a
+    2-latent batch (uncond and cond rows) equals latent k run alone with image k tiled on its own; "together"
+    gives every frame both images' tiles, as the node did before the option, and differs."""
+    from support.host_unet import unet_forward
+
+    from ipadapter_ext.ip_adapter_core.apply.run_state import RunState
+    from ipadapter_ext.ip_adapter_core.files.loader import load_adapter_handle
+    from ipadapter_ext.nodes.tiles import IPAApplyTiled
+
+    monkeypatch.setattr(T, "encode", encode_each_once)
+    h = load_adapter_handle(adapter_file("ip-adapter-plus_sd15"))
+    g = torch.Generator().manual_seed(6)
+    images = torch.rand(2, 32, 64, 3, generator=g)  # 2 tiles each
+    x, ctx = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, 768, generator=g)
+
+    def forward(model, k=None):  # rows: uncond then cond of the frames (both, or frame k alone)
+        xs, cs = (x, ctx) if k is None else (x[k:k + 1], ctx[k:k + 1])
+        sigma = torch.full((2 * xs.shape[0],), 7.0)
+        run = RunState.for_sampling(model, sigma, xs.shape)
+        return unet_forward(model, torch.cat([xs, xs]), sigma, torch.cat([cs, cs]), (1, 0), run=run)
+
+    def tiled(image, batch="together"):
+        return IPAApplyTiled.execute(sd15, h, vit_h, image, 0.9, placement, 0.0, 1.0, 0, "linear", batch).result[0]
+
+    def rel(a, b):
+        return float((a - b).abs().max() / b.abs().max())
+
+    per_frame = tiled(images, "one per frame")
+    (branch, _), *_ = _attn2(per_frame)[("input", 1, 0)].branches
+    assert branch.prompt.positive.shape == ((2, 32, 768) if placement == "everywhere" else (2, 16, 768))
+    got = forward(per_frame)
+    for k in range(2):
+        alone = forward(tiled(images[k:k + 1]), k)
+        assert rel(got[k::2], alone) < 1e-5, (k, rel(got[k::2], alone))
+    together = tiled(images)
+    (branch, _), *_ = _attn2(together)[("input", 1, 0)].branches
+    assert branch.prompt.positive.shape == ((1, 64, 768) if placement == "everywhere" else (1, 32, 768))
+    assert rel(forward(together), got) > 1e-3

@@ -87,12 +87,12 @@ SPECS = {
                   ('embeds_scaling', 'V only'))),
     'IPAApplyTiled': Spec(
         sockets=(('model', 'MODEL'), ('ipadapter', 'IPA_MODEL'), ('clip_vision', 'CLIP_VISION'), ('image', 'IMAGE')),
-        widgets=('weight', 'placement', 'start_at', 'end_at', 'tile_size', 'weight_type'),
+        widgets=('weight', 'placement', 'start_at', 'end_at', 'tile_size', 'weight_type', 'batch'),
         outputs=(('MODEL', 'MODEL'), ('tiles', 'IMAGE'), ('masks', 'MASK')),
         widget_types=(('weight', 'FLOAT'), ('placement', 'COMBO'), ('start_at', 'FLOAT'), ('end_at', 'FLOAT'),
-                      ('tile_size', 'INT'), ('weight_type', 'COMBO')),
+                      ('tile_size', 'INT'), ('weight_type', 'COMBO'), ('batch', 'COMBO')),
         defaults=(('weight', 1.0), ('placement', 'where the tile lies'), ('start_at', 0.0), ('end_at', 1.0),
-                  ('tile_size', 0), ('weight_type', 'linear'))),
+                  ('tile_size', 0), ('weight_type', 'linear'), ('batch', 'together'))),
     'IPACombineFeatures': Spec(
         sockets=(('features_1', 'CLIP_VISION_OUTPUT'), ('features_2', 'CLIP_VISION_OUTPUT'),
                  ('features_3', 'CLIP_VISION_OUTPUT'), ('features_4', 'CLIP_VISION_OUTPUT'),
@@ -128,6 +128,17 @@ SPECS = {
         widget_types=(('frames', 'INT'), ('curve', 'COMBO'), ('start_weight', 'FLOAT'), ('end_weight', 'FLOAT'),
                       ('seed', 'INT')),
         defaults=(('frames', 16), ('curve', 'linear'), ('start_weight', 1.0), ('end_weight', 0.0), ('seed', 0))),
+    'IPAJoinFrameWeights': Spec(
+        sockets=(('weights_1', 'FLOAT'), ('weights_2', 'FLOAT')),
+        widgets=(),
+        outputs=(('frame_weights', 'FLOAT'), ('count', 'INT'))),
+    'IPAPromptSchedule': Spec(
+        sockets=(('image', 'IMAGE'),),
+        widgets=('prompt', 'frames', 'add_starting_frames', 'add_ending_frames'),
+        outputs=(('prompt_schedule', 'STRING'),),
+        widget_types=(('prompt', 'STRING'), ('frames', 'INT'), ('add_starting_frames', 'INT'),
+                      ('add_ending_frames', 'INT')),
+        defaults=(('prompt', ''), ('frames', 1), ('add_starting_frames', 0), ('add_ending_frames', 0))),
     'IPASchedule': Spec(
         sockets=(('embeds', 'IPA_EMBEDS'),),
         widgets=('curve', 'weight_end', 'keyframes'),
@@ -145,6 +156,24 @@ SPECS = {
         widgets=('value', CONTROL),
         outputs=(('INT', 'INT'),),
         widget_types=(('value', 'INT'),),
+        defaults=()),
+    'IPASaveFeatures': Spec(
+        sockets=(('image_features', 'CLIP_VISION_OUTPUT'),),
+        widgets=('filename_prefix',),
+        outputs=(),
+        widget_types=(('filename_prefix', 'STRING'),),
+        defaults=(('filename_prefix', 'ipadapter/features'),)),
+    'IPALoadFeatures': Spec(
+        sockets=(),
+        widgets=('features_file',),
+        outputs=(('image_features', 'CLIP_VISION_OUTPUT'), ('negative_features', 'CLIP_VISION_OUTPUT')),
+        widget_types=(('features_file', 'COMBO'),),
+        defaults=()),
+    'PrimitiveFloat': Spec(
+        sockets=(),
+        widgets=('value',),
+        outputs=(('FLOAT', 'FLOAT'),),
+        widget_types=(('value', 'FLOAT'),),
         defaults=()),
     'IPAFaceAnalysisLoader': Spec(
         sockets=(),

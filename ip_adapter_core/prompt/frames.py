@@ -12,7 +12,10 @@ per-row indices and weights.
     transitions: the last ``transition_frames`` frames of each image's stretch cross-fade into the
               next image: weight of the next = curve(j / (t + 1)), j = 1..t, of the current 1 - that
     weights:  a multiplier of λ per frame: a FLOAT list (the last value repeats), e.g. from
-              ``curve_weights`` (start to end: linear, eases, alternate, random with a seed)
+              ``curve_weights`` (start to end: linear, eases, alternate, random with a seed), two
+              joined by ``join_weights``
+    prompt schedule: ``prompt_schedule`` writes the text keyframes of a prompt per image for
+              other packs' batch prompt schedules
 """
 from __future__ import annotations
 
@@ -129,6 +132,41 @@ def curve_weights(curve: str, frames: int, start: float, end: float, seed: int =
         raise IPAdapterError(f"curve: expected one of {', '.join(WEIGHT_CURVES)}; got {curve!r}.")
     span = max(1, frames - 1)
     return [start + (end - start) * ease(curve, f / span) for f in range(frames)]
+
+
+def join_weights(first, second) -> list[float]:
+    """Two FLOAT lists (a single number counts as a list of one) one after the other, as
+    ComfyUI_IPAdapter_plus's IPAdapterCombineWeights; at most MAX_FRAMES values in all."""
+    a, b = parse_weights(first, "weights_1"), parse_weights(second, "weights_2")
+    if a is None or b is None:
+        raise IPAdapterError(f"weights_{1 if a is None else 2}: nothing connected; connect a FLOAT list (IP-Adapter "
+                             "Frame Weights) or a number.")
+    check_count(len(a) + len(b), MAX_FRAMES, "weights_1 and weights_2 joined", "weights")
+    return list(a + b)
+
+
+def prompt_schedule(prompt: str, frames: int, frame_count: int, add_starting_frames: int = 0,
+                    add_ending_frames: int = 0) -> str:
+    """A text prompt schedule ('"frame": "prompt",' lines, for FizzNodes' BatchPromptSchedule) from one
+    prompt per line, exactly as ComfyUI_IPAdapter_plus's IPAdapterPromptScheduleFromWeightsStrategy:
+    image i of ``frame_count`` starts at frame i·frames + add_starting_frames with line i (the last
+    line repeats, extra lines are dropped); a line at 0 with the first prompt when there are starting
+    frames, one after the last image with the last prompt when there are ending frames. Blank lines
+    are skipped; no lines or no images give "". Prompts are written as they are (no escaping)."""
+    for name, value in (("frames", frames), ("add_starting_frames", add_starting_frames),
+                        ("add_ending_frames", add_ending_frames), ("image", frame_count)):
+        if not 0 <= value <= MAX_FRAMES:
+            raise IPAdapterError(f"{name}: expected 0 to {MAX_FRAMES:,} {'images' if name == 'image' else 'frames'}; "
+                                 f"got {value:,}.")
+    lines = [p for p in prompt.split("\n") if p.strip() != ""]
+    if not lines or frame_count == 0:
+        return ""
+    lines = (lines + [lines[-1]] * frame_count)[:frame_count]
+    out = [f'"0": "{lines[0]}",\n'] if add_starting_frames > 0 else []
+    out += [f'"{i * frames + add_starting_frames}": "{line}",\n' for i, line in enumerate(lines)]
+    if add_ending_frames > 0:
+        out.append(f'"{frame_count * frames + add_starting_frames}": "{lines[-1]}",\n')
+    return "".join(out)
 
 
 def frame_weights(spec: FrameSpec, n_frames: int) -> list[float]:

@@ -5,6 +5,7 @@ pure tensor functions; ``encode_tiles`` and ``enhanced_features`` call the encod
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from ..errors import IPAdapterError
 from ..files.config import CLIP_VISION_FEATURES
 from ..input_bounds import check_image_batch
+from .tokens import ONE_PER_FRAME
 from .vision import encode, image_prompt
 
 MAX_ENHANCE_TILES = 16
@@ -25,6 +27,8 @@ MAX_TILES = 64
 # so one call would hold all their activations at once.
 ENHANCE_BATCH = 16
 PLACEMENTS = ("where the tile lies", "everywhere")
+# A batch of references: all images in every frame's prompt, or image k (its tiles) for frame k.
+TILE_BATCHES = ("together", ONE_PER_FRAME)
 
 
 def _offsets(length: int, side: int) -> list[int]:
@@ -78,25 +82,46 @@ def cut_tiles(image: torch.Tensor, boxes) -> list[torch.Tensor]:
     return [image[:, y0:y1, x0:x1] for (y0, x0, y1, x1) in boxes]
 
 
-def tiled_prompts(adapter, clip_vision, image: torch.Tensor, placement: str, tile: int = 0):
+def tiled_prompts(adapter, clip_vision, image: torch.Tensor, placement: str, tile: int = 0,
+                  batch: str = "together"):
     """(prompts, masks per prompt, tile crops, all tile masks) for a tiled reference.
 
     Each tile is encoded whole ("squash" of a square crop: a plain resize to the encoder's
     size, nothing cut off) and projected. "where the tile lies": one prompt per tile with its
     mask [1, H, W] (None when one tile covers the image: exactly the untiled prompt).
-    "everywhere": one prompt of all tiles' tokens (tile-major, the batch's images within
-    each tile), no mask."""
+    "everywhere": one prompt of all tiles' tokens, no mask.
+
+    A batch of B references, ``batch`` "together": every frame gets all images (a tile's prompt
+    concatenates the batch's images; everywhere: tile-major, the images within each tile).
+    "one per frame" (ComfyUI_IPAdapter_plus's IPAdapterTiledBatch): each prompt holds B token sets
+    and frame k gets image k's, the last image holding when there are fewer images than frames;
+    everywhere: set k is image k's tiles side by side in tile order, the tokens image k alone gives
+    with "together"."""
     if placement not in PLACEMENTS:
         raise IPAdapterError(f"placement: expected one of {PLACEMENTS}, got {placement!r}.")
+    if batch not in TILE_BATCHES:
+        raise IPAdapterError(f"batch: expected one of {TILE_BATCHES}, got {batch!r}.")
     check_image_batch(image)
     boxes = tile_grid(image.shape[1], image.shape[2], tile)
     crops = cut_tiles(image[..., :3], boxes)
     masks = tile_masks(boxes, image.shape[1], image.shape[2])
+    combine = "concat" if batch == "together" else ONE_PER_FRAME
     if placement == "everywhere":
-        return [image_prompt(adapter, encode(clip_vision, torch.cat(crops), "squash"))], [None], crops, masks
-    prompts = [image_prompt(adapter, encode(clip_vision, c, "squash")) for c in crops]
+        prompt = image_prompt(adapter, encode(clip_vision, torch.cat(crops), "squash"), combine)
+        if batch == ONE_PER_FRAME:
+            prompt = replace(prompt, positive=frames_of_tiles(prompt.positive, len(boxes)),
+                             negative=frames_of_tiles(prompt.negative, len(boxes)))
+        return [prompt], [None], crops, masks
+    prompts = [image_prompt(adapter, encode(clip_vision, c, "squash"), combine) for c in crops]
     regions = [None] if len(boxes) == 1 else [masks[i:i + 1] for i in range(len(boxes))]
     return prompts, regions, crops, masks
+
+
+def frames_of_tiles(tokens: torch.Tensor, tiles: int) -> torch.Tensor:
+    """One token set per tile and image, tile-major [tiles·B, T, C] -> one per image [B, tiles·T, C]:
+    image k's tiles side by side in tile order."""
+    n, t, c = tokens.shape
+    return tokens.reshape(tiles, n // tiles, t, c).transpose(0, 1).reshape(n // tiles, tiles * t, c)
 
 
 # ----------------------------------------------------------------------------- enhancer

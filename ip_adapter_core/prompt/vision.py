@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import IPAdapterError, IPAdapterMismatchError
-from ..files.config import (BLACK_IMAGE_NEGATIVE_ENCODERS, ENCODER_IMAGE_SIZE, ENCODERS, IMAGE_EMBEDS, POOLED, SIGLIP,
-                            UNCOND_ENCODE_BLACK_IMAGE, AdapterConfig, encoder_by_widths)
+from ..files.config import (BLACK_IMAGE_NEGATIVE_ENCODERS, ENCODER_IMAGE_SIZE, ENCODERS, IMAGE_EMBEDS, PENULTIMATE,
+                            POOLED, SIGLIP, UNCOND_ENCODE_BLACK_IMAGE, AdapterConfig, encoder_by_widths)
 from ..files.encoder_heads import read_pooling_head
 from ..files.model_folders import find_clip_vision_file
 from ..input_bounds import check_image_batch
@@ -22,6 +22,10 @@ CROP_MODES = ("center", "squash", "pad")
 ENCODE_INTERPOLATIONS = ("default",) + INTERPOLATIONS
 ZERO_IMAGE_ATTR = "ipadapter_zero_image_penultimate"
 BLACK_IMAGE_ATTR = "ipadapter_black_image_embeds"
+FEATURES_FILE_ATTR = "ipadapter_features_file"  # set by features_io.load_features: the file the features came from
+# which adapters read each feature, for the message when a loaded file lacks the one an adapter needs
+READ_BY = {IMAGE_EMBEDS: "base adapters, XLabs' Flux ones", PENULTIMATE: "plus and full-face adapters",
+           POOLED: "InstantX's Flux adapter"}
 
 
 def encoder_of(clip_vision) -> str | None:
@@ -254,6 +258,12 @@ def image_prompt(adapter, image_features, combine: str = "concat", negative_feat
 
 def _feature(output, name, what):
     t = getattr(output, name, None)
+    source = getattr(output, FEATURES_FILE_ATTR, None)
+    if t is None and source is not None:
+        held = [f"{f} (for {READ_BY[f]})" for f in READ_BY if getattr(output, f, None) is not None]
+        raise IPAdapterError(f"{what}: the features file '{source}' holds {' and '.join(held) or 'no features'}; this "
+                             f"adapter needs {name}. Encode the reference with IP-Adapter Encode Image and the CLIP "
+                             "vision model this adapter needs (and save that with IP-Adapter Save Features).")
     if t is None and name == POOLED:
         raise IPAdapterError(f"{what}: no SigLIP pooled output. " + NO_POOLING_HEAD.removeprefix("clip_vision: "))
     if t is None:
