@@ -26,6 +26,7 @@ from ipadapter_ext.ip_adapter_core.convert import THEIR_NODE_IDS, ConversionErro
 from ipadapter_ext.ip_adapter_core.convert.flux_nodes import FLUX_NODES
 from ipadapter_ext.ip_adapter_core.convert.plus_nodes import NODES as THEIR_NODES
 from ipadapter_ext.ip_adapter_core.convert.rules import NOT_HERE, RULES
+from ipadapter_ext.ip_adapter_core.convert.v1_nodes import V1_NODES
 from support.plus_graphs import SCENARIOS, canonical, core, theirs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,8 +42,10 @@ def test_scenario_converts_to_the_hand_built_graph(name):
 
 
 def test_every_node_id_has_a_rule_or_a_reason():
-    """ComfyUI_IPAdapter_plus's 37 node ids, and the Flux packs' 7 (test_convert_flux.py)."""
-    assert set(THEIR_NODE_IDS) == set(THEIR_NODES) | set(FLUX_NODES) and len(THEIR_NODE_IDS) == 37 + 7
+    """ComfyUI_IPAdapter_plus's 37 node ids, its first generation's 9 (test_convert_v1.py) and the Flux packs' 7
+    (test_convert_flux.py)."""
+    assert set(THEIR_NODE_IDS) == set(THEIR_NODES) | set(V1_NODES) | set(FLUX_NODES)
+    assert len(THEIR_NODE_IDS) == 37 + 9 + 7
     assert set(RULES) | set(NOT_HERE) == set(THEIR_NODE_IDS)
     assert not set(RULES) & set(NOT_HERE)
     assert all(reason for reason in NOT_HERE.values())
@@ -56,10 +59,11 @@ def graph_with(kind, values=None, extra=None):
     g["20"] = theirs("IPAdapterUnifiedLoader", {"preset": "PLUS (high strength)"}, {"model": MODEL})
     g["21"] = theirs("IPAdapterEncoder", {}, {"ipadapter": ["20", 1], "image": ["5", 0]})
     g["22"] = theirs("IPAdapterRegionalConditioning", {}, {"image": ["5", 0]})
+    g["23"] = theirs("IPAdapterWeights", {}, {})
     links = {}
     for name, kind_ in THEIR_NODES[kind].sockets:
         src = {"MODEL": MODEL, "IPADAPTER": ["20", 1], "IMAGE": ["5", 0], "EMBEDS": ["21", 0],
-               "IPADAPTER_PARAMS": ["22", 0]}.get(kind_)
+               "IPADAPTER_PARAMS": ["22", 0], "WEIGHTS_STRATEGY": ["23", 5]}.get(kind_)
         if src and name not in ("image_negative", "image_composition", "neg_embed") and not name.startswith(
                 ("embed2", "embed3", "embed4", "embed5", "params_2", "params_3", "params_4", "params_5")):
             links[name] = src
@@ -85,7 +89,7 @@ INTERPOLATIONS = {"LANCZOS": "lanczos", "BICUBIC": "bicubic", "HAMMING": "biline
                   "BOX": "area", "NEAREST": "nearest"}
 TIMINGS = {"linear": "linear", "ease_in": "ease out", "ease_out": "ease in", "ease_in_out": "ease in-out",
            "random": "random"}
-TILED = {"IPAdapterTiled"}
+TILED = {"IPAdapterTiled", "IPAdapterTiledBatch"}
 FACEID_PRESETS = {"FACEID": "FACEID", "FACEID PLUS - SD1.5 only": "FACEID PLUS", "FACEID PLUS V2": "FACEID PLUS V2",
                   "FACEID PORTRAIT (style transfer)": "FACEID PORTRAIT",
                   "FACEID PORTRAIT UNNORM - SDXL only (strong)": "FACEID PORTRAIT UNNORM"}
@@ -263,11 +267,17 @@ def test_nodes_of_other_packs_and_the_editor_stay_untouched():
     assert 3 not in new and 5 not in new
     for nid in (1, 2, 4, 6, 7, 8):
         a, b = dict(old[nid]), dict(new[nid])
-        for d in (a, b):   # link ids and link lists may change; nothing else may
+        for d in (a, b):   # link ids and link lists may change, positions move right or down; nothing else may
             d["inputs"] = [{k: v for k, v in i.items() if k != "link"} for i in d.get("inputs") or []]
             d["outputs"] = [{k: v for k, v in o.items() if k != "links"} for o in d.get("outputs") or []]
+            d.pop("pos")
         assert a == b, nid
-    assert out["groups"] == before["groups"] and out["extra"] == before["extra"]
+        assert new[nid]["pos"][0] >= old[nid]["pos"][0] and new[nid]["pos"][1] >= old[nid]["pos"][1], nid
+    assert (new[1]["pos"], new[2]["pos"], new[8]["pos"]) == (old[1]["pos"], old[2]["pos"], old[8]["pos"])
+    assert new[6]["pos"][0] > max(x["pos"][0] + x["size"][0] for x in out["nodes"] if x["type"].startswith("IPA"))
+    # their group grew around what it held; the Advanced node's chain has a group of its own, titled after it
+    assert out["groups"][0]["title"] == "G" and out["groups"][0]["bounding"][2] > 900
+    assert [g["title"] for g in out["groups"][1:]] == ["my adapter"] and out["extra"] == before["extra"]
     links = {link[0]: link for link in out["links"]}
     # the other pack's sampler now gets the model from our Apply, which carries their title and colour
     sampler_link = links[new[6]["inputs"][0]["link"]]
@@ -295,7 +305,7 @@ def test_a_workflow_without_their_nodes_comes_back_unchanged():
 # ---------------------------------------------------------------------------- their own examples
 
 EXAMPLES = {  # their examples/*.json at commit 9d076a3: how each converts (docs/converting.md, their examples)
-    "IPAdapter_FaceIDv2_Kolors.json": "not at all", "ipadapter_advanced.json": "fully",
+    "IPAdapter_FaceIDv2_Kolors.json": "partially", "ipadapter_advanced.json": "fully",
     "ipadapter_clipvision_enhancer.json": "fully", "ipadapter_combine_embeds.json": "fully",
     "ipadapter_cosxl_edit.json": "fully", "ipadapter_faceid.json": "fully",
     "ipadapter_faceid_batch.json": "fully", "ipadapter_ideal_faceid_config.json": "fully",

@@ -74,9 +74,10 @@ def _real_node_ids() -> set[str]:
 
 def _their_node_ids() -> set[str]:
     """The node ids the converter knows, as its schema files define them: ComfyUI_IPAdapter_plus's (the keys of
-    plus_nodes.NODES) and the Flux packs' (flux_nodes.FLUX_NODES, its keys and the ids assigned after it)."""
+    plus_nodes.NODES and of v1_nodes.V1_NODES, its first generation) and the Flux packs' (flux_nodes.FLUX_NODES,
+    its keys and the ids assigned after it)."""
     ids = set()
-    for name, table in (("plus_nodes.py", "NODES"), ("flux_nodes.py", "FLUX_NODES")):
+    for name, table in (("plus_nodes.py", "NODES"), ("v1_nodes.py", "V1_NODES"), ("flux_nodes.py", "FLUX_NODES")):
         tree = ast.parse((REPO_ROOT / "ip_adapter_core" / "convert" / name).read_text(encoding="utf-8"))
         found = set()
         for node in tree.body:
@@ -141,7 +142,7 @@ def test_every_node_id_named_is_real(doc):
     named = set(NODE_ID.findall(doc.read_text(encoding="utf-8")))
     unknown = sorted(named - ours - theirs)
     assert not unknown, (f"{_name(doc)} names node ids that are neither ours (nodes/*.py) nor "
-                         f"the converter's (ip_adapter_core/convert/plus_nodes.py, flux_nodes.py): {unknown}")
+                         f"the converter's (ip_adapter_core/convert/plus_nodes.py, v1_nodes.py, flux_nodes.py): {unknown}")
 
 
 def test_readme_is_a_front_door():

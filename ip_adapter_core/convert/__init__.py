@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 from .context import Ctx, Engine, Unconvertible
 from .flux_nodes import OWN_SAMPLERS, PACK_OF
-from .graph import (THEIR_NODES, ConversionError, all_sources, as_int, check_format, read_api, read_ui, write_api,
-                    write_ui)
+from .graph import (CORE_TYPES, THEIR_NODES, ConversionError, all_sources, as_int, check_format, copy_json,
+                    output_type, read_api, read_ui, write_api, write_ui)
 from .limits import MAX_NODES
 from .rules import NOT_HERE, RULES
-from .validate import find_cycle
+from .validate import find_cycle, ui_link
 
 __all__ = ["convert", "Report", "ConversionError", "THEIR_NODE_IDS", "FAMILIES"]
 
@@ -27,8 +27,8 @@ THEIR_NODE_IDS = tuple(THEIR_NODES)
 PLUS = "ComfyUI_IPAdapter_plus"
 FAMILIES = ("auto", "sd15", "sdxl")
 GLOBAL_NOTES = (
-    "the middle block is patched here (theirs never is, so pictures can differ slightly for weight types "
-    "that give it λ)",
+    "the middle block is patched here (theirs never is, nor was it on SD1.5 before March 2024, so pictures can "
+    "differ slightly for weight types that give it λ)",
     "plus and full-face adapters without a negative image: the negative here is the reference's (zero "
     "normalised pixels), theirs encodes a black image",
 )
@@ -49,7 +49,6 @@ class Report:
     converted: list = field(default_factory=list)   # {"id", "type", "title", "to", "notes", "lost", "filled"}
     kept: list = field(default_factory=list)        # {"id", "type", "reason"}
     dropped: list = field(default_factory=list)     # {"node", "input", "why"}
-    subgraph_nodes: int = 0                         # their nodes inside subgraphs, left as they are
     graph_notes: list = field(default_factory=list)  # differences that come from the rest of the graph
 
     @property
@@ -58,13 +57,12 @@ class Report:
 
     @property
     def complete(self) -> bool:
-        return not self.kept and not self.dropped and not any(c["lost"] for c in self.converted) \
-            and not self.subgraph_nodes
+        return not self.kept and not self.dropped and not any(c["lost"] for c in self.converted)
 
     def as_dict(self) -> dict:
         return {"format": self.format, "family": self.family, "family_source": self.family_source,
                 "converted": self.converted, "kept": self.kept, "dropped": self.dropped,
-                "subgraph_nodes": self.subgraph_nodes, "complete": self.complete,
+                "complete": self.complete,
                 "notes": (list(GLOBAL_NOTES) + self.graph_notes) if self.converted else [],
                 "summary": self.summary()}
 
@@ -99,9 +97,6 @@ class Report:
             lines.append(f"  #{k['id']} {k['type']}: not converted, {k['reason']}")
         for d in self.dropped:
             lines.append(f"  link into #{d['node']}.{d['input']} removed: {d['why']}")
-        if self.subgraph_nodes:
-            lines.append(f"  {self.subgraph_nodes} node(s) inside subgraphs were left as they are: unpack the "
-                         "subgraphs in the editor and convert again")
         if self.converted:
             lines += ["Differences that apply to every converted graph:"] + [f"  - {n}" for n in GLOBAL_NOTES]
             lines += [f"  - {n}" for n in self.graph_notes]
@@ -132,13 +127,15 @@ def detect_family(workflow: dict, fmt: str) -> tuple[str | None, str]:
     return None, "not found in the checkpoint or adapter names"
 
 
-def _deps(theirs: dict, engine: Engine) -> dict:
-    """Their id -> the ids of theirs that feed it (links through reroutes count)."""
+def _deps(theirs: dict, engine: Engine, private: bool = False) -> dict:
+    """Their id -> the ids of theirs that feed it (links through reroutes count); ``private``: only through links
+    of their own types (a node that stays can still feed ours a MODEL or an IMAGE, not an IPADAPTER)."""
     deps = {nid: set() for nid in theirs}
     for nid, node in theirs.items():
         for ref in node.links.values():
             up = engine.trace(ref)
-            if up is not None and up[0] == "old" and up[1] in theirs and up[1] != nid:
+            if up is not None and up[0] == "old" and up[1] in theirs and up[1] != nid and not (
+                    private and output_type(theirs[up[1]], up[2]) in CORE_TYPES):
                 deps[nid].add(up[1])
     return deps
 
@@ -182,13 +179,19 @@ def _run(theirs: dict, reroutes: dict, family, forced: dict, used: frozenset) ->
                 raise Unconvertible(forced[nid])
             if node.type in NOT_HERE:
                 raise Unconvertible(NOT_HERE[node.type])
+            through = []
             for name, ref in node.links.items():
                 up = engine.trace(ref)
                 if up is not None and up[0] == "old" and up[1] in engine.kept:
-                    raise Unconvertible(f"its input {name} comes from #{up[1]} ({theirs[up[1]].type}), "
-                                        "which is not converted")
+                    kind = output_type(theirs[up[1]], up[2])
+                    if kind not in CORE_TYPES:
+                        raise Unconvertible(f"its input {name} comes from #{up[1]} ({theirs[up[1]].type}), which "
+                                            f"is not converted, and carries {kind}, which only that pack reads")
+                    through.append(f"its input {name} comes from #{up[1]} ({theirs[up[1]].type}), which is not "
+                                   f"converted: the {kind} link is kept")
             try:
                 ctx = Ctx(engine, node)
+                ctx.record["notes"].extend(through)
                 RULES[node.type](ctx)
             except Unconvertible:
                 raise
@@ -211,10 +214,12 @@ def _run(theirs: dict, reroutes: dict, family, forced: dict, used: frozenset) ->
 
 
 def _keep_closure(theirs: dict, engine: Engine, consumers: dict, forced: dict) -> dict:
-    """``forced`` grown by every node of theirs whose consumers all stay, through the graph at once: a node
-    that stays keeps the nodes of theirs it feeds (``_run`` does that), and a node whose outputs go only
-    to nodes that stay stays too. One rerun per newly forced node was quadratic on long chains."""
-    deps = _deps(theirs, engine)
+    """``forced`` grown through the graph at once, along links of their own types only (IPADAPTER, EMBEDS, ...;
+    a MODEL or an IMAGE fits ours either way): a node that stays keeps the nodes of theirs it feeds such a link
+    (``_run`` does that), and a node whose such outputs go only to nodes that stay stays too. ``consumers``: their
+    id -> the nodes that read one of its outputs of their types. One rerun per newly forced node was quadratic on
+    long chains."""
+    deps = _deps(theirs, engine, private=True)
     down = {nid: [] for nid in theirs}
     for nid, ups in deps.items():
         for up in ups:
@@ -263,12 +268,12 @@ def convert(workflow: dict, family: str = "auto", max_nodes: int | None = MAX_NO
         theirs, reroutes = read_api(workflow), {}
     fam, source = detect_family(workflow, fmt) if family == "auto" else (family, "as asked")
     report = Report(fmt, fam, source)
-    if fmt == "ui":
-        report.subgraph_nodes = _subgraph_nodes(workflow)
     if not theirs:
+        if fmt == "ui" and _subgraph_nodes(workflow):
+            return convert_subgraphs(copy_json(workflow), fam, report, max_nodes), report
         return workflow, report
-    # A node of theirs whose outputs feed only nodes that stay (FaceID, say) stays too: converted, it
-    # would only lose its links.
+    # A node of theirs whose outputs of their own types feed only nodes that stay stays too: converted, it would
+    # only lose those links.
     consumers, used = {nid: set() for nid in theirs}, set()
     probe = Engine(theirs, reroutes, fam)
     for nid, refs in sources.items():
@@ -277,7 +282,8 @@ def convert(workflow: dict, family: str = "auto", max_nodes: int | None = MAX_NO
         for ref in refs:
             up = probe.trace(ref)
             if up is not None and up[1] in consumers:
-                consumers[up[1]].add(nid)
+                if output_type(theirs[up[1]], up[2]) not in CORE_TYPES:
+                    consumers[up[1]].add(nid)
                 used.add((up[1], up[2]))
     forced, reasons = {}, {}
     for _ in range(len(theirs) + 1):   # the closure makes this one or two passes (a check, not a search)
@@ -304,6 +310,8 @@ def convert(workflow: dict, family: str = "auto", max_nodes: int | None = MAX_NO
                                      "extra_values": node.extra_values})
     report.dropped = [{"node": n, "input": i, "why": w} for n, i, w in dropped]
     report.graph_notes = _graph_notes(workflow, fmt) if report.converted else []
+    if fmt == "ui" and _subgraph_nodes(out):
+        out = convert_subgraphs(out, fam, report, max_nodes)
     return out, report
 
 
@@ -313,8 +321,69 @@ def _types(workflow: dict, fmt: str) -> dict:
     return {str(nid): n.get("class_type") for nid, n in workflow.items()}
 
 
+SUBGRAPH_IN, SUBGRAPH_OUT = -10, -20   # the ids the editor gives a subgraph's input and output nodes
+
+
+def convert_subgraphs(out: dict, family: str | None, report: Report, max_nodes: int | None) -> dict:
+    """Convert the nodes of theirs inside each subgraph definition of ``out`` (a copy), as a graph of its own:
+    its input and output nodes (ids -10 and -20, which its links name) stand in as nodes that stay, and each
+    input's and output's ``linkIds`` are written again from the converted links. The report lists the nodes as
+    "<subgraph name>/<id>". A malformed definition raises ConversionError naming it."""
+    for k, sg in enumerate(out["definitions"]["subgraphs"]):
+        if not (isinstance(sg, dict) and any(isinstance(n, dict) and n.get("type") in THEIR_NODES
+                                             for n in (sg.get("nodes") if isinstance(sg.get("nodes"), list)
+                                                       else []))):
+            continue
+        name = str(sg.get("name") or sg.get("id") or k)[:80]
+        try:
+            sg_in, sg_out = _slots(sg, "inputs"), _slots(sg, "outputs")
+            graph = {"nodes": [{"id": SUBGRAPH_IN, "type": "(subgraph input)", "pos": [0, 0], "size": [0, 0],
+                                "outputs": [{"name": s.get("name"), "type": s.get("type"), "links": []}
+                                            for s in sg_in]},
+                               {"id": SUBGRAPH_OUT, "type": "(subgraph output)", "pos": [0, 0], "size": [0, 0],
+                                "inputs": [{"name": s.get("name"), "type": s.get("type"), "link": None}
+                                           for s in sg_out]}] + list(sg["nodes"]),
+                     "links": sg.get("links") if sg.get("links") is not None else [],
+                     "groups": [], "last_link_id": _state(sg, "lastLinkId")}
+            converted, sub = convert(graph, family or "auto", max_nodes)
+        except ConversionError as exc:
+            raise ConversionError(f"subgraph {name!r}: {exc}") from None
+        links = [link for link in (ui_link(raw, i) for i, raw in enumerate(converted["links"]))]
+        sg["nodes"] = [n for n in converted["nodes"] if n["id"] not in (SUBGRAPH_IN, SUBGRAPH_OUT)]
+        sg["links"] = [{"id": lid, "origin_id": o, "origin_slot": os_, "target_id": t, "target_slot": ts, "type": kind}
+                       for lid, o, os_, t, ts, kind in links]
+        for slot, entry in enumerate(sg_in):
+            entry["linkIds"] = [link[0] for link in links if link[1] == SUBGRAPH_IN and link[2] == slot]
+        for slot, entry in enumerate(sg_out):
+            entry["linkIds"] = [link[0] for link in links if link[3] == SUBGRAPH_OUT and link[4] == slot]
+        if isinstance(sg.get("state"), dict):
+            sg["state"]["lastNodeId"] = max([n["id"] for n in sg["nodes"]] + [_state(sg, "lastNodeId")])
+            sg["state"]["lastLinkId"] = max([link[0] for link in links] + [_state(sg, "lastLinkId")])
+        for entry in sub.converted + sub.kept:
+            entry["id"] = f"{name}/{entry['id']}"
+        report.converted += sub.converted
+        report.kept += sub.kept
+        report.dropped += [{**d, "node": f"{name}/{d['node']}"} for d in sub.dropped]
+        report.graph_notes += [n for n in sub.graph_notes if n not in report.graph_notes]
+        if report.family is None and sub.family is not None:
+            report.family, report.family_source = sub.family, sub.family_source
+    return out
+
+
+def _slots(sg: dict, key: str) -> list:
+    entries = sg.get(key) if sg.get(key) is not None else []
+    if not (isinstance(entries, list) and all(isinstance(e, dict) for e in entries)):
+        raise ConversionError(f"its {key} must be a list of objects, found {type(entries).__name__}")
+    return entries
+
+
+def _state(sg: dict, key: str) -> int:
+    value = (sg.get("state") or {}).get(key) if isinstance(sg.get("state"), dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def _subgraph_nodes(workflow: dict) -> int:
-    """Their nodes inside subgraph definitions (left as they are); anything unexpected there counts nothing."""
+    """Their nodes inside subgraph definitions; anything unexpected there counts nothing."""
     definitions = workflow.get("definitions")
     subgraphs = definitions.get("subgraphs") if isinstance(definitions, dict) else None
     return sum(1 for sg in (subgraphs if isinstance(subgraphs, list) else []) if isinstance(sg, dict)

@@ -36,6 +36,18 @@ def faceid(c: Ctx, batch=False):
     ipa, cv = c.ipadapter()
     if c.linked("clip_vision"):
         cv = c.src("clip_vision")
+    if c.linked("image_negative"):
+        c.lost("image_negative: Project Face uses the reference's negative (a zero face embedding)")
+    model, analysis = face_chain(c, ipa=ipa, cv=cv, combine="one per frame" if batch else c.v("combine_embeds"),
+                                 faceid_version="auto", weight_faceidv2=c.w("weight_faceidv2"),
+                                 weight_type=c.v("weight_type"), embeds_scaling=c.v("embeds_scaling"))
+    c.out(0, model)
+    c.out(1, c.ref(analysis, 1))
+
+
+def face_chain(c: Ctx, *, ipa, cv, combine, faceid_version, weight_faceidv2, weight_type, embeds_scaling):
+    """Face Analysis → Project Face → Weight → Apply for a FaceID node of either generation; returns (the Apply
+    node's MODEL ref, the Face Analysis node's key)."""
     fact = c.e.facts.get(("face", ipa))
     if fact is not None:
         lora = fact["lora_strength"]
@@ -45,20 +57,17 @@ def faceid(c: Ctx, batch=False):
                "is not applied twice); set lora_strength on Project Face to use the one in the file")
     analysis = c.add("IPAFaceAnalysis", face_analysis=face_analysis(c), image=c.src("image"), choose="most confident",
                      index=0, threshold=0.5)
-    if c.linked("image_negative"):
-        c.lost("image_negative: Project Face uses the reference's negative (a zero face embedding)")
-    embeds = c.ref(c.add("IPAProjectFace", ipadapter=ipa, faces=c.ref(analysis), clip_vision=cv,
-                         combine="one per frame" if batch else c.v("combine_embeds"), faceid_version="auto",
-                         weight_faceidv2=c.w("weight_faceidv2"), lora_strength=lora, image_weights=""))
+    embeds = c.ref(c.add("IPAProjectFace", ipadapter=ipa, faces=c.ref(analysis), clip_vision=cv, combine=combine,
+                         faceid_version=faceid_version, weight_faceidv2=weight_faceidv2, lora_strength=lora,
+                         image_weights=""))
     embeds = c.ref(c.add("IPAWeight", embeds=embeds, weight=c.w("weight"), blocks="all", custom_blocks="",
-                         start_at=c.w("start_at"), end_at=c.w("end_at"), weight_type=c.v("weight_type"),
-                         embeds_scaling=c.v("embeds_scaling"), style_boost=1.0, composition_boost=1.0))
+                         start_at=c.w("start_at"), end_at=c.w("end_at"), weight_type=weight_type,
+                         embeds_scaling=embeds_scaling, style_boost=1.0, composition_boost=1.0))
     model = c.ref(c.add("IPAApply", main=True, model=c.src("model"), ipadapter=ipa, embeds=embeds,
                         attn_mask=c.src("attn_mask")))
     c.note("faces: the most confident face of each picture, as theirs; Plus crops faces at 224 px for CLIP as the "
            "reference (theirs 256 on SDXL) and its negative encodes zero normalised pixels (theirs a black image)")
-    c.out(0, model)
-    c.out(1, c.ref(analysis, 1))
+    return model, analysis
 
 
 def faceid_preset_loader(c: Ctx):

@@ -16,17 +16,22 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .layout import GAP, NODE_WIDTH, Placer, box, height, pair
+from .layout import GAP, GROUP_COLOR, MAX_LAYOUT_WORK, NODE_WIDTH, Board, Placer, box, chain_layout, height, pair
 from .limits import MAX_NODES
 from .our_nodes import CONTROL, SPECS
 from .flux_nodes import FLUX_NODES
 from .plus_nodes import NODES
+from .v1_nodes import NAME_ALIASES, V1_NODES, first_generation
 from .validate import ConversionError, api_link, check_api, check_ui, is_int, ui_link
 
 REROUTE = "Reroute"
-# every node id the converter knows: ComfyUI_IPAdapter_plus's and the Flux packs'
-THEIR_NODES = {**NODES, **FLUX_NODES}
+# every node the converter knows: ComfyUI_IPAdapter_plus's (both generations) and the Flux packs'
+THEIR_NODES = {**NODES, **V1_NODES, **FLUX_NODES}
 THEIR_OUTPUTS = {kind: len(schema.outputs) for kind, schema in THEIR_NODES.items()}
+# ComfyUI's own socket types: a link of one of these between a node that stays and one of ours still fits (a MODEL
+# is a MODEL); their other types (IPADAPTER, EMBEDS, INSIGHTFACE, ...) only their nodes read.
+CORE_TYPES = frozenset({"MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "CLIP_VISION",
+                        "CLIP_VISION_OUTPUT", "INT", "FLOAT", "STRING", "BOOLEAN"})
 DIGITS = re.compile(r"-?[0-9]+")
 
 
@@ -122,9 +127,30 @@ def read_ui(workflow: dict) -> tuple[dict, dict]:
         if node.get("type") == REROUTE:
             reroutes[nid] = next(iter(ins.values()), None)
         elif node.get("type") in THEIR_NODES:
-            values, filled, extra = _widget_values(node["type"], node.get("widgets_values"))
-            theirs[nid] = Theirs(nid, node["type"], values, ins, node.get("title"), filled, extra)
+            names = [(s.get("widget") or {}).get("name", s.get("name")) for s in node.get("inputs") or []
+                     if isinstance(s, dict)]
+            kind = first_generation(node["type"], names, node.get("widgets_values"))
+            ins = _aliased(kind, ins)
+            values, filled, extra = _widget_values(kind, node.get("widgets_values"))
+            theirs[nid] = Theirs(nid, kind, values, ins, node.get("title"), filled, extra)
     return theirs, reroutes
+
+
+def output_type(node: "Theirs", slot) -> str | None:
+    """The type of output ``slot`` of one of their nodes, from its schema (None: no such output)."""
+    outputs = THEIR_NODES[node.type].outputs
+    return outputs[slot][1] if isinstance(slot, int) and 0 <= slot < len(outputs) else None
+
+
+def input_type(node: "Theirs", name: str) -> str | None:
+    """The type of their node's input ``name``: a socket's from the schema; None for a widget fed by a link."""
+    return dict(THEIR_NODES[node.type].sockets).get(name)
+
+
+def _aliased(kind: str, named: dict) -> dict:
+    """Inputs under the names of the schema (older revisions of a node named some differently)."""
+    aliases = NAME_ALIASES.get(kind)
+    return {aliases.get(k, k): v for k, v in named.items()} if aliases else named
 
 
 def all_sources(workflow: dict, fmt: str) -> dict:
@@ -153,7 +179,8 @@ def read_api(workflow: dict) -> dict:
         kind = node.get("class_type")
         if kind not in THEIR_NODES:
             continue
-        inputs = node.get("inputs") or {}
+        kind = first_generation(kind, list(node.get("inputs") or {}), None)
+        inputs = _aliased(kind, node.get("inputs") or {})
         links = {k: ("old", str(v[0]), v[1]) for k, v in inputs.items() if api_link(v)}
         names = [w.name for w in THEIR_NODES[kind].widgets]
         stored = {k: v for k, v in inputs.items() if k in names and not api_link(v)}
@@ -168,8 +195,10 @@ def read_api(workflow: dict) -> dict:
 class Resolver:
     """Follows refs through the output map to the node that finally provides a value."""
 
-    def __init__(self, converted: set, outmap: dict, kept_theirs: set, ids: dict):
+    def __init__(self, converted: set, outmap: dict, kept_theirs: set, ids: dict, theirs: dict, news: list):
         self.converted, self.outmap, self.kept_theirs, self.ids = converted, outmap, kept_theirs, ids
+        self.theirs = theirs
+        self.new_types = {n.key: n.type for n in news}
         self.dropped = []   # (consumer, input, why) for the report
         self.finals = {}    # ref -> final ref: a chain of pass-through nodes is walked once, not per consumer
 
@@ -206,11 +235,18 @@ class Resolver:
                 self.dropped.append((consumer, name, "its source has no equivalent here"))
             return None
         if ours and target[0] == "old" and target[1] in self.kept_theirs:
-            self.dropped.append((consumer, name, f"it came from node #{target[1]}, which was not converted"))
-            return None
+            kind = output_type(self.theirs[target[1]], target[2])
+            if kind not in CORE_TYPES:
+                self.dropped.append((consumer, name, f"it came from node #{target[1]}, which was not converted, "
+                                                     f"and carries {kind}, which only its own pack reads"))
+                return None
         if not ours and consumer in self.kept_theirs and target[0] == "new":
-            self.dropped.append((consumer, name, "it came from a node that was converted to this extension's"))
-            return None
+            ours_kind = SPECS[self.new_types[target[1]]].outputs[target[2]][1]
+            theirs_kind = input_type(self.theirs[consumer], name)
+            if ours_kind != theirs_kind and not (theirs_kind is None and ours_kind in ("INT", "FLOAT", "STRING")):
+                self.dropped.append((consumer, name, f"it came from a node that was converted to this extension's, "
+                                                     f"whose {ours_kind} this node cannot read"))
+                return None
         return self.node_slot(target)
 
 
@@ -247,7 +283,7 @@ def _new_ids(existing, news) -> dict:
 def write_api(workflow: dict, theirs: dict, news: list, outmap: dict, kept: set) -> tuple[dict, list]:
     converted = set(theirs) - kept
     ids = _new_ids(workflow, news)
-    res = Resolver(converted, outmap, kept, ids)
+    res = Resolver(converted, outmap, kept, ids, theirs, news)
     out = {}
     for nid, node in workflow.items():
         if str(nid) in converted:
@@ -279,24 +315,19 @@ def write_ui(workflow: dict, theirs: dict, news: list, outmap: dict, kept: set) 
     out = copy_json(workflow)
     nodes = {str(n["id"]): n for n in out["nodes"]}
     ids = _new_ids(nodes, news)
-    res = Resolver(converted, outmap, kept, ids)
+    res = Resolver(converted, outmap, kept, ids, theirs, news)
     old_links = ui_links(out)
 
-    # New nodes, stacked where the node of theirs stood, in the order the rules made them, each moved down
-    # past the nodes that stay (and the ones placed before it) rather than drawn over them.
-    placed = {}
-    taken = Placer(box(n) for nid, n in nodes.items() if nid not in converted)
+    # New nodes: each replaced node's chain laid out left to right where it stood, in a group titled after it
+    # (layout.py); the nodes that stay move right and down just enough to make room.
     order = max([n["order"] for n in out["nodes"] if is_int(n.get("order"))] + [0])
     new_nodes = []
     for k, n in enumerate(news):
         spec = SPECS[n.type]
         anchor = nodes[n.anchor]
-        x, y = placed.get(n.anchor, pair(anchor.get("pos"), (0.0, 0.0)))
-        tall = height(spec, CONTROL)
-        y = taken.place(x, y, NODE_WIDTH, tall)
-        placed[n.anchor] = (x, y + tall + GAP)
-        entry = {"id": int(ids[n.key]), "type": n.type, "pos": [x, y], "size": [NODE_WIDTH, tall],
-                 "flags": {}, "order": order + k + 1, "mode": anchor.get("mode", 0),
+        entry = {"id": int(ids[n.key]), "type": n.type, "pos": [0.0, 0.0],
+                 "size": [NODE_WIDTH, height(spec, CONTROL)], "flags": {}, "order": order + k + 1,
+                 "mode": anchor.get("mode", 0),
                  "inputs": [], "outputs": [{"name": name, "type": kind, "links": [], "slot_index": i}
                                            for i, (name, kind) in enumerate(spec.outputs)],
                  "properties": {"Node name for S&R": n.type},
@@ -307,6 +338,7 @@ def write_ui(workflow: dict, theirs: dict, news: list, outmap: dict, kept: set) 
         if n.title:
             entry["title"] = n.title
         new_nodes.append(entry)
+    _place(out, nodes, converted, news, new_nodes)
 
     # Links: keep those between nodes that stay, re-source those that came from converted nodes, add ours.
     links = []
@@ -345,6 +377,56 @@ def write_ui(workflow: dict, theirs: dict, news: list, outmap: dict, kept: set) 
     out["last_node_id"] = max([int(n["id"]) for n in all_nodes if isinstance(n["id"], int)] + [0])
     out["last_link_id"] = max([link[0] for link in links] + [last])
     return out, res.dropped
+
+
+def _place(out: dict, nodes: dict, converted: set, news: list, entries: list) -> None:
+    """Positions for the new node entries (and groups around each replaced node's chain), see layout.py."""
+    chains: dict = {}
+    for n, entry in zip(news, entries):
+        chains.setdefault(n.anchor, []).append((n, entry))
+    staying = [node for nid, node in nodes.items() if nid not in converted]
+    anchors = sorted(chains, key=lambda a: pair(nodes[a].get("pos"), (0.0, 0.0)))
+    if len(anchors) * (len(staying) + len(anchors) + len(entries)) > MAX_LAYOUT_WORK:
+        _stack(nodes, converted, chains)
+        return
+    if out.get("groups") is None:
+        out["groups"] = []
+    groups = out["groups"] if isinstance(out["groups"], list) else []   # a malformed value stays as it was
+    board = Board(staying + [nodes[a] for a in anchors], groups)
+    group_id = max([g["id"] for g in groups if isinstance(g, dict) and is_int(g.get("id"))] + [0])
+    for a in anchors:
+        anchor, chain = nodes[a], chains[a]
+        keys = [n.key for n, _ in chain]
+        feeds = {n.key: [ref[1] for ref in n.inputs.values() if ref[0] == "new"] for n, _ in chain}
+        grouped = len(chain) > 1
+        if not grouped:     # one node for one: it takes the replaced node's width, so nothing needs to move for it
+            w = pair(anchor.get("size"), (NODE_WIDTH, 0.0))[0]
+            chain[0][1]["size"][0] = w if 200 <= w <= 2 * NODE_WIDTH else NODE_WIDTH
+        offsets, width, tall = chain_layout(keys, feeds, {n.key: e["size"][1] for n, e in chain}, grouped,
+                                            chain[0][1]["size"][0])
+        x0, y0 = box(anchor)[:2]
+        x0, y0 = board.make_room((x0, y0, x0 + width, y0 + tall), {id(anchor)})[:2]
+        for n, entry in chain:
+            entry["pos"] = [x0 + offsets[n.key][0], y0 + offsets[n.key][1]]
+            board.nodes.append(entry)
+        board.nodes.remove(anchor)
+        if grouped:
+            group_id += 1
+            title = anchor.get("title") if isinstance(anchor.get("title"), str) else anchor.get("type")
+            groups.append({"id": group_id, "title": str(title)[:200], "bounding": [x0, y0, width, tall],
+                           "color": anchor.get("color", GROUP_COLOR), "font_size": 24, "flags": {}})
+
+
+def _stack(nodes: dict, converted: set, chains: dict) -> None:
+    """For graphs too large to lay out chain by chain: each chain stacked where its node stood, moved down past
+    the nodes already there rather than drawn over them."""
+    taken = Placer(box(n) for nid, n in nodes.items() if nid not in converted)
+    for a, chain in chains.items():
+        x, y = pair(nodes[a].get("pos"), (0.0, 0.0))
+        for _, entry in chain:
+            y = taken.place(x, y, NODE_WIDTH, entry["size"][1])
+            entry["pos"] = [x, y]
+            y += entry["size"][1] + GAP
 
 
 def _link_types(links: list, by_id: dict, new_ids: set) -> None:

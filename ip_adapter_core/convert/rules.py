@@ -13,9 +13,12 @@ black image).
 from __future__ import annotations
 
 from ..prompt.blocks import block_order, layer_lambdas
+from .chain import boost, chain, encode, negative_features, weight_and_lists
 from .context import Ctx, Unconvertible
 from .faceid_rules import FACEID_RULES
 from .flux_rules import FLUX_RULES
+from .v1_rules import V1_RULES
+from .weights_rules import WEIGHTS_RULES
 from .limits import MAX_PARAM_ENTRIES
 
 SIMPLE_TYPES = {"standard": "linear", "prompt is more important": "ease out", "style transfer": "style transfer"}
@@ -24,83 +27,12 @@ PRESETS = {"LIGHT - SD1.5 only (low strength)": "LIGHT", "STANDARD (medium stren
            "FULL FACE - SD1.5 only (portraits stronger)": "FULL FACE"}
 INTERPOLATIONS = {"LANCZOS": "lanczos", "BICUBIC": "bicubic", "HAMMING": "bilinear", "BILINEAR": "bilinear",
                   "BOX": "area", "NEAREST": "nearest"}
-# Their IPAdapterWeights timings are named after the curve's derivative at the start; ours after the
-# shape (ease in = starts slowly): their ease_in, sin(x·π/2), is our ease out, and the other way round.
-TIMINGS = {"linear": "linear", "ease_in": "ease out", "ease_out": "ease in", "ease_in_out": "ease in-out",
-           "random": "random"}
 MIDDLE = "their middle block never acts"
 NOT_HERE = {
     "IPAdapterFaceIDKolors": "Kolors models are not supported here (SD1.5 and SDXL IP-Adapters only)",
     "IPAdapterUnifiedLoaderCommunity": "the Composition and Kolors community presets are not supported here",
-    "IPAdapterTiledBatch": "there is no per-frame tiled mode here (IP-Adapter Tiled concatenates a batch's tiles)",
-    "IPAdapterLoadEmbeds": "its .ipadpt files are pickled tensors, which this extension does not load",
-    "IPAdapterSaveEmbeds": "its files hold CLIP features; IP-Adapter Save Embeds stores projected tokens, "
-                           "which need the adapter this node does not have",
-    "IPAdapterCombineWeights": "there is no FLOAT-list concatenation node here",
-    "IPAdapterPromptScheduleFromWeightsStrategy": "it writes prompt schedules for other extensions' nodes",
-    "IPAdapterWeightsFromStrategy": "weights strategies are not kept here; set IP-Adapter Frame Weights directly",
 }
-LIST_SOURCES = ("IPAdapterWeights", "IPAdapterWeightsFromStrategy", "IPAdapterCombineWeights")
 UNSUPPORTED_FILES = ("kolors",)
-
-
-# ---------------------------------------------------------------------------- the chain
-
-def encode(c: Ctx, cv, image, **options) -> tuple:
-    return c.ref(c.add("IPAEncodeImage", clip_vision=cv, image=image, crop="center", interpolation="default",
-                       sharpening=0.0, encode_batch_size=options.get("encode_batch_size", 0),
-                       mask=options.get("mask")))
-
-
-def chain(c: Ctx, *, model, ipa, features, negative, combine, weight, weight_type, start_at, end_at,
-          embeds_scaling, style_boost=1.0, composition_boost=1.0, blocks="all", custom_blocks="",
-          attn_mask=None, frame_weights=None, main=True) -> tuple:
-    """Project → (Frames) → Weight → Apply; returns the Apply node's MODEL ref."""
-    embeds = c.ref(c.add("IPAProject", ipadapter=ipa, image_features=features, combine=combine,
-                         negative_features=negative, image_weights=""))
-    if frame_weights is not None:
-        embeds = c.ref(c.add("IPAFrames", embeds=embeds, frames_per_image=1, transition_frames=0,
-                             transition="linear", frame_weights=frame_weights))
-    embeds = c.ref(c.add("IPAWeight", embeds=embeds, weight=weight, blocks=blocks, custom_blocks=custom_blocks,
-                         start_at=start_at, end_at=end_at, weight_type=weight_type, embeds_scaling=embeds_scaling,
-                         style_boost=style_boost, composition_boost=composition_boost))
-    return c.ref(c.add("IPAApply", main=main, model=model, ipadapter=ipa, embeds=embeds, attn_mask=attn_mask))
-
-
-def boost(c: Ctx, name: str, value: float, weight) -> float:
-    """Their boosts are λ values, ours multiples of weight: b → b / w."""
-    if isinstance(weight, tuple):
-        c.lost(f"{name} {value} kept as a multiple of weight: weight is linked, so b/weight cannot be written")
-        return value
-    if weight == 0:
-        if value:
-            c.lost(f"{name} {value} at weight 0: here a boost multiplies weight, so the boosted blocks get 0")
-        return 1.0
-    ratio = value / weight
-    if abs(ratio) > 5:
-        c.lost(f"{name} {value} at weight {weight} is {ratio:.3g}× weight; clamped to ±5 (this node's range)")
-        ratio = max(-5.0, min(5.0, ratio))
-    return round(ratio, 6)
-
-
-def weight_and_lists(c: Ctx, batch: bool):
-    """(weight for IPAWeight, frame weights ref or None): a FLOAT list of theirs (IPAdapterWeights) becomes
-    IP-Adapter Frames' frame_weights with weight 1; theirs uses only its first value outside batch nodes."""
-    up = c.upstream("weight")
-    if up is not None and up[0].type in LIST_SOURCES:
-        if batch:
-            return 1.0, c.src("weight")
-        first = c.e.facts.get(up[0].id, {}).get("first")
-        c.lost(f"weight: a list of weights on a node that is not a batch node; theirs uses its first value, "
-               f"written here ({first})")
-        return (first if first is not None else 1.0), None
-    return c.w("weight"), None
-
-
-def negative_features(c: Ctx, cv):
-    if c.linked("image_negative"):
-        return encode(c, cv, c.src("image_negative"))
-    return None
 
 
 def advanced(c: Ctx, *, batch=False, weight_type=None, style_boost=None, composition_boost=None,
@@ -271,16 +203,19 @@ def style_composition(c: Ctx, batch=False):
     c.out(0, model)
 
 
-def tiled(c: Ctx):
+def tiled(c: Ctx, batch=False):
     ipa, _ = c.ipadapter()
     cv = c.clip_vision()
     key = c.add("IPAApplyTiled", main=True, model=c.src("model"), ipadapter=ipa, clip_vision=cv,
                 image=c.src("image"), weight=c.w("weight"), placement="where the tile lies",
-                start_at=c.w("start_at"), end_at=c.w("end_at"), tile_size=0, weight_type=c.v("weight_type"))
+                start_at=c.w("start_at"), end_at=c.w("end_at"), tile_size=0, weight_type=c.v("weight_type"),
+                batch="one per frame" if batch else "together")
+    if batch and c.v("encode_batch_size"):
+        c.note("encode_batch_size: IP-Adapter Tiled encodes each tile's images at once")
     c.note("tiles: ours have the side of the reference's short side (a square reference is one tile), theirs "
            "are 256 px after resizing; overlapping tiles share their area here")
     for name, default in (("sharpening", 0.0), ("combine_embeds", "concat"), ("embeds_scaling", "V only")):
-        if c.v(name) != default:
+        if name in c.node.values and c.v(name) != default:
             c.lost(f"{name} = {c.v(name)} (IP-Adapter Tiled has no such input)")
     for name in ("image_negative", "attn_mask"):
         if c.linked(name):
@@ -386,41 +321,22 @@ def prep_image(c: Ctx):
                          sharpening=c.w("sharpening"))))
 
 
-def weights(c: Ctx):
-    timing, method = c.v("timing"), c.v("method")
-    if timing == "custom":
-        raise Unconvertible("timing custom: there is no node here that turns a typed list into FLOAT weights")
-    if method != "full batch":
-        raise Unconvertible(f"method {method}: only 'full batch' has an equivalent (IP-Adapter Frames)")
-    try:
-        values = [float(x) for x in str(c.v("weights")).replace("\n", ",").split(",") if x.strip()]
-    except ValueError:
-        raise Unconvertible(f"weights {c.v('weights')!r}: expected numbers separated by commas") from None
-    start, end = (values[0], values[-1]) if values else (0.0, 1.0)
-    frames = c.w("frames")
-    if not isinstance(frames, tuple):
-        frames = max(int(frames), 2)   # theirs: at least 2 frames for a curve
-    for name, default in (("start_frame", 0), ("add_starting_frames", 0), ("add_ending_frames", 0)):
-        if c.v(name) != default:
-            c.lost(f"{name} = {c.v(name)} (IP-Adapter Frame Weights ramps over all frames)")
-    if not isinstance(frames, tuple) and c.v("end_frame") < frames:
-        c.lost(f"end_frame = {c.v('end_frame')} (IP-Adapter Frame Weights ramps over all frames)")
-    if timing == "random":
-        c.note("random: the same range, other numbers (ours is seeded, theirs not reproducible)")
-    curve = TIMINGS[timing]
-    c.e.facts[c.node.id] = {"first": start}
-    key = c.add("IPAFrameWeights", main=True, frames=frames, curve=curve, start_weight=start, end_weight=end,
-                seed=0)
-    c.out(0, c.ref(key))
-    if c.used(1):   # weights_invert is the list reversed: the mirrored curve from end to start
-        mirrored = {"ease in": "ease out", "ease out": "ease in"}.get(curve, curve)
-        c.out(1, c.ref(c.add("IPAFrameWeights", frames=frames, curve=mirrored, start_weight=end, end_weight=start,
-                             seed=0)))
-    if c.used(2):
-        c.out(2, c.ref(c.add("PrimitiveInt", value=frames)))
-    c.out(3, c.src("image"))
-    c.out(4, c.src("image"))
-    c.out(5, None)
+def save_embeds(c: Ctx):
+    """Their features files (pickles, .ipadpt) become ours (safetensors, .ipafeatures); Load Features reads both."""
+    c.add("IPASaveFeatures", main=True, image_features=c.src("embeds"), filename_prefix=c.v("filename_prefix"))
+    c.note("the file is written as safetensors (.ipafeatures), not a pickle (.ipadpt); IP-Adapter Load Features "
+           "reads both")
+    up = c.upstream("embeds")
+    if up is not None and c.e.facts.get(up[0].id, {}).get("negative") is not None:
+        c.lost("the noise negative on the wire is not saved (their first generation stacked it into the file)")
+
+
+def load_embeds(c: Ctx):
+    """Their .ipadpt files load through IP-Adapter Load Features: torch's weights-only unpickler, tensors only."""
+    key = c.add("IPALoadFeatures", main=True, features_file=c.v("embeds"))
+    c.e.facts[c.node.id] = {"negative": c.ref(key, 1)}   # a first-generation file also holds the negative
+    c.note("the file is read with torch's weights-only unpickler and must hold one tensor (their files do)")
+    c.out(0, c.ref(key, 0))
 
 
 def regional(c: Ctx):
@@ -462,6 +378,9 @@ RULES = {
     "IPAdapterStyleComposition": style_composition,
     "IPAdapterStyleCompositionBatch": lambda c: style_composition(c, batch=True),
     "IPAdapterTiled": tiled,
+    "IPAdapterTiledBatch": lambda c: tiled(c, batch=True),
+    "IPAdapterSaveEmbeds": save_embeds,
+    "IPAdapterLoadEmbeds": load_embeds,
     "IPAdapterFromParams": from_params,
     "IPAdapterUnifiedLoader": unified_loader,
     "IPAdapterModelLoader": model_loader,
@@ -469,9 +388,10 @@ RULES = {
     "IPAdapterCombineEmbeds": combine_embeds,
     "IPAdapterNoise": noise,
     "PrepImageForClipVision": prep_image,
-    "IPAdapterWeights": weights,
     "IPAdapterRegionalConditioning": regional,
     "IPAdapterCombineParams": combine_params,
     **FACEID_RULES,
+    **WEIGHTS_RULES,
+    **V1_RULES,
     **FLUX_RULES,
 }

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 
 from ipadapter_ext.ip_adapter_core.convert.graph import THEIR_NODES
+from ipadapter_ext.ip_adapter_core.convert.v1_nodes import V1_ENCODER, first_generation as schema_key
 
 SIZE = 192
 SD15_CKPT, SDXL_CKPT = "v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"
@@ -234,7 +235,7 @@ def variety():
     ours["40"] = n("IPAUnifiedLoader", model=MODEL, preset="PLUS")
     ours["41"] = n("IPAApplyTiled", model=MODEL, ipadapter=["40", 0], clip_vision=["40", 1], image=["5", 0],
                    weight=0.7, placement="where the tile lies", start_at=0.0, end_at=1.0, tile_size=0,
-                   weight_type="weak output")
+                   weight_type="weak output", batch="together")
     ours["42"] = n("IPAEncodeEnhanced", clip_vision=["40", 1], image=["6", 0], enhance_tiles=2, enhance_ratio=0.25)
     ours["43"] = project(["40", 0], ["42", 0])
     ours["44"] = weight(["43", 0], 0.5, "ease in-out")
@@ -279,8 +280,44 @@ def sdxl():
     return their, ours
 
 
+def first_generation():
+    """Their first generation (before March 2024), as an old file stores it: Apply with a noise negative, a
+    channel penalty and a mask; the old Encoder (two images, squared weights) into Apply Encoded, chained."""
+    their = core(SD15_CKPT, ["24", 0], batch=2)
+    their["11"] = n("SolidMask", value=0.75, width=SIZE, height=SIZE)
+    their["20"] = theirs("IPAdapterModelLoader", {"ipadapter_file": BASE_SD15})
+    their["21"] = n("CLIPVisionLoader", clip_name=CLIP_H)
+    their["22"] = theirs("IPAdapterApply", {"weight": 0.8, "noise": 0.3, "weight_type": "channel penalty",
+                                            "start_at": 0.0, "end_at": 0.9, "unfold_batch": False},
+                         {"ipadapter": ["20", 0], "clip_vision": ["21", 0], "image": ["5", 0], "model": MODEL,
+                          "attn_mask": ["11", 0]})
+    their["23"] = theirs(V1_ENCODER, {"ipadapter_plus": False, "noise": 0.0, "weight_1": 0.8, "weight_2": 1.0},
+                         {"clip_vision": ["21", 0], "image_1": ["5", 0], "image_2": ["6", 0]})
+    their["23"]["class_type"] = "IPAdapterEncoder"
+    their["24"] = theirs("IPAdapterApplyEncoded", {"weight": 0.6, "weight_type": "original", "unfold_batch": True},
+                         {"ipadapter": ["20", 0], "embeds": ["23", 0], "model": ["22", 0]})
+    ours = core(SD15_CKPT, ["52", 0], batch=2)
+    ours["11"] = their["11"]
+    ours["21"] = their["21"]
+    ours["40"] = n("IPALoader", ipadapter_file=BASE_SD15)
+    ours["41"] = encode(["21", 0], ["5", 0])
+    ours["42"] = n("IPANoiseNegative", image=["5", 0], type="shuffle", strength=0.3, blur=0, seed_offset=0)
+    ours["43"] = encode(["21", 0], ["42", 0])
+    ours["44"] = project(["40", 0], ["41", 0], negative=["43", 0])
+    ours["45"] = weight(["44", 0], 0.8, end=0.9, scaling="K+mean(V) w/ C penalty")
+    ours["46"] = apply(MODEL, ["40", 0], ["45", 0], mask=["11", 0])
+    ours["47"] = encode(["21", 0], ["5", 0])
+    ours["48"] = encode(["21", 0], ["6", 0])
+    ours["49"] = n("IPACombineFeatures", method="concat", features_1=["47", 0], features_2=["48", 0], weight_1=0.64,
+                   weight_2=1.0, weight_3=1.0, weight_4=1.0, weight_5=1.0)
+    ours["50"] = project(["40", 0], ["49", 0], "one per frame")
+    ours["51"] = weight(["50", 0], 0.6)
+    ours["52"] = apply(["46", 0], ["40", 0], ["51", 0])
+    return their, ours
+
+
 SCENARIOS = {"simple_old": simple_old, "advanced": advanced, "embeds": embeds, "regional": regional,
-             "batch": batch, "variety": variety, "sdxl": sdxl}
+             "batch": batch, "variety": variety, "sdxl": sdxl, "first_generation": first_generation}
 FAMILY = {name: ("sdxl" if name == "sdxl" else "sd15") for name in SCENARIOS}
 
 
@@ -318,7 +355,7 @@ def to_ui(api: dict, object_info: dict, reroute_input=("ipadapter",)) -> dict:
     nodes, links, link_id = [], [], 0
     sockets, outputs = {}, {}
     for nid in ids:
-        kind = api[nid]["class_type"]
+        kind = schema_key(api[nid]["class_type"], list(api[nid]["inputs"]), None)
         if kind in THEIR_NODES:
             sockets[nid] = list(THEIR_NODES[kind].sockets)
             widgets = [w.name for w in THEIR_NODES[kind].widgets]
@@ -344,11 +381,12 @@ def to_ui(api: dict, object_info: dict, reroute_input=("ipadapter",)) -> dict:
                 values.append(value)
             if w in extras:
                 values.append(extras[w])
-        nodes.append({"id": int(nid), "type": kind, "pos": [300 * (len(nodes) % 6), 260 * (len(nodes) // 6)],
+        stored = api[nid]["class_type"]      # the id the file stores (the schema key may differ: V1_ENCODER)
+        nodes.append({"id": int(nid), "type": stored, "pos": [300 * (len(nodes) % 6), 260 * (len(nodes) // 6)],
                       "size": [280, 200], "flags": {}, "order": len(nodes), "mode": 0,
                       "inputs": [{"name": s, "type": t, "link": None} for s, t in sockets[nid]],
                       "outputs": [{"name": o, "type": t, "links": []} for o, t in outputs[nid]],
-                      "properties": {"Node name for S&R": kind}, "widgets_values": values})
+                      "properties": {"Node name for S&R": stored}, "widgets_values": values})
     by_id = {str(x["id"]): x for x in nodes}
     next_id = max(int(i) for i in ids) + 1
     rerouted = False
