@@ -83,6 +83,10 @@ def test_their_own_example_opens_converted(editor, tmp_path):
     assert "Converted 2 ComfyUI_IPAdapter_plus node(s)" in found[0], found
     present = types(editor)
     assert not present & set(THEIR_NODE_IDS) and {"IPAUnifiedLoader", "IPAApply"} <= present
+    # the chain that replaced their style-and-composition node has its group, titled after it
+    groups = editor.page.evaluate("() => (window.app.graph.groups || window.app.graph._groups || [])"
+                                  ".map(g => g.title)")
+    assert "IPAdapterStyleComposition" in groups, groups
     # the only dialog may be about its model files, which this test server does not have
     assert not [d for d in editor.dialogs() if "missing" in d.lower() and "node" in d.lower()], editor.dialogs()
     editor.close_dialogs()

@@ -199,7 +199,7 @@ def regional():
 
 def batch():
     """IPAdapter Weights (ease_in = our ease out) feeding IPAdapter Batch over two frames, PLUS preset."""
-    their = core(SD15_CKPT, ["24", 0], batch=2)
+    their = core(SD15_CKPT, ["24", 0])
     their["11"] = n("ImageBatch", image1=["5", 0], image2=["6", 0])
     their["20"] = theirs("IPAdapterUnifiedLoader", {"preset": "PLUS (high strength)"}, {"model": MODEL})
     their["21"] = theirs("IPAdapterWeights", {"weights": "1.0, 0.3", "timing": "ease_in", "frames": 2})
@@ -283,7 +283,7 @@ def sdxl():
 def first_generation():
     """Their first generation (before March 2024), as an old file stores it: Apply with a noise negative, a
     channel penalty and a mask; the old Encoder (two images, squared weights) into Apply Encoded, chained."""
-    their = core(SD15_CKPT, ["24", 0], batch=2)
+    their = core(SD15_CKPT, ["24", 0])
     their["11"] = n("SolidMask", value=0.75, width=SIZE, height=SIZE)
     their["20"] = theirs("IPAdapterModelLoader", {"ipadapter_file": BASE_SD15})
     their["21"] = n("CLIPVisionLoader", clip_name=CLIP_H)
@@ -296,7 +296,7 @@ def first_generation():
     their["23"]["class_type"] = "IPAdapterEncoder"
     their["24"] = theirs("IPAdapterApplyEncoded", {"weight": 0.6, "weight_type": "original", "unfold_batch": True},
                          {"ipadapter": ["20", 0], "embeds": ["23", 0], "model": ["22", 0]})
-    ours = core(SD15_CKPT, ["52", 0], batch=2)
+    ours = core(SD15_CKPT, ["52", 0])
     ours["11"] = their["11"]
     ours["21"] = their["21"]
     ours["40"] = n("IPALoader", ipadapter_file=BASE_SD15)
