@@ -164,6 +164,7 @@ def test_nodes_inside_subgraphs_are_converted():
                                                   if link["origin_id"] == -10 and link["origin_slot"] == slot)
         assert entry["linkIds"], entry                      # nothing that fed the subgraph was lost
     assert [len(e["linkIds"]) for e in sg["outputs"]] == [1] * len(sg["outputs"])
+    assert [g["title"] for g in sg["groups"]] == ["IPAdapterAdvanced"]      # the chain's group, in the subgraph
     for node in sg["nodes"]:
         for k, slot in enumerate(node.get("inputs") or []):
             if slot.get("link") is not None:

@@ -344,12 +344,15 @@ def convert_subgraphs(out: dict, family: str | None, report: Report, max_nodes: 
                                 "inputs": [{"name": s.get("name"), "type": s.get("type"), "link": None}
                                            for s in sg_out]}] + list(sg["nodes"]),
                      "links": sg.get("links") if sg.get("links") is not None else [],
-                     "groups": [], "last_link_id": _state(sg, "lastLinkId")}
+                     "groups": sg.get("groups") if isinstance(sg.get("groups"), list) else [],
+                     "last_link_id": _state(sg, "lastLinkId")}
             converted, sub = convert(graph, family or "auto", max_nodes)
         except ConversionError as exc:
             raise ConversionError(f"subgraph {name!r}: {exc}") from None
         links = [link for link in (ui_link(raw, i) for i, raw in enumerate(converted["links"]))]
         sg["nodes"] = [n for n in converted["nodes"] if n["id"] not in (SUBGRAPH_IN, SUBGRAPH_OUT)]
+        if isinstance(sg.get("groups"), list) or converted["groups"]:
+            sg["groups"] = converted["groups"]     # with a group around each replaced node's chain
         sg["links"] = [{"id": lid, "origin_id": o, "origin_slot": os_, "target_id": t, "target_slot": ts, "type": kind}
                        for lid, o, os_, t, ts, kind in links]
         for slot, entry in enumerate(sg_in):

@@ -414,7 +414,8 @@ def _place(out: dict, nodes: dict, converted: set, news: list, entries: list) ->
             group_id += 1
             title = anchor.get("title") if isinstance(anchor.get("title"), str) else anchor.get("type")
             groups.append({"id": group_id, "title": str(title)[:200], "bounding": [x0, y0, width, tall],
-                           "color": anchor.get("color", GROUP_COLOR), "font_size": 24, "flags": {}})
+                           "color": anchor["color"] if isinstance(anchor.get("color"), str) else GROUP_COLOR,
+                           "font_size": 24, "flags": {}})
 
 
 def _stack(nodes: dict, converted: set, chains: dict) -> None:
