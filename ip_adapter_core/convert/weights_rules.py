@@ -39,6 +39,10 @@ def frame_weights(c: Ctx, values: dict, image) -> None:
         c.lost(f"end_frame = {values['end_frame']} (IP-Adapter Frame Weights ramps over all frames)")
     if timing == "random":
         c.note("random: the same range, other numbers (ours is seeded, theirs not reproducible)")
+    if image is not None and (c.used(0) or c.used(1) or c.used(3) or c.used(4)):
+        c.lost("image: theirs repeats the curve once per image and each image `frames` times on image_1 (a batch "
+               "of images × frames); here the curve spans `frames` frames and image_1/image_2 are the images as "
+               "given: repeat them with core Image nodes (Repeat Image Batch) for the same timing")
     curve = TIMINGS[timing]
     c.e.facts[c.node.id] = {"first": start, "strategy": values, "image": image}
     key = c.add("IPAFrameWeights", main=True, frames=frames, curve=curve, start_weight=start, end_weight=end,

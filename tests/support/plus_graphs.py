@@ -199,7 +199,7 @@ def regional():
 
 def batch():
     """IPAdapter Weights (ease_in = our ease out) feeding IPAdapter Batch over two frames, PLUS preset."""
-    their = core(SD15_CKPT, ["24", 0])
+    their = core(SD15_CKPT, ["24", 0], batch=2)
     their["11"] = n("ImageBatch", image1=["5", 0], image2=["6", 0])
     their["20"] = theirs("IPAdapterUnifiedLoader", {"preset": "PLUS (high strength)"}, {"model": MODEL})
     their["21"] = theirs("IPAdapterWeights", {"weights": "1.0, 0.3", "timing": "ease_in", "frames": 2})
