@@ -349,3 +349,23 @@ def test_hostile_widget_values_end_in_a_kept_node_or_a_value(kind):
                 _, report = convert(copy.deepcopy(workflow))
                 assert all(k["reason"] for k in report.kept), (kind, widget.name, value)
                 assert any(c["id"] == "30" for c in report.converted + report.kept), report.text()
+
+
+@pytest.mark.parametrize("interpolation,ours", [("lanczos", "lanczos"), ("nearest-exact", "nearest"),
+                                                ("area", "area"), ("bicubic", "bicubic")])
+def test_prep_image_of_october_2023_with_its_lower_case_filters(interpolation, ours):
+    """PrepImageForClipVision of 27 Sept - 12 Oct 2023: torch's mode names and a fourth widget (add_weight)."""
+    g = base_graph()
+    g["30"] = {"class_type": "PrepImageForClipVision",
+               "inputs": {"image": ["5", 0], "interpolation": interpolation, "crop_position": "top",
+                          "sharpening": 0.0, "add_weight": False}}
+    g["9"]["inputs"]["images"] = ["30", 0]
+    converted, report = convert(g)
+    prep = [v for v in converted.values() if v["class_type"] == "IPAPrepareReference"]
+    assert [p["inputs"]["interpolation"] for p in prep] == [ours], report.text()
+    ui = to_ui(g, OBJECT_INFO)                    # positional: the fourth value is beyond today's widgets
+    node = next(x for x in ui["nodes"] if x["type"] == "PrepImageForClipVision")
+    node["widgets_values"].append(False)
+    out, ui_report = convert(ui)
+    assert [x["widgets_values"][0] for x in out["nodes"] if x["type"] == "IPAPrepareReference"] == [ours]
+

@@ -27,6 +27,9 @@ PRESETS = {"LIGHT - SD1.5 only (low strength)": "LIGHT", "STANDARD (medium stren
            "FULL FACE - SD1.5 only (portraits stronger)": "FULL FACE"}
 INTERPOLATIONS = {"LANCZOS": "lanczos", "BICUBIC": "bicubic", "HAMMING": "bilinear", "BILINEAR": "bilinear",
                   "BOX": "area", "NEAREST": "nearest"}
+# Their first generation's names (27 Sept - 12 Oct 2023: torch's resize modes, lower case).
+OLD_INTERPOLATIONS = {"lanczos": "lanczos", "bicubic": "bicubic", "bilinear": "bilinear", "area": "area",
+                      "nearest": "nearest", "nearest-exact": "nearest"}
 MIDDLE = "their middle block never acts"
 NOT_HERE = {
     "IPAdapterFaceIDKolors": "Kolors models are not supported here (SD1.5 and SDXL IP-Adapters only)",
@@ -317,7 +320,8 @@ def prep_image(c: Ctx):
         c.note("pad: ours letterboxes with the encoder's mean colour, theirs with black")
     c.note("resizing: ours in float, theirs through an 8-bit PIL image; sharpening: ours a fixed kernel blend")
     c.out(0, c.ref(c.add("IPAPrepareReference", main=True, image=c.src("image"),
-                         interpolation=INTERPOLATIONS.get(interp, "bicubic"), crop_position=c.v("crop_position"),
+                         interpolation=INTERPOLATIONS.get(interp) or OLD_INTERPOLATIONS.get(interp, "bicubic"),
+                         crop_position=c.v("crop_position"),
                          sharpening=c.w("sharpening"))))
 
 
