@@ -7,7 +7,8 @@ from conftest import assert_close_reordered
 
 pytestmark = pytest.mark.host
 
-# Measured on the random ViT-H (CPU, float32), 5 images, batch sizes 1 and 2 against one call:
+# Measured on the random ViT-H (CPU, float32), 5 images (3 since issue 23: 9 ViT-H passes instead of 15, ~17 s of
+# CI), batch sizes 1 and 2 against one call:
 # the largest difference was ~1e-6 of the field's largest magnitude (BLAS sums in another order for
 # another batch size), never bit-equal; hence the tolerance of assert_close_reordered (conftest.py).
 FIELDS = ("image_embeds", "last_hidden_state", "penultimate_hidden_states")
@@ -25,7 +26,7 @@ def vit_h():
 @pytest.fixture(scope="module")
 def images():
     g = torch.Generator().manual_seed(3)
-    return torch.rand(5, 64, 80, 3, generator=g)
+    return torch.rand(3, 64, 80, 3, generator=g)   # batch size 2 then leaves an uneven last chunk
 
 
 class FakeEncoder:
@@ -81,7 +82,7 @@ def test_batches_equal_the_single_call(vit_h, images, monkeypatch):
         assert torch.equal(getattr(out, ZERO_IMAGE_ATTR), getattr(single, ZERO_IMAGE_ATTR))
         for name in FIELDS:
             a, b = getattr(out, name), getattr(single, name)
-            assert a.shape == b.shape and a.shape[0] == 5, (batch_size, name)
+            assert a.shape == b.shape and a.shape[0] == 3, (batch_size, name)
             a, b = a.float(), b.float()
             diff, scale = (a - b).abs().max().item(), b.abs().max().item()
             print(f"batch_size={batch_size} {name}: max |diff| {diff:.2e}, / max |value| {diff / scale:.2e}")
