@@ -4,7 +4,8 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from ..ip_adapter_core.prompt.embeds_io import EXTENSION, fingerprint, load_prompt, save_prompt
+from ..ip_adapter_core.prompt.embeds_io import EXTENSION, load_prompt, save_prompt
+from .files import input_fingerprint, output_path
 from .types import CATEGORY, IPAEmbeds
 
 
@@ -22,9 +23,7 @@ class IPASaveEmbeds(io.ComfyNode):
 
     @classmethod
     def execute(cls, embeds, filename_prefix) -> io.NodeOutput:
-        folder, name, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, folder_paths.get_output_directory())
-        path = os.path.join(folder, f"{name}_{counter:05}_{EXTENSION}")
-        save_prompt(embeds, path)
+        save_prompt(embeds, output_path(filename_prefix, EXTENSION))
         return io.NodeOutput()
 
 
@@ -41,10 +40,7 @@ class IPALoadEmbeds(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, embeds_file):
-        # ComfyUI reuses the cached output while this value stays the same: hash the
-        # content so a file overwritten under the same name is read again.
-        path = folder_paths.get_annotated_filepath(embeds_file)
-        return fingerprint(path) if os.path.isfile(path) else f"missing: {path}"
+        return input_fingerprint(embeds_file)
 
     @classmethod
     def execute(cls, embeds_file) -> io.NodeOutput:

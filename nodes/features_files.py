@@ -1,12 +1,10 @@
 """Save and load CLIP features: ours as safetensors, ComfyUI_IPAdapter_plus's .ipadpt pickles read without
 running code (tensors only, size-bounded)."""
-import os
-
 import folder_paths
 from comfy_api.latest import io
 
-from ..ip_adapter_core.prompt.embeds_io import fingerprint
 from ..ip_adapter_core.prompt.features_io import EXTENSION, THEIR_EXTENSION, list_files, load_features, save_features
+from .files import input_fingerprint, output_path
 from .types import CATEGORY
 
 
@@ -25,9 +23,7 @@ class IPASaveFeatures(io.ComfyNode):
 
     @classmethod
     def execute(cls, image_features, filename_prefix) -> io.NodeOutput:
-        output = folder_paths.get_output_directory()
-        folder, name, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, output)
-        save_features(image_features, os.path.join(folder, f"{name}_{counter:05}_{EXTENSION}"))
+        save_features(image_features, output_path(filename_prefix, EXTENSION))
         return io.NodeOutput()
 
 
@@ -50,10 +46,7 @@ class IPALoadFeatures(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, features_file):
-        # ComfyUI reuses the cached output while this value stays the same: hash the
-        # content so a file overwritten under the same name is read again.
-        path = folder_paths.get_annotated_filepath(features_file)
-        return fingerprint(path) if os.path.isfile(path) else f"missing: {path}"
+        return input_fingerprint(features_file)
 
     @classmethod
     def execute(cls, features_file) -> io.NodeOutput:
