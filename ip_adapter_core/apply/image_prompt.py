@@ -1,15 +1,17 @@
 """Apply an image prompt to a model: check that adapter, prompt and model belong together, then hand the
-prompt to the patch module of the model's architecture (unet_patch.py: SD1.5, SDXL; flux_patch.py: Flux)."""
+prompt to the patch module of the model's architecture (unet_patch.py: SD1.5, SDXL; flux_patch.py: Flux;
+sd3_patch.py: SD3.5 Large)."""
 from __future__ import annotations
 
 import torch
 
 from ..errors import IPAdapterMismatchError
 from ..files.base_model import check_model_layers, model_family
-from ..files.config import FAMILY_NAMES, FLUX
+from ..files.config import FAMILY_NAMES, FLUX, SD3
 from ..prompt.embeds import ImagePrompt
 from .branch import branch_for, check_prompt_for
 from .flux_patch import apply_flux_prompt
+from .sd3_patch import apply_sd3_prompt
 from .unet_patch import apply_unet_prompt
 
 
@@ -25,4 +27,5 @@ def apply_image_prompt(model, adapter, prompt: ImagePrompt, mask: torch.Tensor |
     check_model_layers(model, cfg)
     check_prompt_for(adapter, prompt)
     branch = branch_for(model, adapter, prompt, mask)
-    return apply_flux_prompt(model, branch) if family == FLUX else apply_unet_prompt(model, branch)
+    apply = {FLUX: apply_flux_prompt, SD3: apply_sd3_prompt}.get(family, apply_unet_prompt)
+    return apply(model, branch)

@@ -10,3 +10,4 @@ RECORD_KEY = "ipadapter_attention_map"   # attention_map.Recorder, only in the r
 WRAPPER_KEY = "ipadapter"                # our OUTER_SAMPLE wrapper among the model's wrappers
 TRAIN_TOKENS_KEY = "ipadapter_train_tokens"  # training: the batch's image tokens [B, T, C] (training/comfy_train.py)
 FLUX_CALL_KEY = "ipadapter_flux_call"    # flux_patch.FluxCall: the Flux model being run and its latent's shape
+SD3_CALL_KEY = "ipadapter_sd3_call"      # sd3_patch.SD3Call: the MMDiT being run, its timestep and image tokens

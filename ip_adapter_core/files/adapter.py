@@ -12,6 +12,7 @@ import torch
 from ..errors import IPAdapterFileError
 from ..networks.ops import TorchOps
 from ..networks.projection import build_projection
+from ..networks.time_resampler import JointIPLayer
 from .config import AdapterConfig, detect_config
 from .formats import adapter_sections, read_flat_state_dict
 
@@ -34,9 +35,15 @@ class IPAdapterModel(torch.nn.Module):
         super().__init__()
         self.config = config
         self.image_proj = build_projection(config, operations, device=device, dtype=dtype)
-        self.ip_adapter = torch.nn.ModuleDict({
-            str(layer.file_index): IPLayer(config.cross_dim, layer.hidden, operations, device, dtype, config.ip_bias)
-            for layer in config.layers})
+        self.ip_adapter = torch.nn.ModuleDict({str(layer.file_index): self._layer(config, layer, operations, device, dtype)
+                                              for layer in config.layers})
+
+    @staticmethod
+    def _layer(config, layer, operations, device, dtype):
+        if config.timed:  # SD3.5: K'/V' plus the block's own norms
+            return JointIPLayer(config.cross_dim, layer.hidden, config.resampler.dim, layer.dim_head, operations,
+                                device, dtype)
+        return IPLayer(config.cross_dim, layer.hidden, operations, device, dtype, config.ip_bias)
 
     def layer(self, file_index: int) -> IPLayer:
         return self.ip_adapter[str(file_index)]

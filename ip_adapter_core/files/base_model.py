@@ -1,4 +1,4 @@
-"""Which base model a ComfyUI model is (SD1.5, SDXL, Flux.1), from its configuration, and whether its attention
+"""Which base model a ComfyUI model is (SD1.5, SDXL, Flux.1, SD3.5 Large), from its configuration, and whether its attention
 layers are where an adapter's are; the adapter side of the same question is config.py."""
 from __future__ import annotations
 
@@ -6,22 +6,27 @@ from ..errors import IPAdapterMismatchError
 from .config import FAMILY_BY_CROSS_DIM, FAMILY_NAMES
 from .flux_layout import FLUX, flux_model_blocks
 from .layers import layout_difference
+from .sd3_layout import SD3, mmdit_kind, mmdit_model_blocks
 
 
 def model_family(model) -> str:
-    """'sd15', 'sdxl' (UNets, by their cross-attention width) or 'flux' (Flux.1); refuses other models."""
+    """'sd15', 'sdxl' (UNets, by their cross-attention width), 'flux' (Flux.1) or 'sd3' (an MMDiT of SD3.5 Large's
+    structure); refuses other models."""
     unet_config = unet_config_of(model)
     if flux_model_blocks(unet_config) is not None:
         return FLUX
+    if mmdit_model_blocks(unet_config) is not None:
+        return SD3
     ctx = unet_config.get("context_dim")
     fam = FAMILY_BY_CROSS_DIM.get(ctx)
     if fam is None or "transformer_depth" not in unet_config:
         name = type(model.model).__name__
-        kind = unet_config.get("image_model")
-        found = f"a {kind} transformer" if kind else f"cross-attention width {ctx}"
+        kind = unet_config.get("image_model") or mmdit_kind(unet_config)
+        found = f"{kind}" if mmdit_kind(unet_config) else f"a {kind} transformer" if kind \
+            else f"cross-attention width {ctx}"
         raise IPAdapterMismatchError(
-            f"model: IP-Adapter works on Stable Diffusion 1.5 and SDXL UNets and on Flux.1; this model ({name}, "
-            f"{found}) is none of them. Load an SD1.5, SDXL or Flux.1 [dev]/[schnell] model.")
+            f"model: IP-Adapter works on Stable Diffusion 1.5 and SDXL UNets, Flux.1 and SD3.5 Large; this model "
+            f"({name}, {found}) is none of them. Load an SD1.5, SDXL, Flux.1 [dev]/[schnell] or SD3.5 Large model.")
     return fam
 
 
@@ -34,6 +39,14 @@ def check_model_layers(model, config) -> None:
     """Refuse a model of the family whose attention layers are not where (or not as wide as) the
     adapter's are: distilled SDXL models (SSD-1B, Vega, KOALA), other depths or widths; on Flux, a
     transformer with other block counts or width."""
+    if config.family == SD3:
+        have, want = mmdit_model_blocks(unet_config_of(model)), (len(config.layer_hidden), config.layer_hidden[0])
+        if have != want:
+            raise IPAdapterMismatchError(
+                f"model: this SD3 model has {have[0]} joint blocks {have[1]} wide, but the adapter was made for "
+                f"{want[0]} blocks {want[1]} wide. Use SD3.5 Large (or a fine-tune of it); SD3.5 Large Turbo has the "
+                "same blocks.")
+        return
     if config.family == FLUX:
         have = flux_model_blocks(unet_config_of(model))
         want = (config.double_blocks, config.single_blocks, config.layer_hidden[0])

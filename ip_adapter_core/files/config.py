@@ -15,10 +15,11 @@ from ..errors import IPAdapterFileError
 from ..networks.faceid import FACE_MLP_HIDDEN
 from .flux_layout import FLUX, FLUX1, FLUX_HEAD_DIM, INSTANTX, XLABS, flux_layers
 from .layers import base_channels, layers_of_width
+from .sd3_layout import SD3, SD3_HEAD_DIM, SD35_LARGE, sd3_layers
 
 FAMILY_BY_CROSS_DIM = {768: "sd15", 2048: "sdxl"}
 UNET_FAMILIES = ("sd15", "sdxl")
-FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL", FLUX: "Flux.1"}
+FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL", FLUX: "Flux.1", SD3: "SD3.5 Large"}
 
 IMAGE_EMBEDS = "image_embeds"                  # after the visual projection
 PENULTIMATE = "penultimate_hidden_states"      # the encoder's own width
@@ -26,7 +27,7 @@ PENULTIMATE = "penultimate_hidden_states"      # the encoder's own width
 CLIP_VISION_FEATURES = (IMAGE_EMBEDS, PENULTIMATE, "last_hidden_state")
 POOLED = "siglip_pooled"                       # SigLIP's attention-pooled output (networks/siglip_head.py)
 FEATURES = (IMAGE_EMBEDS, PENULTIMATE, POOLED)
-PROJECTIONS = ("linear", "resampler", "mlp", "faceid", "faceid-plus", "mlp-tokens")
+PROJECTIONS = ("linear", "resampler", "mlp", "faceid", "faceid-plus", "mlp-tokens", "time-resampler")
 
 # FaceID adapters read a face-recognition embedding (insightface's ArcFace, 512 wide) instead of, or
 # beside, CLIP features. ``AdapterConfig.face`` names the kind (FAMILIES.md §1):
@@ -49,11 +50,11 @@ FACE_PLUS_DEPTH = 4  # FacePerceiverResampler layers in every release
 VIT_H = "ViT-H/14"
 VIT_BIGG = "ViT-bigG/14"
 VIT_L = "ViT-L/14"  # OpenAI's, 224 px: XLabs' Flux adapters
-SIGLIP = "SigLIP so400m/14-384"  # google/siglip-so400m-patch14-384: InstantX's Flux adapter
+SIGLIP = "SigLIP so400m/14-384"  # google/siglip-so400m-patch14-384: InstantX's Flux and SD3.5 adapters
 ENCODERS = {VIT_H: {IMAGE_EMBEDS: 1024, PENULTIMATE: 1280},
             VIT_BIGG: {IMAGE_EMBEDS: 1280, PENULTIMATE: 1664},
             VIT_L: {IMAGE_EMBEDS: 768, PENULTIMATE: 1024},
-            SIGLIP: {POOLED: 1152}}
+            SIGLIP: {POOLED: 1152, PENULTIMATE: 1152}}
 # SigLIP so400m's pooling head (vision_model.head.*): heads and MLP width (SiglipVisionConfig)
 SIGLIP_HEAD = {"heads": 16, "mlp": 4304}
 # The image size each encoder's adapters were trained at, where a model of the same widths exists at
@@ -91,6 +92,7 @@ class ResamplerConfig:
     embedding_dim: int
     output_dim: int
     ff_mult: int
+    time_dim: int = 0                # SD3.5: width of the sinusoidal timestep features (0: not time-conditioned)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,12 @@ class AdapterConfig:
     lora_rank: int = 0               # rank of the UNet LoRA a FaceID file carries (0: none)
     flux_kind: str = ""              # Flux: XLABS or INSTANTX (how K'/V' are made and where the term is added)
     single_blocks: int = 0           # Flux: how many of the layers are single-stream blocks (after the double)
+
+    @property
+    def timed(self) -> bool:
+        """The tokens depend on the timestep (SD3.5's time-conditioned Resampler): the prompt carries the
+        features and the patch projects them once per model evaluation (apply/sd3_patch.py)."""
+        return self.projection == "time-resampler"
 
     @property
     def ip_bias(self) -> bool:
@@ -152,10 +160,16 @@ class AdapterConfig:
         Flux, from the blocks the file has."""
         if self.family == FLUX:
             return flux_layers(self.double_blocks, self.single_blocks, self.layer_hidden[0])
+        if self.family == SD3:
+            return sd3_layers(len(self.layer_hidden), self.layer_hidden[0])
         return layers_of_width(self.family, self.model_channels)
 
     @property
     def name(self) -> str:
+        if self.family == SD3:
+            n, hidden = len(self.layer_hidden), self.layer_hidden[0]
+            size = "" if (n, hidden) == (SD35_LARGE["depth"], SD35_LARGE["hidden_size"]) else f", {n} blocks {hidden} wide"
+            return f"SD3.5 Large IP-Adapter ({self.num_tokens} tokens per step, {self.encoder} {self.feature}{size})"
         if self.family == FLUX:
             n, s, hidden = self.double_blocks, self.single_blocks, self.layer_hidden[0]
             standard = (n, hidden) == (FLUX1["depth"], FLUX1["hidden_size"]) and s in (0, FLUX1["depth_single_blocks"])
@@ -183,11 +197,15 @@ def _refuse_foreign(path, sections, rest, flat_keys) -> None:
     def any_key(pattern):
         return any(re.search(pattern, k) for k in keys)
 
-    hint = ("Supported are the IP-Adapter and FaceID files for SD1.5 and SDXL and XLabs' Flux IP-Adapters listed "
-            "in README.md (Models).")
+    hint = ("Supported are the IP-Adapter and FaceID files for SD1.5 and SDXL, the Flux IP-Adapters and the SD3.5 "
+            "Large one listed in README.md (Models).")
     if any_key(r"^(model\.diffusion_model\.)?double_blocks\.\d+\.img_attn\."):
         raise IPAdapterFileError(path, "looks like a Flux diffusion model.",
                                  "Put it in models/diffusion_models and load it with Load Diffusion Model.")
+    if any_key(r"^(model\.diffusion_model\.)?joint_blocks\.\d+\."):
+        raise IPAdapterFileError(path, "looks like an SD3 diffusion model (MMDiT).",
+                                 "Put it in models/checkpoints (or models/diffusion_models) and load it with a "
+                                 "checkpoint loader.")
     if any_key(r"^redux_(up|down)\."):
         raise IPAdapterFileError(path, "looks like Flux Redux, a style model.",
                                  "Put it in models/style_models and use ComfyUI's Apply Style Model.")
@@ -224,6 +242,8 @@ def detect_config(sections: dict[str, dict[str, torch.Tensor]], path="<state dic
     _refuse_foreign(path, sections, rest, flat_keys)
     proj = sections["image_proj"]
     ipa, lora = _split_lora(sections["ip_adapter"])
+    if "0.norm_ip.linear.weight" in ipa:  # SD3.5's joint blocks, numbered from 0, each with its own norms
+        return _sd3_config(proj, ipa, lora, path)
     if "0.to_k_ip.weight" in ipa:  # UNet adapters number their attn2 layers 1, 3, 5, ...; Flux's blocks from 0
         return _flux_config(proj, ipa, lora, path)
 
@@ -323,6 +343,48 @@ def _flux_config(proj, ipa, lora, path) -> AdapterConfig:
     projection = "linear" if kind == XLABS else "mlp-tokens"
     return AdapterConfig(FLUX, projection, rows // out, encoder, feature, feature_dim, width, (hidden,) * n, uncond,
                          flux_kind=kind, single_blocks=single)
+
+
+_SD3_BLOCK = ("norm_ip.linear.weight", "norm_ip.linear.bias", "to_k_ip.weight", "to_v_ip.weight", "norm_q.weight",
+              "norm_k.weight", "norm_ip_k.weight")
+
+
+def _sd3_config(proj, ipa, lora, path) -> AdapterConfig:
+    """InstantX's SD3.5-Large adapter (FAMILIES.md §4): a time-conditioned Resampler over SigLIP's penultimate states
+    and, per joint block, norm_ip (from the time embedding), bias-free K'/V' and RMS norms per head of 64."""
+    n = len({k.split(".")[0] for k in ipa})
+    want = {f"{i}.{name}" for i in range(n) for name in _SD3_BLOCK}
+    damaged = "The file is damaged: download it again."
+    if lora or set(ipa) != want or "time_embedding.linear_1.weight" not in proj or "latents" not in proj:
+        raise IPAdapterFileError(
+            path, f"is an SD3.5 IP-Adapter of a layout this extension does not know ({n} blocks; unexpected: "
+            f"{sorted(set(ipa) - want)[:3]}, missing: {sorted(want - set(ipa))[:3]}; image_proj keys "
+            f"{', '.join(sorted(proj)[:4])}).",
+            "Supported on SD3.5 is InstantX's SD3.5-Large-IP-Adapter (README.md, Models); a damaged file: download "
+            "it again.")
+    r = _resampler_config(proj, path)
+    time_in = _shape(proj, "time_embedding.linear_1.weight", path, "image_proj")
+    if len(time_in) != 2 or time_in[0] != r.dim or time_in[1] % 2:
+        raise IPAdapterFileError(path, f"has a time embedding of shape {time_in} for a Resampler {r.dim} wide.", damaged)
+    r = ResamplerConfig(**{**r.__dict__, "time_dim": time_in[1]})
+    width = r.output_dim
+    hidden = _shape(ipa, "0.to_k_ip.weight", path, "ip_adapter")[0]
+    shapes = {"norm_ip.linear.weight": (2 * width, r.dim), "norm_ip.linear.bias": (2 * width,),
+              "to_k_ip.weight": (hidden, width), "to_v_ip.weight": (hidden, width),
+              "norm_q.weight": (SD3_HEAD_DIM,), "norm_k.weight": (SD3_HEAD_DIM,), "norm_ip_k.weight": (SD3_HEAD_DIM,)}
+    for key, t in ipa.items():
+        if tuple(t.shape) != shapes[key.split(".", 1)[1]]:
+            raise IPAdapterFileError(path, f"block tensor {key} has shape {tuple(t.shape)}; expected "
+                                     f"{shapes[key.split('.', 1)[1]]} (blocks {hidden} wide, tokens {width} wide, "
+                                     f"time embedding {r.dim}).", damaged)
+    if hidden % SD3_HEAD_DIM or not hidden:
+        raise IPAdapterFileError(path, f"has joint blocks {hidden} wide, not whole heads of {SD3_HEAD_DIM}.", damaged)
+    feature_dim = r.embedding_dim
+    if feature_dim != ENCODERS[SIGLIP][PENULTIMATE]:
+        raise IPAdapterFileError(path, f"reads image features of width {feature_dim}; the SD3.5 adapter reads "
+                                 f"{SIGLIP}'s penultimate states ({ENCODERS[SIGLIP][PENULTIMATE]}).", damaged)
+    return AdapterConfig(SD3, "time-resampler", r.num_queries, SIGLIP, PENULTIMATE, feature_dim, width,
+                         (hidden,) * n, UNCOND_PROJECT_ZEROS, r)
 
 
 def _check_out(out, cross_dim, path) -> None:

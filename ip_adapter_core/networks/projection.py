@@ -6,6 +6,7 @@ from .linear import ImageProjModel
 from .mlp import MLPProjModel, TokenMLP
 from .ops import TorchOps
 from .resampler import Resampler
+from .time_resampler import TimeResampler
 
 
 def build_projection(config, operations=TorchOps, device=None, dtype=None):
@@ -30,4 +31,9 @@ def build_projection(config, operations=TorchOps, device=None, dtype=None):
     if config.projection == "mlp-tokens":  # InstantX's Flux adapter: hidden twice the feature width
         return TokenMLP(config.feature_dim, 2 * config.feature_dim, config.cross_dim, config.num_tokens,
                         operations=operations, device=device, dtype=dtype)
+    if config.projection == "time-resampler":  # SD3.5: the tokens depend on the timestep too
+        r = config.resampler
+        return TimeResampler(dim=r.dim, depth=r.depth, dim_head=r.dim_head, heads=r.heads, num_queries=r.num_queries,
+                             embedding_dim=r.embedding_dim, output_dim=r.output_dim, ff_mult=r.ff_mult,
+                             time_dim=r.time_dim, operations=operations, device=device, dtype=dtype)
     raise ValueError(f"unknown projection kind {config.projection!r}")

@@ -24,8 +24,11 @@ class PerceiverAttention(torch.nn.Module):
         return t.view(b, n, self.heads, self.dim_head).transpose(1, 2)
 
     def forward(self, x, latents):
-        x = self.norm1(x)
-        latents = self.norm2(latents)
+        return self.attend(self.norm1(x), self.norm2(latents))
+
+    def attend(self, x, latents):
+        """The attention on already normed inputs (the time-conditioned Resampler modulates ``latents`` between
+        the norm and the attention, time_resampler.py)."""
         b, n, _ = latents.shape
         q = self._heads(self.to_q(latents))
         k, v = self.to_kv(torch.cat((x, latents), dim=-2)).chunk(2, dim=-1)

@@ -32,6 +32,7 @@ from types import MappingProxyType
 
 from ..errors import IPAdapterError
 from ..files.flux_layout import DOUBLE, FLUX, SINGLE
+from ..files.sd3_layout import SD3
 from ..files.layers import layers_for
 from ..input_bounds import MAX_CUSTOM_BLOCK_ENTRIES, MAX_ENTRY_CHARS, check_count, read_number
 
@@ -207,8 +208,8 @@ def layer_lambdas(family: str, weight_type: str = "linear", blocks: str = "all",
     """{layer key: (multiplier of λ, route)} for every attn2 layer of ``family``: the weight type's
     multiplier times the blocks choice's (a layer the choice leaves out gets 0), and the weight type's route.
     On Flux, for the blocks ``layers`` the adapter acts in (flux_blocks.py)."""
-    if family == FLUX:
-        mults = flux_lambdas(layers, weight_type, blocks, custom, scaling in (V_ONLY, K_V))
+    if family in (FLUX, SD3):  # SD3.5's joint blocks are ComfyUI's ("double_block", i) too
+        mults = flux_lambdas(layers, weight_type, blocks, custom, scaling in (V_ONLY, K_V), family)
         return {k: (m, DEFAULT_ROUTE) for k, m in mults.items()}
     table = layer_table(family, weight_type, style_boost, composition_boost)
     chosen = block_weights(family, blocks, custom)
@@ -226,20 +227,21 @@ def layer_lambdas(family: str, weight_type: str = "linear", blocks: str = "all",
 # nothing on Flux's blocks, so they are refused.
 
 FLUX_WEIGHT_TYPES = ("linear",)
+_NAME = {FLUX: "Flux", SD3: "SD3.5 (its joint blocks are 'double' as ComfyUI names them)"}
 FLUX_BLOCK_CHOICES = ("all", "custom")
 FLUX_CUSTOM_EXAMPLE = "'double 0-18 = 1' or 'single 0-37 = 0.5', separated by commas"
 _FLUX_NAMES = {"double": DOUBLE, "single": SINGLE}
 _FLUX_ENTRY = re.compile(r"^\s*(double|single)\s+(\d+)(?:\s*-\s*(\d+))?\s*=\s*(\S+)\s*$")
 
 
-def flux_lambdas(layers, weight_type: str, blocks: str, custom: str, scaling_ok: bool) -> dict:
+def flux_lambdas(layers, weight_type: str, blocks: str, custom: str, scaling_ok: bool, family: str = FLUX) -> dict:
     """{block key: multiplier of λ} for the blocks ``layers`` of a Flux adapter (every block's rows attend to
     the default token sets: no weight type routes them otherwise)."""
     if weight_type not in FLUX_WEIGHT_TYPES:
         raise IPAdapterError(
-            f"weight_type: '{weight_type}' is defined for the blocks of SD1.5 and SDXL UNets; Flux has none of them. "
-            "Use 'linear' on Flux, and blocks = custom for a weight per block (e.g. 'double 0-9 = 1, double 10-18 = "
-            "0.5').")
+            f"weight_type: '{weight_type}' is defined for the blocks of SD1.5 and SDXL UNets; {_NAME[family]} has none of "
+            f"them. Use 'linear' on {_NAME[family]}, and blocks = custom for a weight per block (e.g. 'double 0-9 = 1, "
+            "double 10-18 = 0.5').")
     if not scaling_ok:
         raise IPAdapterError("embeds_scaling: the C-penalty modes scale λ by a UNet layer's width over 1280, which "
                              "means nothing on Flux. Use 'V only' (as XLabs) or 'K+V'.")
@@ -248,7 +250,8 @@ def flux_lambdas(layers, weight_type: str, blocks: str, custom: str, scaling_ok:
     elif blocks == "custom":
         chosen = parse_flux_custom(layers, custom)
     else:
-        raise IPAdapterError(f"blocks: '{blocks}' names UNet blocks (InstantStyle's); on Flux use 'all' or 'custom' "
+        raise IPAdapterError(f"blocks: '{blocks}' names UNet blocks (InstantStyle's); on {_NAME[family]} use 'all' or "
+                             "'custom' "
                              f"with entries like {FLUX_CUSTOM_EXAMPLE}.")
     return {layer.key: chosen.get(layer.key, 0.0) for layer in layers}
 

@@ -161,6 +161,14 @@ def project(image_proj: torch.nn.Module, config: AdapterConfig, features: torch.
         mode = "concat"
     neg_mode = "concat" if mode == "concat" else "average"
     both = torch.cat([combine(features, mode, weights), combine(negative_features, neg_mode, what="negative_features")])
+    if config.timed:
+        # SD3.5: the tokens depend on the timestep, so the prompt carries the features and the patch projects them
+        # once per model evaluation (apply/sd3_patch.py). Several images concatenated are read by the Resampler
+        # together (its 64 queries attend over every image's positions).
+        pos, neg = both.to(dtype).chunk(2)
+        if per_frame:
+            return pos, neg
+        return pos.reshape(1, -1, pos.shape[-1]), neg.reshape(1, -1, neg.shape[-1])
     weight = next(image_proj.parameters())
     with torch.no_grad():
         tokens = image_proj(both.to(device=weight.device, dtype=compute_dtype(image_proj))).to(dtype)

@@ -65,7 +65,7 @@ def load_encoder_for(config: AdapterConfig, path=None):
 
     path = path or find_clip_vision_file(config)
     clip_vision = comfy.clip_vision.load(path)
-    if config.encoder == SIGLIP:
+    if config.encoder == SIGLIP and config.feature == POOLED:  # the SD3.5 adapter reads the penultimate states
         attach_pooling_head(clip_vision, read_pooling_head(path))
     return clip_vision
 
