@@ -85,6 +85,13 @@ def project_inputs() -> list:
                            tooltip=LORA_TOOLTIP)]
 
 
+def kolors_input():
+    """Last among a node's inputs, so workflows saved before it keep their widget values in place."""
+    return io.Float.Input("weight_kolors", default=1.0, min=-1.0, max=5.0, step=0.05, optional=True,
+                          tooltip="Kolors FaceID Plus only: multiplies the Kolors UNet's text projection of the face "
+                                  "tokens (the popular extension's weight_kolors). 1 = as Kolors' pipeline.")
+
+
 class IPAProjectFace(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -101,14 +108,15 @@ class IPAProjectFace(io.ComfyNode):
                                         tooltip="FaceID Plus only: the ViT-H/14 model that encodes the face crop."),
                     *project_inputs(),
                     io.String.Input("image_weights", default="", optional=True,
-                                    tooltip="One multiplier per face, e.g. '1.0, 0.5'. Empty: every face 1.")],
+                                    tooltip="One multiplier per face, e.g. '1.0, 0.5'. Empty: every face 1."),
+                    kolors_input()],
             outputs=[IPAEmbeds.Output(display_name="embeds")])
 
     @classmethod
     def execute(cls, ipadapter, faces, combine, clip_vision=None, faceid_version="auto", weight_faceidv2=1.0,
-                lora_strength=1.0, image_weights="") -> io.NodeOutput:
+                lora_strength=1.0, image_weights="", weight_kolors=1.0) -> io.NodeOutput:
         return io.NodeOutput(face_prompt(ipadapter, faces, clip_vision, combine, faceid_version, weight_faceidv2,
-                                         lora_strength, image_weights or ""))
+                                         lora_strength, image_weights or "", text_proj_scale=weight_kolors))
 
 
 class IPAFaceID(io.ComfyNode):
@@ -129,14 +137,16 @@ class IPAFaceID(io.ComfyNode):
                     io.Combo.Input("embeds_scaling", optional=True, options=list(SCALING_MODES), default=V_ONLY,
                                    tooltip="Where λ acts (see IP-Adapter Weight); V only is the paper's."),
                     io.Combo.Input("choose", options=list(CHOICES), default="largest", optional=True,
-                                   tooltip="Which face of each picture.")],
+                                   tooltip="Which face of each picture."),
+                    kolors_input()],
             outputs=[io.Model.Output()])
 
     @classmethod
     def execute(cls, model, ipadapter, face_analysis, image, weight, start_at, end_at, clip_vision=None,
                 faceid_version="auto", weight_faceidv2=1.0, lora_strength=1.0, weight_type="linear",
-                embeds_scaling=V_ONLY, choose="largest") -> io.NodeOutput:
+                embeds_scaling=V_ONLY, choose="largest", weight_kolors=1.0) -> io.NodeOutput:
         faces, _, _ = face_analysis.analyse(image, choose or "largest", 0)
-        prompt = face_prompt(ipadapter, faces, clip_vision, "concat", faceid_version, weight_faceidv2, lora_strength)
+        prompt = face_prompt(ipadapter, faces, clip_vision, "concat", faceid_version, weight_faceidv2, lora_strength,
+                             text_proj_scale=weight_kolors)
         prompt = prompt.weighted(weight, "all", "", start_at, end_at, weight_type, embeds_scaling)
         return io.NodeOutput(apply_image_prompt(model, ipadapter, prompt))

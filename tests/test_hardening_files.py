@@ -88,7 +88,7 @@ MALFORMED = {  # name: (positive, negative, config, fragment of the message)
     "face kind on a CLIP config": (t4, t4, _edit(_cfg(), face="faceid"), "FaceID reads the 512-wide"),
     "bad face kind": (t4, t4, _edit(_cfg(), face="faceid-ultra"), "'face' must be one of"),
     "missing field": (t4, t4, _edit(_cfg(), uncond=KeyError), "missing ['uncond']"),
-    "bad family": (t4, t4, _edit(_cfg(), family="sd3"), "'family' must be one of ['sd15', 'sdxl', 'flux']"),
+    "bad family": (t4, t4, _edit(_cfg(), family="sd4"), "'family' must be one of ['sd15', 'sdxl', 'flux', 'sd3']"),
     "bad projection": (t4, t4, _edit(_cfg(), projection="faceid-ultra"), "'projection' must be one of"),
     "bad encoder": (t4, t4, _edit(_cfg(), encoder="ViT-B/16"), "'encoder' must be one of"),
     "bad feature": (t4, t4, _edit(_cfg(), feature="last_hidden_state"), "'feature' must be one of"),
@@ -159,10 +159,11 @@ def test_encoder_tables_are_one_table():
 
 
 def test_vit_l_at_336_px_is_told_apart_by_its_positions(tmp_path):
-    """Kolors' ViT-L/14-336 has ViT-L/14's widths but 577 positions; XLabs' adapters need the 224-px one."""
+    """Kolors' ViT-L/14-336 has ViT-L/14's widths but 577 positions; XLabs' adapters need the 224-px one; another
+    size is named with it."""
     from ipadapter_ext.ip_adapter_core.files.model_folders import encoder_of_file
 
-    for positions, name in ((257, cfgmod.VIT_L), (577, f"{cfgmod.VIT_L} at 336 px")):
+    for positions, name in ((257, cfgmod.VIT_L), (577, cfgmod.VIT_L_336), (1025, f"{cfgmod.VIT_L} at 448 px")):
         sd = {**_clip_state("hf", None, widths=(1024, 768)),
               "vision_model.embeddings.position_embedding.weight": torch.zeros(positions, 1024, dtype=torch.float16)}
         safetensors.torch.save_file(sd, str(tmp_path / f"{positions}.safetensors"))

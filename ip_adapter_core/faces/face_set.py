@@ -42,6 +42,22 @@ class FaceSet:
             out.append(norm_crop(picture.round(), self.landmarks[i], size).round().clamp(0, 255) / 255)
         return torch.stack(out) if out else torch.zeros(0, size, size, 3)
 
+    def box_crops(self, size: int) -> torch.Tensor:
+        """Square crops [n, size, size, 3] (0..1) around each face's box, resized to ``size``: Kolors' face pictures
+        (its pipeline squares the box about its centre, crops with PIL, black beyond the picture, and resizes with
+        PIL's default bicubic filter; done with PIL here too, so the pixels match)."""
+        from PIL import Image
+
+        out = []
+        for i in range(len(self)):
+            picture = (self.images[self.image_index[i], ..., :3].float() * 255).round().clamp(0, 255)
+            left, top, right, bottom = (float(v) for v in self.boxes[i][:4])
+            cx, cy, r = (left + right) / 2, (top + bottom) / 2, max(right - left, bottom - top) / 2
+            img = Image.fromarray(picture.to(torch.uint8).cpu().numpy())
+            crop = img.crop((cx - r, cy - r, cx + r, cy + r)).resize((size, size), Image.BICUBIC)
+            out.append(torch.from_numpy(np.asarray(crop, dtype=np.float32).copy()) / 255)
+        return torch.stack(out) if out else torch.zeros(0, size, size, 3)
+
     def select(self, rows) -> "FaceSet":
         rows = list(rows)
         return FaceSet(self.embeddings[rows], self.landmarks[rows], self.boxes[rows], self.scores[rows],

@@ -43,7 +43,7 @@ class IPAdapterModel(torch.nn.Module):
         if config.timed:  # SD3.5: K'/V' plus the block's own norms
             return JointIPLayer(config.cross_dim, layer.hidden, config.resampler.dim, layer.dim_head, operations,
                                 device, dtype)
-        return IPLayer(config.cross_dim, layer.hidden, operations, device, dtype, config.ip_bias)
+        return IPLayer(config.kv_width, layer.hidden, operations, device, dtype, config.ip_bias)
 
     def layer(self, file_index: int) -> IPLayer:
         return self.ip_adapter[str(file_index)]

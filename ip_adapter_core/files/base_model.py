@@ -3,7 +3,7 @@ layers are where an adapter's are; the adapter side of the same question is conf
 from __future__ import annotations
 
 from ..errors import IPAdapterMismatchError
-from .config import FAMILY_BY_CROSS_DIM, FAMILY_NAMES
+from .config import FAMILY_BY_CROSS_DIM, FAMILY_NAMES, KOLORS, KOLORS_TEXT_WIDTH
 from .flux_layout import FLUX, flux_model_blocks
 from .layers import layout_difference
 from .sd3_layout import SD3, mmdit_kind, mmdit_model_blocks
@@ -28,6 +28,27 @@ def model_family(model) -> str:
             f"model: IP-Adapter works on Stable Diffusion 1.5 and SDXL UNets, Flux.1 and SD3.5 Large; this model "
             f"({name}, {found}) is none of them. Load an SD1.5, SDXL, Flux.1 [dev]/[schnell] or SD3.5 Large model.")
     return fam
+
+
+# Kolors' UNet reads a 5632-wide vector (ChatGLM3's pooled 4096 + 6 size ids x 256), SDXL's 2816 (FAMILIES.md §2)
+KOLORS_ADM = 5632
+NO_KOLORS_HOST = ("ComfyUI has no Kolors model of its own: install MinusZone's Kolors nodes (ComfyUI-Kolors-MZ) and load "
+                  "the Kolors UNet with its MZ_KolorsUNETLoaderV2 (and ChatGLM3 with MZ_ChatGLM3Loader).")
+
+
+def model_base(model) -> str:
+    """KOLORS for a Kolors UNet (SDXL layout, cross-attention 2048, a 5632-wide vector input), told by its structure
+    whichever extension loaded it; "" for every other model."""
+    cfg = unet_config_of(model)
+    return KOLORS if cfg.get("context_dim") == 2048 and cfg.get("adm_in_channels") == KOLORS_ADM else ""
+
+
+def text_projection(model):
+    """A Kolors UNet's ``encoder_hid_proj`` (ChatGLM3's 4096 -> 2048), or None when the model has none."""
+    proj = getattr(getattr(model.model, "diffusion_model", None), "encoder_hid_proj", None)
+    weight = getattr(proj, "weight", None)
+    ok = weight is not None and tuple(weight.shape) == (2048, KOLORS_TEXT_WIDTH)
+    return proj if ok else None
 
 
 def unet_config_of(model) -> dict:
@@ -57,6 +78,22 @@ def check_model_layers(model, config) -> None:
                 f"model: this Flux model has {found}, but the adapter was made for {want[0]} double and {want[1]} "
                 f"single blocks {want[2]} wide. Use the Flux.1 model the adapter was trained for (dev).")
         return
+    have = model_base(model)
+    if have != config.base:
+        name = type(model.model).__name__
+        if config.base == KOLORS:
+            raise IPAdapterMismatchError(
+                f"model: '{config.name}' is a Kolors IP-Adapter, but this model ({name}) is not a Kolors UNet (a Kolors "
+                f"UNet reads a {KOLORS_ADM}-wide vector; this one {unet_config_of(model).get('adm_in_channels')}). "
+                + NO_KOLORS_HOST)
+        raise IPAdapterMismatchError(
+            f"model: this model ({name}) is a Kolors UNet; '{config.name}' is an SDXL IP-Adapter, which Kolors was not "
+            "trained with. Use Kolors' own IP-Adapter (Kolors-IP-Adapter-Plus, or FaceID Plus for faces).")
+    if config.text_proj and text_projection(model) is None:
+        raise IPAdapterMismatchError(
+            f"model: '{config.name}' reads its face tokens through the Kolors UNet's text projection (encoder_hid_proj, "
+            f"{KOLORS_TEXT_WIDTH} -> 2048), and this model has none. Load the UNet with a Kolors loader that keeps it. "
+            + NO_KOLORS_HOST)
     diff = layout_difference(unet_config_of(model), config.layers)
     if diff is not None:
         name = FAMILY_NAMES[config.family]

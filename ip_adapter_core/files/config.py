@@ -19,6 +19,11 @@ from .sd3_layout import SD3, SD3_HEAD_DIM, SD35_LARGE, sd3_layers
 
 FAMILY_BY_CROSS_DIM = {768: "sd15", 2048: "sdxl"}
 UNET_FAMILIES = ("sd15", "sdxl")
+# Kolors (Kwai-Kolors): an SDXL-layout UNet reading ChatGLM3 text (4096 wide) through its own projection to 2048
+# (``encoder_hid_proj``), pooled text and size ids in a 5632-wide vector (FAMILIES.md §2). Its adapters are SDXL
+# adapters by layout (family "sdxl") of their own base (AdapterConfig.base); base_model.py tells the UNets apart.
+KOLORS = "kolors"
+KOLORS_TEXT_WIDTH = 4096  # ChatGLM3's hidden width: Kolors FaceID Plus makes its tokens in it
 FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL", FLUX: "Flux.1", SD3: "SD3.5 Large"}
 
 IMAGE_EMBEDS = "image_embeds"                  # after the visual projection
@@ -50,24 +55,33 @@ FACE_PLUS_DEPTH = 4  # FacePerceiverResampler layers in every release
 VIT_H = "ViT-H/14"
 VIT_BIGG = "ViT-bigG/14"
 VIT_L = "ViT-L/14"  # OpenAI's, 224 px: XLabs' Flux adapters
+VIT_L_336 = "ViT-L/14-336"  # OpenAI's at 336 px (577 positions): Kolors' adapters
 SIGLIP = "SigLIP so400m/14-384"  # google/siglip-so400m-patch14-384: InstantX's Flux and SD3.5 adapters
 ENCODERS = {VIT_H: {IMAGE_EMBEDS: 1024, PENULTIMATE: 1280},
             VIT_BIGG: {IMAGE_EMBEDS: 1280, PENULTIMATE: 1664},
             VIT_L: {IMAGE_EMBEDS: 768, PENULTIMATE: 1024},
+            VIT_L_336: {IMAGE_EMBEDS: 768, PENULTIMATE: 1024},
             SIGLIP: {POOLED: 1152, PENULTIMATE: 1152}}
 # SigLIP so400m's pooling head (vision_model.head.*): heads and MLP width (SiglipVisionConfig)
 SIGLIP_HEAD = {"heads": 16, "mlp": 4304}
-# The image size each encoder's adapters were trained at, where a model of the same widths exists at
-# another size (ComfyUI also loads ViT-L/14 at 336 px, Kolors' encoder): it gives other features.
-ENCODER_IMAGE_SIZE = {VIT_L: 224}
-ENCODER_BY_EMBEDS_DIM = {w[IMAGE_EMBEDS]: name for name, w in ENCODERS.items() if IMAGE_EMBEDS in w}
-ENCODER_BY_HIDDEN_DIM = {w[PENULTIMATE]: name for name, w in ENCODERS.items() if PENULTIMATE in w}
+# The image size of the encoders that share their widths with another (OpenAI's ViT-L/14 at 224 and 336 px): the
+# same widths at another size give other features, so the size tells them apart.
+ENCODER_IMAGE_SIZE = {VIT_L: 224, VIT_L_336: 336}
+# UNet adapters read these encoders' features by width alone (Kolors' ViT-L/14-336 is told by its adapter's
+# structure, _resampler_encoder)
+ENCODER_BY_EMBEDS_DIM = {w[IMAGE_EMBEDS]: name for name, w in ENCODERS.items() if IMAGE_EMBEDS in w and name != VIT_L_336}
+ENCODER_BY_HIDDEN_DIM = {w[PENULTIMATE]: name for name, w in ENCODERS.items()
+                         if PENULTIMATE in w and name not in (VIT_L_336, SIGLIP)}
 
 
-def encoder_by_widths(hidden: int, embeds: int) -> str | None:
-    """The encoder whose penultimate width is ``hidden`` and image_embeds width ``embeds``, or None."""
-    return next((name for name, w in ENCODERS.items()
-                 if (w.get(PENULTIMATE), w.get(IMAGE_EMBEDS)) == (hidden, embeds)), None)
+def encoder_by_widths(hidden: int, embeds: int, size: int | None = None) -> str | None:
+    """The encoder whose penultimate width is ``hidden`` and image_embeds width ``embeds`` (and, where two share
+    them, whose image size is ``size``), or None; an encoder of known widths at an unknown size is named with it
+    ("ViT-L/14 at 448 px")."""
+    names = [name for name, w in ENCODERS.items() if (w.get(PENULTIMATE), w.get(IMAGE_EMBEDS)) == (hidden, embeds)]
+    if not names or size is None:
+        return names[0] if names else None
+    return next((n for n in names if ENCODER_IMAGE_SIZE.get(n, size) == size), f"{names[0]} at {size} px")
 
 
 # How the negative (unconditional) image tokens are made, as the reference does it.
@@ -113,6 +127,9 @@ class AdapterConfig:
     lora_rank: int = 0               # rank of the UNet LoRA a FaceID file carries (0: none)
     flux_kind: str = ""              # Flux: XLABS or INSTANTX (how K'/V' are made and where the term is added)
     single_blocks: int = 0           # Flux: how many of the layers are single-stream blocks (after the double)
+    base: str = ""                   # KOLORS for Kolors' adapters (an SDXL-layout UNet of its own), "" otherwise
+    text_proj: int = 0               # Kolors FaceID: the tokens (text width) go through the UNet's encoder_hid_proj
+                                     # to this width before K'/V'; 0: K'/V' read the tokens as they are
 
     @property
     def timed(self) -> bool:
@@ -132,16 +149,26 @@ class AdapterConfig:
         return self.flux_kind == INSTANTX
 
     @property
+    def kv_width(self) -> int:
+        """The width to_k_ip / to_v_ip read: the tokens', or the UNet's text projection's (Kolors FaceID)."""
+        return self.text_proj or self.cross_dim
+
+    @property
+    def base_name(self) -> str:
+        return "Kolors" if self.base == KOLORS else FAMILY_NAMES[self.family]
+
+    @property
     def clip_encoder(self) -> str | None:
         """The CLIP vision model the adapter needs (None for FaceID adapters that read only the face)."""
         if self.face in ("", FACEID_PLUS):
-            return self.encoder if self.face == "" else VIT_H
+            return self.encoder if self.face == "" else VIT_L_336 if self.base == KOLORS else VIT_H
         return None
 
     @property
     def normed_face(self) -> bool:
-        """Whether the face embedding is L2-normalised first (all but portrait-unnorm)."""
-        return self.face != PORTRAIT_UNNORM
+        """Whether the face embedding is L2-normalised first (all but portrait-unnorm and Kolors', whose pipeline
+        reads insightface's raw ``embedding``)."""
+        return self.face != PORTRAIT_UNNORM and self.base != KOLORS
 
     @property
     def model_channels(self) -> int:
@@ -181,13 +208,13 @@ class AdapterConfig:
                     f"{size})")
         if self.face:
             width = "" if self.model_channels == 320 else f", {self.model_channels}-channel UNet"
-            inputs = "ArcFace face embedding" + (" + ViT-H/14 face crop" if self.face == FACEID_PLUS else "")
+            inputs = "ArcFace face embedding" + (f" + {self.clip_encoder} face crop" if self.face == FACEID_PLUS else "")
             lora = f", LoRA rank {self.lora_rank}" if self.lora_rank else ""
-            return (f"{FAMILY_NAMES[self.family]} {FACE_KIND_NAMES[self.face]} ({self.num_tokens} tokens per face, "
+            return (f"{self.base_name} {FACE_KIND_NAMES[self.face]} ({self.num_tokens} tokens per face, "
                     f"{inputs}{lora}{width})")
         kind = {"linear": "base", "resampler": "plus", "mlp": "full-face"}[self.projection]
         width = "" if self.model_channels == 320 else f", {self.model_channels}-channel UNet"
-        return f"{FAMILY_NAMES[self.family]} {kind} ({self.num_tokens} tokens, {self.encoder} {self.feature}{width})"
+        return f"{self.base_name} {kind} ({self.num_tokens} tokens, {self.encoder} {self.feature}{width})"
 
 
 def _refuse_foreign(path, sections, rest, flat_keys) -> None:
@@ -284,13 +311,17 @@ def detect_config(sections: dict[str, dict[str, torch.Tensor]], path="<state dic
     _check_out(out, cross_dim, path)
     table = ENCODER_BY_EMBEDS_DIM if feature == IMAGE_EMBEDS else ENCODER_BY_HIDDEN_DIM
     encoder = table.get(feature_dim)
+    base = ""
+    if projection == "resampler" and family == "sdxl" and feature_dim == ENCODERS[VIT_L_336][PENULTIMATE]:
+        # Kolors-IP-Adapter-Plus: the only SDXL-layout Resampler over ViT-L/14 states (at 336 px, 577 positions)
+        encoder, base = VIT_L_336, KOLORS
     if encoder is None or num_tokens <= 0:
         raise IPAdapterFileError(path, f"expects CLIP {feature} of width {feature_dim}, which matches "
                                  f"no supported encoder (expected one of {sorted(table)}).",
                                  "Supported encoders are OpenCLIP ViT-H/14 and ViT-bigG/14.")
     uncond = UNCOND_PROJECT_ZEROS if projection == "linear" else UNCOND_ENCODE_ZERO_IMAGE
     return AdapterConfig(family, projection, num_tokens, encoder, feature, feature_dim, cross_dim,
-                         layer_hidden, uncond, resampler)
+                         layer_hidden, uncond, resampler, base=base)
 
 
 def _flux_config(proj, ipa, lora, path) -> AdapterConfig:
@@ -419,6 +450,11 @@ def _face_config(proj, lora, family, cross_dim, layer_hidden, path) -> AdapterCo
         return None  # not a face projection; the caller names what it is
     rows, inner = _shape(proj, "proj.2.weight", path, "image_proj")
     out = _shape(proj, "norm.weight", path, "image_proj")[0]
+    kolors = family == "sdxl" and out == KOLORS_TEXT_WIDTH and "perceiver_resampler.proj_in.weight" in proj
+    if kolors:
+        # Kolors FaceID Plus: 6 tokens in ChatGLM3's width, read by K'/V' through the UNet's encoder_hid_proj
+        common.update(cross_dim=out, base=KOLORS, text_proj=cross_dim)
+        cross_dim = out
     _check_out(out, cross_dim, path)
     if inner != hidden or hidden != FACE_MLP_HIDDEN or rows % out:
         raise IPAdapterFileError(path, f"has a FaceID projection of inconsistent shapes (proj.0 [{hidden}, {width}], "
@@ -426,9 +462,12 @@ def _face_config(proj, lora, family, cross_dim, layer_hidden, path) -> AdapterCo
     tokens = rows // out
     rank = _lora_rank(lora, layer_hidden, family, cross_dim, path)
     if "perceiver_resampler.proj_in.weight" in proj:
-        r = _face_resampler_config(proj, cross_dim, tokens, path)
+        clip = VIT_L_336 if kolors else VIT_H
+        r = _face_resampler_config(proj, cross_dim, tokens, path, clip)
+        # Kolors' pipeline projects zero CLIP states for the negative, tencent's the zero image's
+        uncond = UNCOND_PROJECT_ZEROS if kolors else UNCOND_ENCODE_ZERO_IMAGE
         return AdapterConfig(projection="faceid-plus", num_tokens=tokens, resampler=r, face=FACEID_PLUS,
-                             lora_rank=rank, **{**common, "encoder": VIT_H, "uncond": UNCOND_ENCODE_ZERO_IMAGE})
+                             lora_rank=rank, **{**common, "encoder": clip, "uncond": uncond})
     return AdapterConfig(projection="faceid", num_tokens=tokens, face=FACEID if rank else PORTRAIT, lora_rank=rank,
                          **common)
 
@@ -439,15 +478,15 @@ def _refuse_lora(lora, kind, path) -> None:
                                  f"({sorted(lora)[0]}, ...), which no release of it has.", "Download it again.")
 
 
-def _face_resampler_config(proj, cross_dim, tokens, path) -> ResamplerConfig:
+def _face_resampler_config(proj, cross_dim, tokens, path, clip=VIT_H) -> ResamplerConfig:
     """The FacePerceiverResampler of FaceID Plus: dim = cross width, heads = width / 64, the ID tokens as queries."""
     pr = {k.partition(".")[2]: v for k, v in proj.items() if k.startswith("perceiver_resampler.")}
     depth = len({k.split(".")[1] for k in pr if k.startswith("layers.")})
     ff = _shape(pr, "layers.0.1.1.weight", path, "image_proj.perceiver_resampler")[0]
     clip_dim = _shape(pr, "proj_in.weight", path, "image_proj.perceiver_resampler")[1]
-    if clip_dim != ENCODERS[VIT_H][PENULTIMATE]:
+    if clip_dim != ENCODERS[clip][PENULTIMATE]:
         raise IPAdapterFileError(path, f"has a FaceID Plus resampler reading CLIP width {clip_dim}; the released "
-                                 f"ones read ViT-H/14 ({ENCODERS[VIT_H][PENULTIMATE]}).", "Download it again.")
+                                 f"ones read {clip} ({ENCODERS[clip][PENULTIMATE]}).", "Download it again.")
     return ResamplerConfig(dim=cross_dim, depth=depth, heads=cross_dim // RESAMPLER_DIM_HEAD,
                            dim_head=RESAMPLER_DIM_HEAD, num_queries=tokens, embedding_dim=clip_dim,
                            output_dim=cross_dim, ff_mult=ff // cross_dim)

@@ -164,12 +164,17 @@ def flatten_state_dict(obj, path, kind: str = "IP-Adapter file") -> dict[str, to
     return out
 
 
+# Kolors FaceID Plus names its attention weights "adapter_modules" (its pipeline's name), not "ip_adapter"
+SECTION_ALIASES = {"adapter_modules": "ip_adapter"}
+
+
 def split_sections(flat: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
     """Split a flat dict into the ``image_proj`` / ``ip_adapter`` sections; also return the rest."""
     sections: dict[str, dict[str, torch.Tensor]] = {s: {} for s in SECTIONS}
     rest = []
     for k, v in flat.items():
         head, _, tail = k.partition(".")
+        head = SECTION_ALIASES.get(head, head)
         if head in sections and tail:
             sections[head][tail] = v
         else:

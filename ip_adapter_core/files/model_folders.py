@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..errors import IPAdapterError, IPAdapterFileError
-from .config import (ENCODER_IMAGE_SIZE, ENCODERS, IMAGE_EMBEDS, PENULTIMATE, POOLED, SIGLIP, AdapterConfig,
+from .config import (ENCODERS, IMAGE_EMBEDS, PENULTIMATE, POOLED, SIGLIP, AdapterConfig,
                      detect_config, encoder_by_widths)
 from .formats import adapter_sections, flatten_state_dict, load_pickle, sniff_format
 
@@ -91,16 +91,14 @@ def encoder_of_file(path) -> str:
     if SIGLIP_WIDTH in shapes and HF_WIDTH not in shapes:
         return _siglip(shapes)
     hidden, embeds = _widths(shapes)
-    found = encoder_by_widths(hidden, embeds)
+    positions = shapes.get(HF_POSITIONS)
+    # ViT-L/14 at 336 px (Kolors') has 577 positions, at 224 px 257; named as prompt/vision.encoder_of names a loaded one
+    size = round((positions[0] - 1) ** 0.5) * 14 if positions and len(positions) == 2 else None
+    found = encoder_by_widths(hidden, embeds, size)
     if found is None:
         known = ", ".join(f"{n} ({w[PENULTIMATE]}/{w[IMAGE_EMBEDS]})" for n, w in ENCODERS.items()
-                          if PENULTIMATE in w)
+                          if IMAGE_EMBEDS in w)
         raise NotAnEncoder(f"unsupported encoder (width {hidden}, projection {embeds}; supported: {known})")
-    positions = shapes.get(HF_POSITIONS)
-    if found in ENCODER_IMAGE_SIZE and positions and len(positions) == 2:
-        size = round((positions[0] - 1) ** 0.5) * 14  # ViT-L/14 at 336 px (Kolors') has 577 positions, not 257
-        if size != ENCODER_IMAGE_SIZE[found]:
-            return f"{found} at {size} px"  # as prompt/vision.encoder_of names a loaded one
     return found
 
 

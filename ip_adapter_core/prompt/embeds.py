@@ -40,6 +40,7 @@ class ImagePrompt:
     schedule: TimeSchedule | None = None
     frames: FrameSpec | None = None   # how frames share images and λ (None: frame i = image i)
     lora_strength: float = 1.0        # FaceID: strength of the adapter's UNet LoRA (apply/unet_lora.py)
+    text_proj_scale: float = 1.0      # Kolors FaceID: multiplier of the UNet's text projection of the tokens
 
     def animated(self) -> bool:
         """Whether the rows of a batch get their own token sets or λ (one per frame prompts)."""

@@ -27,6 +27,10 @@ from ..files.config import (
     FLUX,
     IMAGE_EMBEDS,
     INSTANTX,
+    KOLORS,
+    KOLORS_TEXT_WIDTH,
+    PENULTIMATE,
+    SD3,
     POOLED,
     PORTRAIT_UNNORM,
     PROJECTIONS,
@@ -94,12 +98,13 @@ def _refuse(path, problem: str):
 
 def _check_tokens(tensors, config: AdapterConfig, path) -> None:
     lengths = {}
+    # SD3.5's prompts carry the encoder's states (its tokens are made per step), the others their tokens
+    width = config.feature_dim if config.timed else config.cross_dim
     for name in ("positive", "negative"):
         t = tensors[name]
-        if t.ndim != 3 or t.shape[0] < 1 or t.shape[2] != config.cross_dim:
-            _refuse(path, f"'{name}' must be shaped [frames, tokens, {config.cross_dim}] (frames 1, or one "
-                          f"per frame; {config.cross_dim} the cross-attention width of its {config.name} "
-                          f"adapter); found {list(t.shape)}.")
+        if t.ndim != 3 or t.shape[0] < 1 or t.shape[2] != width:
+            _refuse(path, f"'{name}' must be shaped [frames, tokens, {width}] (frames 1, or one "
+                          f"per frame; {width} the width its {config.name} adapter reads); found {list(t.shape)}.")
         if not t.is_floating_point():
             _refuse(path, f"'{name}' must hold floating-point tokens; found {t.dtype}.")
         lengths[name] = t.shape[1]
@@ -109,7 +114,7 @@ def _check_tokens(tensors, config: AdapterConfig, path) -> None:
     tokens = lengths["positive"]
     if tokens != lengths["negative"]:
         _refuse(path, f"'positive' has {tokens} tokens but 'negative' has {lengths['negative']}; they must match.")
-    if tokens <= 0 or tokens % config.num_tokens:
+    if tokens <= 0 or (tokens % config.num_tokens and not config.timed):
         _refuse(path, f"holds {tokens} tokens; its adapter makes {config.num_tokens} per image, so the "
                       "count must be a positive multiple of that.")
 
@@ -130,8 +135,8 @@ def parse_config(text, path) -> AdapterConfig:
             _refuse(path, f"config field '{field}' must be one of {list(allowed)}; found {values[field]!r}.")
     values["layer_hidden"] = tuple(values["layer_hidden"])
     res = values["resampler"]
-    values["resampler"] = None if res is None else ResamplerConfig(**_fields(res, ResamplerConfig, path,
-                                                                              "config.resampler"))
+    values["resampler"] = None if res is None else ResamplerConfig(**_fields({**ADDED_RESAMPLER_FIELDS, **res},
+                                                                              ResamplerConfig, path, "config.resampler"))
     config = AdapterConfig(**values)
     _check_consistent(config, path)
     return config
@@ -157,6 +162,7 @@ def _positive_int(v) -> bool:
 # Written out rather than read from the dataclass annotations: those are postponed
 # (strings), and four kinds of field do not justify evaluating them.
 _INT = (_positive_int, "a positive integer")
+_NON_NEGATIVE = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer")
 _STR = (lambda v: isinstance(v, str), "a string")
 FIELD_KINDS = {  # (dataclass, field) -> (check, description)
     **{(AdapterConfig, n): _STR for n in ("family", "projection", "encoder", "feature", "uncond")},
@@ -169,10 +175,14 @@ FIELD_KINDS = {  # (dataclass, field) -> (check, description)
                                    "a non-negative integer"),
     **{(ResamplerConfig, f.name): _INT for f in dataclasses.fields(ResamplerConfig)},
     (AdapterConfig, "flux_kind"): (lambda v: v in ("", XLABS, INSTANTX), f"'', '{XLABS}' or '{INSTANTX}'"),
-    (AdapterConfig, "single_blocks"): (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-                                       "a non-negative integer"),
+    (AdapterConfig, "single_blocks"): _NON_NEGATIVE,
+    (AdapterConfig, "base"): (lambda v: v in ("", KOLORS), f"'' or '{KOLORS}'"),
+    (AdapterConfig, "text_proj"): _NON_NEGATIVE,
+    (ResamplerConfig, "time_dim"): _NON_NEGATIVE,
 }
-ADDED_FIELDS = {"flux_kind": "", "single_blocks": 0}  # (Flux) absent from files written before them
+# absent from files written before them: Flux's, Kolors' and SD3.5's fields
+ADDED_FIELDS = {"flux_kind": "", "single_blocks": 0, "base": "", "text_proj": 0}
+ADDED_RESAMPLER_FIELDS = {"time_dim": 0}
 
 
 def _check_consistent(config: AdapterConfig, path) -> None:
@@ -186,10 +196,23 @@ def _check_consistent(config: AdapterConfig, path) -> None:
             _refuse(path, f"config says family 'flux' but is not the config of an XLabs or InstantX Flux adapter "
                           f"({config}).")
         return
+    if config.family == SD3:
+        r = config.resampler
+        if (config.projection, config.encoder, config.feature, config.uncond) != \
+                ("time-resampler", SIGLIP, PENULTIMATE, UNCOND_PROJECT_ZEROS) or r is None or not r.time_dim \
+                or config.feature_dim != ENCODERS[SIGLIP][PENULTIMATE] or config.face or config.base:
+            _refuse(path, f"config says family 'sd3' but is not the config of InstantX's SD3.5 adapter ({config}).")
+        return
+    if config.timed or (config.resampler is not None and config.resampler.time_dim):
+        _refuse(path, f"config has a time-conditioned projection, which only SD3.5 adapters have, but family "
+                      f"{config.family!r}.")
+    if config.text_proj and (config.base, config.face, config.cross_dim, config.text_proj, config.family) != \
+            (KOLORS, FACEID_PLUS, KOLORS_TEXT_WIDTH, 2048, "sdxl"):
+        _refuse(path, f"config has a text projection, which only Kolors FaceID Plus has ({config}).")
     if config.flux_kind or config.single_blocks:
         _refuse(path, "config names a Flux adapter kind or single blocks, which only Flux adapters have, but family "
                       f"{config.family!r}.")
-    if FAMILY_BY_CROSS_DIM.get(config.cross_dim) != config.family:
+    if FAMILY_BY_CROSS_DIM.get(config.text_proj or config.cross_dim) != config.family:
         _refuse(path, f"config says family {config.family!r} but cross_dim {config.cross_dim}; "
                       f"expected {dict((f, d) for d, f in FAMILY_BY_CROSS_DIM.items())}.")
     if config.face:

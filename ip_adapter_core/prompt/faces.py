@@ -18,7 +18,7 @@ import torch
 
 from ..errors import IPAdapterError, IPAdapterMismatchError
 from ..faces.face_set import FaceSet
-from ..files.config import FACE_EMBEDDING_DIM, FACEID_PLUS, PORTRAIT_UNNORM, AdapterConfig
+from ..files.config import FACE_EMBEDDING_DIM, FACEID_PLUS, KOLORS, PORTRAIT_UNNORM, AdapterConfig
 from ..input_bounds import check_magnitudes
 from ..networks.ops import compute_dtype
 from .embeds import ImagePrompt
@@ -28,6 +28,7 @@ from .vision import check_encoder, encode_batches, zero_image_features
 # plusv2 and plus have the same tensors; the file name is the only hint, so it is a setting (auto reads the name)
 PLUS_VERSIONS = ("auto", "v2", "v1")
 FACE_CROP_SIZE = 224  # the reference crops faces for CLIP at 224 (insightface norm_crop); the converter may pick 256
+KOLORS_FACE_CROP = 336  # Kolors' pipeline: the face's square box, resized to its encoder's 336 px
 
 
 def check_face_adapter(config: AdapterConfig, what: str = "ipadapter") -> None:
@@ -77,8 +78,8 @@ def project_faces(image_proj: torch.nn.Module, config: AdapterConfig, ids: torch
     plus = config.face == FACEID_PLUS
     if plus:
         if clip_states is None or zero_clip_states is None:
-            raise IPAdapterError(f"clip_vision: the adapter ({config.name}) also reads CLIP ViT-H/14 features of the "
-                                 "face crop; connect the ViT-H/14 CLIP vision model.")
+            raise IPAdapterError(f"clip_vision: the adapter ({config.name}) also reads CLIP {config.clip_encoder} "
+                                 f"features of the face crop; connect the {config.clip_encoder} CLIP vision model.")
         if clip_states.shape[0] != n:
             raise IPAdapterError(f"faces: {n} face embeddings but {clip_states.shape[0]} face crops were encoded.")
         zero = zero_clip_states[:1].expand(n, *zero_clip_states.shape[1:])
@@ -98,17 +99,22 @@ def project_faces(image_proj: torch.nn.Module, config: AdapterConfig, ids: torch
     return pos.reshape(1, -1, pos.shape[-1]), neg.reshape(1, -1, neg.shape[-1])
 
 
-def encode_face_crops(clip_vision, faces: FaceSet, size: int = FACE_CROP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
-    """(CLIP penultimate states of the aligned face crops [n, 257, 1280], zero-image states) - host only."""
+def encode_face_crops(clip_vision, faces: FaceSet, size: int = FACE_CROP_SIZE,
+                      config: AdapterConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CLIP penultimate states of the face crops [n, positions, width], the negative's states) - host only.
+    tencent's FaceID Plus: aligned crops, the zero image's states; Kolors': the faces' square boxes at 336 px,
+    zero states (its pipeline projects zeros for the negative)."""
+    kolors = config is not None and config.base == KOLORS
+    crops = faces.box_crops(KOLORS_FACE_CROP) if kolors else faces.crops(size)
     # the crops are already the encoder's size: crop=True only skips ComfyUI's resize; encode_batches runs
     # without autograd (outside ComfyUI's inference_mode a recorded graph kept the encoder's 7 GB alive)
-    out = encode_batches(clip_vision, faces.crops(size), True)
-    return out["penultimate_hidden_states"].float(), zero_image_features(clip_vision)
+    states = encode_batches(clip_vision, crops, True)["penultimate_hidden_states"].float()
+    return states, (torch.zeros_like(states[:1]) if kolors else zero_image_features(clip_vision))
 
 
 def face_prompt(handle, faces: FaceSet, clip_vision=None, mode: str = "concat", version: str = "auto",
                 s_scale: float = 1.0, lora_strength: float = 1.0, weights: str = "",
-                crop_size: int = FACE_CROP_SIZE) -> ImagePrompt:
+                crop_size: int = FACE_CROP_SIZE, text_proj_scale: float = 1.0) -> ImagePrompt:
     """IP-Adapter Project Face: the ImagePrompt of ``faces`` for a FaceID ``handle``."""
     cfg = handle.config
     check_face_adapter(cfg)
@@ -120,10 +126,14 @@ def face_prompt(handle, faces: FaceSet, clip_vision=None, mode: str = "concat", 
     if cfg.face == FACEID_PLUS:
         if clip_vision is None:
             raise IPAdapterError(f"clip_vision: the adapter ({cfg.name}) also reads CLIP features of the face crop; "
-                                 "connect the ViT-H/14 CLIP vision model (README.md, Models).")
+                                 f"connect the {cfg.clip_encoder} CLIP vision model (README.md, Models).")
         check_encoder(cfg, clip_vision)
-        clip_states, zero = encode_face_crops(clip_vision, faces, crop_size)
-    shortcut = plus_shortcut(version, handle) if cfg.face == FACEID_PLUS else False
+        clip_states, zero = encode_face_crops(clip_vision, faces, crop_size, cfg)
+    check_magnitudes([text_proj_scale], "weight_kolors")
+    # Kolors' FaceID Plus always adds its ID tokens back (its ProjPlusModel's shortcut); its file name says nothing
+    kolors_auto = cfg.base == KOLORS and version == "auto"
+    shortcut = (kolors_auto or plus_shortcut(version, handle)) if cfg.face == FACEID_PLUS else False
     pos, neg = project_faces(handle.model.image_proj, cfg, ids, clip_states, zero, mode,
                              parse_image_weights(weights, len(faces)), shortcut, s_scale)
-    return ImagePrompt(pos, neg, cfg, handle.path, lora_strength=float(lora_strength))
+    return ImagePrompt(pos, neg, cfg, handle.path, lora_strength=float(lora_strength),
+                       text_proj_scale=float(text_proj_scale))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import IPAdapterError, IPAdapterMismatchError
-from ..files.config import (BLACK_IMAGE_NEGATIVE_ENCODERS, ENCODER_IMAGE_SIZE, ENCODERS, IMAGE_EMBEDS, PENULTIMATE,
+from ..files.config import (BLACK_IMAGE_NEGATIVE_ENCODERS, ENCODERS, IMAGE_EMBEDS, PENULTIMATE,
                             POOLED, SIGLIP, UNCOND_ENCODE_BLACK_IMAGE, AdapterConfig, encoder_by_widths)
 from ..files.encoder_heads import read_pooling_head
 from ..files.model_folders import find_clip_vision_file
@@ -36,11 +36,7 @@ def encoder_of(clip_vision) -> str | None:
         proj = clip_vision.model.visual_projection.weight.shape[0]
     except AttributeError:
         return _siglip_of(clip_vision)
-    name = encoder_by_widths(emb, proj)
-    size = getattr(clip_vision, "image_size", None)
-    if name in ENCODER_IMAGE_SIZE and size is not None and size != ENCODER_IMAGE_SIZE[name]:
-        return f"{name} at {size} px"
-    return name
+    return encoder_by_widths(emb, proj, getattr(clip_vision, "image_size", None))
 
 
 def _siglip_of(clip_vision) -> str | None:
