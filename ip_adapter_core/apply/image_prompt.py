@@ -40,7 +40,7 @@ def through_text_projection(model, prompt: ImagePrompt) -> ImagePrompt:
     ``encoder_hid_proj`` (4096 -> 2048), as Kolors' pipeline appends them to the text before that projection. Done
     once here, in float32, with the projection's weights as loaded (times ``text_proj_scale``, the popular
     extension's weight_kolors, which scales its weight and bias)."""
-    proj = text_projection(model)
+    proj = text_projection(model, prompt.config.cross_dim)
     weight = proj.weight.detach().to("cpu", torch.float32)
     bias = None if proj.bias is None else proj.bias.detach().to("cpu", torch.float32)
     scale = prompt.text_proj_scale

@@ -1,6 +1,8 @@
-"""Which base model a ComfyUI model is (SD1.5, SDXL, Flux.1, SD3.5 Large), from its configuration, and whether its attention
-layers are where an adapter's are; the adapter side of the same question is config.py."""
+"""Which base model a ComfyUI model is (SD1.5, SDXL, Kolors, Flux.1, SD3.5 Large), from its configuration, and
+whether its attention layers are where an adapter's are; the adapter side of the same question is config.py."""
 from __future__ import annotations
+
+import torch
 
 from ..errors import IPAdapterMismatchError
 from .config import FAMILY_BY_CROSS_DIM, FAMILY_NAMES, KOLORS, KOLORS_TEXT_WIDTH
@@ -32,8 +34,8 @@ def model_family(model) -> str:
 
 # Kolors' UNet reads a 5632-wide vector (ChatGLM3's pooled 4096 + 6 size ids x 256), SDXL's 2816 (FAMILIES.md §2)
 KOLORS_ADM = 5632
-NO_KOLORS_HOST = ("ComfyUI has no Kolors model of its own: install MinusZone's Kolors nodes (ComfyUI-Kolors-MZ) and load "
-                  "the Kolors UNet with its MZ_KolorsUNETLoaderV2 (and ChatGLM3 with MZ_ChatGLM3Loader).")
+NO_KOLORS_HOST = ("ComfyUI has no Kolors model of its own: install MinusZone's Kolors nodes (ComfyUI-Kolors-MZ) and "
+                  "load the Kolors UNet with its MZ_KolorsUNETLoaderV2 (and ChatGLM3 with MZ_ChatGLM3Loader).")
 
 
 def model_base(model) -> str:
@@ -43,11 +45,12 @@ def model_base(model) -> str:
     return KOLORS if cfg.get("context_dim") == 2048 and cfg.get("adm_in_channels") == KOLORS_ADM else ""
 
 
-def text_projection(model):
-    """A Kolors UNet's ``encoder_hid_proj`` (ChatGLM3's 4096 -> 2048), or None when the model has none."""
+def text_projection(model, width: int = KOLORS_TEXT_WIDTH):
+    """A Kolors UNet's ``encoder_hid_proj`` (the text encoder's ``width`` -> 2048: ChatGLM3's 4096), or None when
+    the model has none of that width."""
     proj = getattr(getattr(model.model, "diffusion_model", None), "encoder_hid_proj", None)
     weight = getattr(proj, "weight", None)
-    ok = weight is not None and tuple(weight.shape) == (2048, KOLORS_TEXT_WIDTH)
+    ok = isinstance(weight, torch.Tensor) and tuple(weight.shape) == (2048, width)
     return proj if ok else None
 
 
@@ -83,16 +86,16 @@ def check_model_layers(model, config) -> None:
         name = type(model.model).__name__
         if config.base == KOLORS:
             raise IPAdapterMismatchError(
-                f"model: '{config.name}' is a Kolors IP-Adapter, but this model ({name}) is not a Kolors UNet (a Kolors "
-                f"UNet reads a {KOLORS_ADM}-wide vector; this one {unet_config_of(model).get('adm_in_channels')}). "
+                f"model: '{config.name}' is a Kolors IP-Adapter, but this model ({name}) is not a Kolors UNet (a "
+                f"Kolors UNet reads a {KOLORS_ADM}-wide vector; this one {unet_config_of(model).get('adm_in_channels')}). "
                 + NO_KOLORS_HOST)
         raise IPAdapterMismatchError(
             f"model: this model ({name}) is a Kolors UNet; '{config.name}' is an SDXL IP-Adapter, which Kolors was not "
             "trained with. Use Kolors' own IP-Adapter (Kolors-IP-Adapter-Plus, or FaceID Plus for faces).")
-    if config.text_proj and text_projection(model) is None:
+    if config.text_proj and text_projection(model, config.cross_dim) is None:
         raise IPAdapterMismatchError(
-            f"model: '{config.name}' reads its face tokens through the Kolors UNet's text projection (encoder_hid_proj, "
-            f"{KOLORS_TEXT_WIDTH} -> 2048), and this model has none. Load the UNet with a Kolors loader that keeps it. "
+            f"model: '{config.name}' reads its face tokens through the Kolors UNet's text projection "
+            f"(encoder_hid_proj, {config.cross_dim} -> 2048), and this model has none. Load the UNet with a Kolors loader that keeps it. "
             + NO_KOLORS_HOST)
     diff = layout_difference(unet_config_of(model), config.layers)
     if diff is not None:

@@ -23,7 +23,7 @@ UNET_FAMILIES = ("sd15", "sdxl")
 # (``encoder_hid_proj``), pooled text and size ids in a 5632-wide vector (FAMILIES.md §2). Its adapters are SDXL
 # adapters by layout (family "sdxl") of their own base (AdapterConfig.base); base_model.py tells the UNets apart.
 KOLORS = "kolors"
-KOLORS_TEXT_WIDTH = 4096  # ChatGLM3's hidden width: Kolors FaceID Plus makes its tokens in it
+KOLORS_TEXT_WIDTH = 4096  # ChatGLM3's hidden width: Kolors FaceID Plus makes its tokens in it (released file)
 FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL", FLUX: "Flux.1", SD3: "SD3.5 Large"}
 
 IMAGE_EMBEDS = "image_embeds"                  # after the visual projection
@@ -69,7 +69,8 @@ SIGLIP_HEAD = {"heads": 16, "mlp": 4304}
 ENCODER_IMAGE_SIZE = {VIT_L: 224, VIT_L_336: 336}
 # UNet adapters read these encoders' features by width alone (Kolors' ViT-L/14-336 is told by its adapter's
 # structure, _resampler_encoder)
-ENCODER_BY_EMBEDS_DIM = {w[IMAGE_EMBEDS]: name for name, w in ENCODERS.items() if IMAGE_EMBEDS in w and name != VIT_L_336}
+ENCODER_BY_EMBEDS_DIM = {w[IMAGE_EMBEDS]: name for name, w in ENCODERS.items()
+                         if IMAGE_EMBEDS in w and name != VIT_L_336}
 ENCODER_BY_HIDDEN_DIM = {w[PENULTIMATE]: name for name, w in ENCODERS.items()
                          if PENULTIMATE in w and name not in (VIT_L_336, SIGLIP)}
 
@@ -195,7 +196,8 @@ class AdapterConfig:
     def name(self) -> str:
         if self.family == SD3:
             n, hidden = len(self.layer_hidden), self.layer_hidden[0]
-            size = "" if (n, hidden) == (SD35_LARGE["depth"], SD35_LARGE["hidden_size"]) else f", {n} blocks {hidden} wide"
+            standard = (n, hidden) == (SD35_LARGE["depth"], SD35_LARGE["hidden_size"])
+            size = "" if standard else f", {n} blocks {hidden} wide"
             return f"SD3.5 Large IP-Adapter ({self.num_tokens} tokens per step, {self.encoder} {self.feature}{size})"
         if self.family == FLUX:
             n, s, hidden = self.double_blocks, self.single_blocks, self.layer_hidden[0]
@@ -208,7 +210,8 @@ class AdapterConfig:
                     f"{size})")
         if self.face:
             width = "" if self.model_channels == 320 else f", {self.model_channels}-channel UNet"
-            inputs = "ArcFace face embedding" + (f" + {self.clip_encoder} face crop" if self.face == FACEID_PLUS else "")
+            crop = f" + {self.clip_encoder} face crop" if self.face == FACEID_PLUS else ""
+            inputs = "ArcFace face embedding" + crop
             lora = f", LoRA rank {self.lora_rank}" if self.lora_rank else ""
             return (f"{self.base_name} {FACE_KIND_NAMES[self.face]} ({self.num_tokens} tokens per face, "
                     f"{inputs}{lora}{width})")
@@ -396,7 +399,8 @@ def _sd3_config(proj, ipa, lora, path) -> AdapterConfig:
     r = _resampler_config(proj, path)
     time_in = _shape(proj, "time_embedding.linear_1.weight", path, "image_proj")
     if len(time_in) != 2 or time_in[0] != r.dim or time_in[1] % 2:
-        raise IPAdapterFileError(path, f"has a time embedding of shape {time_in} for a Resampler {r.dim} wide.", damaged)
+        raise IPAdapterFileError(path, f"has a time embedding of shape {time_in} for a Resampler {r.dim} wide.",
+                                 damaged)
     r = ResamplerConfig(**{**r.__dict__, "time_dim": time_in[1]})
     width = r.output_dim
     hidden = _shape(ipa, "0.to_k_ip.weight", path, "ip_adapter")[0]
@@ -450,9 +454,10 @@ def _face_config(proj, lora, family, cross_dim, layer_hidden, path) -> AdapterCo
         return None  # not a face projection; the caller names what it is
     rows, inner = _shape(proj, "proj.2.weight", path, "image_proj")
     out = _shape(proj, "norm.weight", path, "image_proj")[0]
-    kolors = family == "sdxl" and out == KOLORS_TEXT_WIDTH and "perceiver_resampler.proj_in.weight" in proj
+    kolors = family == "sdxl" and out != cross_dim and "perceiver_resampler.proj_in.weight" in proj
     if kolors:
-        # Kolors FaceID Plus: 6 tokens in ChatGLM3's width, read by K'/V' through the UNet's encoder_hid_proj
+        # Kolors FaceID Plus: 6 tokens in the text encoder's width (ChatGLM3's 4096 in the release; the tests' small
+        # Kolors-shaped UNets read narrower text), read by K'/V' through the UNet's encoder_hid_proj
         common.update(cross_dim=out, base=KOLORS, text_proj=cross_dim)
         cross_dim = out
     _check_out(out, cross_dim, path)

@@ -239,9 +239,9 @@ def flux_lambdas(layers, weight_type: str, blocks: str, custom: str, scaling_ok:
     the default token sets: no weight type routes them otherwise)."""
     if weight_type not in FLUX_WEIGHT_TYPES:
         raise IPAdapterError(
-            f"weight_type: '{weight_type}' is defined for the blocks of SD1.5 and SDXL UNets; {_NAME[family]} has none of "
-            f"them. Use 'linear' on {_NAME[family]}, and blocks = custom for a weight per block (e.g. 'double 0-9 = 1, "
-            "double 10-18 = 0.5').")
+            f"weight_type: '{weight_type}' is defined for the blocks of SD1.5 and SDXL UNets; {_NAME[family]} has none "
+            f"of them. Use 'linear' on {_NAME[family]}, and blocks = custom for a weight per block (e.g. 'double 0-9 = "
+            "1, double 10-18 = 0.5').")
     if not scaling_ok:
         raise IPAdapterError("embeds_scaling: the C-penalty modes scale λ by a UNet layer's width over 1280, which "
                              "means nothing on Flux. Use 'V only' (as XLabs) or 'K+V'.")

@@ -28,7 +28,6 @@ from ..files.config import (
     IMAGE_EMBEDS,
     INSTANTX,
     KOLORS,
-    KOLORS_TEXT_WIDTH,
     PENULTIMATE,
     SD3,
     POOLED,
@@ -135,8 +134,9 @@ def parse_config(text, path) -> AdapterConfig:
             _refuse(path, f"config field '{field}' must be one of {list(allowed)}; found {values[field]!r}.")
     values["layer_hidden"] = tuple(values["layer_hidden"])
     res = values["resampler"]
-    values["resampler"] = None if res is None else ResamplerConfig(**_fields({**ADDED_RESAMPLER_FIELDS, **res},
-                                                                              ResamplerConfig, path, "config.resampler"))
+    if res is not None:
+        res = ResamplerConfig(**_fields({**ADDED_RESAMPLER_FIELDS, **res}, ResamplerConfig, path, "config.resampler"))
+    values["resampler"] = res
     config = AdapterConfig(**values)
     _check_consistent(config, path)
     return config
@@ -206,8 +206,8 @@ def _check_consistent(config: AdapterConfig, path) -> None:
     if config.timed or (config.resampler is not None and config.resampler.time_dim):
         _refuse(path, f"config has a time-conditioned projection, which only SD3.5 adapters have, but family "
                       f"{config.family!r}.")
-    if config.text_proj and (config.base, config.face, config.cross_dim, config.text_proj, config.family) != \
-            (KOLORS, FACEID_PLUS, KOLORS_TEXT_WIDTH, 2048, "sdxl"):
+    if config.text_proj and (config.base, config.face, config.text_proj, config.family) != \
+            (KOLORS, FACEID_PLUS, 2048, "sdxl"):
         _refuse(path, f"config has a text projection, which only Kolors FaceID Plus has ({config}).")
     if config.flux_kind or config.single_blocks:
         _refuse(path, "config names a Flux adapter kind or single blocks, which only Flux adapters have, but family "

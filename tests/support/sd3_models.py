@@ -73,10 +73,10 @@ def diffusers_twin(patcher):
 
     dm = patcher.model.diffusion_model
     depth = len(dm.joint_blocks)
-    twin = SD3Transformer2DModel(sample_size=32, patch_size=2, in_channels=16, num_layers=depth, attention_head_dim=64,
-                                 num_attention_heads=depth, joint_attention_dim=CONTEXT, caption_projection_dim=64 * depth,
-                                 pooled_projection_dim=POOLED, out_channels=16, pos_embed_max_size=dm.pos_embed_max_size,
-                                 qk_norm="rms_norm")
+    twin = SD3Transformer2DModel(sample_size=32, patch_size=2, in_channels=16, num_layers=depth,
+                                 attention_head_dim=64, num_attention_heads=depth, joint_attention_dim=CONTEXT,
+                                 caption_projection_dim=64 * depth, pooled_projection_dim=POOLED, out_channels=16,
+                                 pos_embed_max_size=dm.pos_embed_max_size, qk_norm="rms_norm")
     sd = dm.state_dict()
     mapped = {}
     for dkey, ckey in comfy.utils.mmdit_to_diffusers({"depth": depth}).items():
