@@ -4,16 +4,16 @@ from comfy_api.latest import io
 
 from ..ip_adapter_core.faces.analysis import PROVIDERS, FaceAnalyzer
 from ..ip_adapter_core.faces.packs import pack_dirs
-from ..ip_adapter_core.files.base_model import model_family
+from ..ip_adapter_core.files.base_model import model_base, model_family
 from ..ip_adapter_core.files.loader import load_adapter_handle
 from ..ip_adapter_core.files.presets import FACEID_PRESETS, PRESETS, preset_files
 from .types import CATEGORY, FaceAnalysis, IPAModel
 
 PRESET_TOOLTIP = ("Which adapter to find in models/ipadapter, by its weights (file names do not matter): "
                   + "; ".join(f"{p.name} = {p.meaning}" for p in PRESETS.values())
-                  + ". LIGHT/STANDARD and PLUS/PLUS FACE files have the same tensors: each takes either, "
-                    "preferring a name with (LIGHT, PLUS FACE) or without (STANDARD, PLUS) 'light' / 'face', "
-                    "then the first by path; the log says which.")
+                  + ". LIGHT/STANDARD and PLUS/PLUS FACE/COMPOSITION files have the same tensors: each takes either, "
+                    "preferring a name with (LIGHT, PLUS FACE, COMPOSITION) or without (STANDARD, PLUS) 'light' / "
+                    "'face' / 'composition', then the first by path; the log says which.")
 
 
 class IPAUnifiedLoader(io.ComfyNode):
@@ -30,7 +30,7 @@ class IPAUnifiedLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, preset) -> io.NodeOutput:
-        files = preset_files(preset, model_family(model))
+        files = preset_files(preset, model_family(model), model_base(model))
         return io.NodeOutput(load_adapter_handle(files.adapter), comfy.clip_vision.load(files.clip_vision))
 
 
@@ -53,7 +53,7 @@ class IPAUnifiedLoaderFaceID(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, preset, provider) -> io.NodeOutput:
-        files = preset_files(preset, model_family(model))
+        files = preset_files(preset, model_family(model), model_base(model))
         handle = load_adapter_handle(files.adapter, FACEID_PRESETS[preset].faceid_version)
         clip_vision = comfy.clip_vision.load(files.clip_vision) if files.clip_vision else None
         packs = pack_dirs()

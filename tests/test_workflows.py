@@ -35,6 +35,19 @@ v2-layout adapter for that one block. T5-XXL's fixed config would build 4.7 B pa
 so that server also loads a one-file test node (host_models.write_tiny_t5_node) that shrinks the T5 class to
 TINY_T5; the Flux model reads text of that width. Everything else is ComfyUI's: UNETLoader, DualCLIPLoader,
 FluxGuidance, KSampler (FLUX_STEPS steps), VAEDecode.
+
+What ran for SD3.5 Large (16_sd35_large), in the same server as Flux: the workflow file unchanged, its checkpoint
+ComfyUI's MMDiT of SD3.5 Large's structure with 2 joint blocks 128 wide (an MMDiT's width is 64 per block, so the
+real width needs the real 8 B parameters) and SD3's VAE; TripleCLIPLoader with the real-size CLIP-L and CLIP-G and the
+shrunk T5 (TINY_T5 keeps T5-XXL's width, 4096, which SD3 joins with CLIP's); the real-size SigLIP so400m/14-384
+encoder; an InstantX-layout adapter for those 2 blocks (.bin pickle, as released). KSampler FLUX_STEPS steps.
+
+What ran for Kolors (17_kolors_plus), in the SD1.5 server: ComfyUI has no Kolors model, and MinusZone's Kolors
+nodes cannot be installed in the test servers, so every server loads test stand-ins of their three nodes
+(tests/support/kolors_host.py: their names, sockets and widgets; a Kolors-shaped UNet of ComfyUI's classes at 64
+base channels with encoder_hid_proj, and random ChatGLM3-shaped conditioning). The rest is the workflow file
+unchanged: SDXL's VAE, the real-size ViT-L/14 at 336 px (a .bin pickle, as released) and a Kolors-Plus-layout
+adapter for that UNet.
 """
 from __future__ import annotations
 

@@ -22,13 +22,16 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import IPAdapterError
-from .config import FACEID, FACEID_PLUS, FAMILY_NAMES, PORTRAIT, PORTRAIT_UNNORM, VIT_BIGG, VIT_H, AdapterConfig
+from .config import (FACEID, FACEID_PLUS, FAMILY_NAMES, KOLORS, PORTRAIT, PORTRAIT_UNNORM, VIT_BIGG, VIT_H, VIT_L_336,
+                     AdapterConfig)
 from .model_folders import CLIP_VISION, FOLDER, Skipped, folders, scan
 
 log = logging.getLogger("ipadapter")
 
 HF = "https://huggingface.co/h94/IP-Adapter/resolve/main/"
 HF_FACEID = "https://huggingface.co/h94/IP-Adapter-FaceID/resolve/main/"
+HF_COMPOSITION = "https://huggingface.co/ostris/ip-composition-adapter/resolve/main/"
+HF_KOLORS = "https://huggingface.co/Kwai-Kolors/Kolors-IP-Adapter-Plus/resolve/main/"
 SAME_TENSORS = ("{a} and {b} files have the same tensors (only the training differs), so {preset} "
                 "takes either; to use a given file, load it with IP-Adapter Loader.")
 
@@ -44,6 +47,7 @@ class Preset:
     name_hint: tuple[str, bool] | None = None
     hub: str = HF                               # where the releases are
     faceid_version: str = ""                    # FaceID Plus: "v2" / "v1", what the preset means
+    base: str = ""                              # KOLORS: the preset is for Kolors UNets (and only it is)
 
 
 def _linear(encoder):
@@ -52,6 +56,10 @@ def _linear(encoder):
 
 def _plus(c: AdapterConfig) -> bool:
     return c.projection == "resampler" and c.num_tokens == 16 and c.encoder == VIT_H
+
+
+def _kolors_plus(c: AdapterConfig) -> bool:
+    return c.base == KOLORS and c.projection == "resampler"
 
 
 def _full_face(c: AdapterConfig) -> bool:
@@ -77,6 +85,14 @@ PRESETS = {p.name: p for p in (
            SAME_TENSORS.format(a="Plus-face", b="plus", preset="PLUS FACE"), ("face", True)),
     Preset("FULL FACE", "full-face adapter (MLP), ViT-H, 257 tokens: portraits (SD1.5 only)", _full_face,
            {"sd15": "models/ip-adapter-full-face_sd15.safetensors"}),
+    # ostris' composition adapter is a plus adapter by its tensors: among plus files a name with "composition" wins
+    Preset("COMPOSITION", "ostris' composition adapter (a plus adapter trained for layout), ViT-H, 16 tokens", _plus,
+           {"sd15": "ip_plus_composition_sd15.safetensors", "sdxl": "ip_plus_composition_sdxl.safetensors"},
+           "composition and plus files have the same tensors, so COMPOSITION takes a plus file when no name says "
+           "'composition'; to use a given file, load it with IP-Adapter Loader.", ("composition", True),
+           HF_COMPOSITION),
+    Preset("KOLORS", "Kolors-IP-Adapter-Plus (Resampler), ViT-L/14-336, 16 tokens (Kolors only)", _kolors_plus,
+           {"sdxl": "ip_adapter_plus_general.bin"}, hub=HF_KOLORS, base=KOLORS),
 )}
 
 def _face(kind):
@@ -105,7 +121,9 @@ FACEID_PRESETS = {p.name: p for p in (
 # encoder -> (h94/IP-Adapter file, the name README.md gives it in models/clip_vision)
 ENCODER_RELEASES = {VIT_H: ("models/image_encoder/model.safetensors", "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"),
                     VIT_BIGG: ("sdxl_models/image_encoder/model.safetensors",
-                               "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors")}
+                               "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors"),
+                    VIT_L_336: ("image_encoder/pytorch_model.bin", "clip-vit-large-patch14-336.bin")}
+ENCODER_HUBS = {VIT_L_336: HF_KOLORS}  # where an encoder's release is, when not h94/IP-Adapter
 
 
 @dataclass(frozen=True)
@@ -121,13 +139,19 @@ class PresetFiles:
 
 # ---------------------------------------------------------------- choosing files
 
-def preset_files(preset: str, family: str) -> PresetFiles:
-    """The adapter and CLIP vision files for ``preset`` on a ``family`` ('sd15'/'sdxl') model,
-    chosen by their tensors; the first by path where several fit. Raises IPAdapterError."""
+def preset_files(preset: str, family: str, base: str = "") -> PresetFiles:
+    """The adapter and CLIP vision files for ``preset`` on a ``family`` ('sd15'/'sdxl') model of ``base`` (KOLORS
+    for a Kolors UNet), chosen by their tensors; the first by path where several fit. Raises IPAdapterError."""
     p = PRESETS.get(preset) or FACEID_PRESETS.get(preset)
     if p is None:
         raise IPAdapterError(f"preset: unknown preset '{preset}'; expected one of "
                              f"{', '.join([*PRESETS, *FACEID_PRESETS])}.")
+    if p.base != base:
+        kolors = [n for n, q in PRESETS.items() if q.base == KOLORS]
+        raise IPAdapterError(f"preset {p.name}: " + (
+            f"this model is a Kolors UNet; the {p.name} adapters were trained for SDXL. For Kolors use {kolors[0]}."
+            if base == KOLORS else f"{p.meaning}; this model is not a Kolors UNet. Load a Kolors model (MinusZone's "
+            "Kolors nodes, ComfyUI-Kolors-MZ) or choose another preset."))
     fam = FAMILY_NAMES[family]
     if family not in p.releases:
         table = FACEID_PRESETS if p.name in FACEID_PRESETS else PRESETS
@@ -139,7 +163,7 @@ def preset_files(preset: str, family: str) -> PresetFiles:
                              f"For {fam} use one of: {', '.join(others)}.")
     files = scan(FOLDER)
     fits = [(path, c) for path, c in files
-            if isinstance(c, AdapterConfig) and c.family == family and p.accepts(c)]
+            if isinstance(c, AdapterConfig) and c.family == family and c.base == base and p.accepts(c)]
     if not fits:
         raise IPAdapterError(_missing_adapter(p, family, files))
     order = "first by path" if p.name_hint is None else \
@@ -199,7 +223,9 @@ def _missing_adapter(p: Preset, family: str, files) -> str:
 
 def _missing_encoder(p: Preset, fam: str, adapter: str, config: AdapterConfig, files) -> str:
     release, name = ENCODER_RELEASES[config.clip_encoder]
+    hub = ENCODER_HUBS.get(config.clip_encoder, HF)
     return (f"preset {p.name} ({fam}): the adapter {Path(adapter).name} ({config.name}) needs the "
             f"{config.clip_encoder} CLIP vision model; none found in models/{CLIP_VISION} (searched: "
-            f"{_searched(CLIP_VISION)}). Download {release} from Hugging Face h94/IP-Adapter ({HF}{release}) "
-            f"and save it in one of those folders as {name} (any name works). Found: {_listing(files)}.")
+            f"{_searched(CLIP_VISION)}). Download {release} from Hugging Face "
+            f"{hub.split('.co/')[1].split('/resolve')[0]} ({hub}{release}) and save it in one of those folders as "
+            f"{name} (any name works). Found: {_listing(files)}.")

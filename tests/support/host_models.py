@@ -271,7 +271,8 @@ def clip_vision_vit_bigg() -> Path:
 # (T5-XXL's 4.7 B parameters do not fit this machine); the server learns the shrunk T5 from the test node that
 # write_tiny_t5_node writes. The VAE is Flux's (16 latent channels) at its real size.
 FLUX_DOUBLE, FLUX_SINGLE = 1, 0
-TINY_T5 = {"d_ff": 128, "d_kv": 32, "d_model": 64, "num_heads": 2, "num_layers": 1, "num_decoder_layers": 1}
+# T5-XXL's width (4096: SD3's TripleCLIPLoader joins it with CLIP-L/G padded to 4096) with one tiny layer
+TINY_T5 = {"d_ff": 128, "d_kv": 32, "d_model": 4096, "num_heads": 2, "num_layers": 1, "num_decoder_layers": 1}
 
 
 def flux_unet_config() -> dict:
@@ -292,7 +293,7 @@ def _flux_model() -> dict[str, torch.Tensor]:
 
 def flux_dev() -> Path:
     """Flux.1 [dev] diffusion model (UNETLoader layout: no prefix), fp16, 1 double block (~0.74 GB)."""
-    return cached_build("flux-dev-1block", _flux_model)
+    return cached_build("flux-dev-1block-t5w4096", _flux_model)
 
 
 def _flux_vae() -> dict[str, torch.Tensor]:
@@ -348,7 +349,7 @@ def _t5_tiny() -> dict[str, torch.Tensor]:
 
 def t5xxl_tiny() -> Path:
     """A T5 of T5-XXL's structure at TINY_T5's size, in t5xxl_fp16.safetensors' layout."""
-    return cached_build("t5xxl-tiny", _t5_tiny)
+    return cached_build("t5xxl-tiny-w4096", _t5_tiny)
 
 
 def write_tiny_t5_node(custom_nodes: Path) -> Path:
@@ -357,7 +358,7 @@ def write_tiny_t5_node(custom_nodes: Path) -> Path:
     path = Path(custom_nodes) / "ipadapter_test_tiny_t5.py"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
-        "# Written by tests/support/host_models.py: the workflow tests' Flux reads text from a shrunk T5-XXL.\n"
+        "# Written by tests/support/host_models.py: the workflow tests' Flux and SD3.5 read text from a shrunk T5-XXL.\n"
         "import json, os, tempfile\n"
         "import comfy.sd1_clip\n"
         "import comfy.text_encoders.sd3_clip as sc\n"
@@ -380,6 +381,112 @@ def write_tiny_t5_node(custom_nodes: Path) -> Path:
 def clip_vision_vit_l() -> Path:
     """OpenAI CLIP ViT-L/14 vision tower with projection (HF layout, fp16, ~0.6 GB): XLabs' encoder."""
     return cached_build("clip-vision-vit-l", lambda: _clip_vision("clip_vision_config_vitl.json", SEED + 34))
+
+
+# --------------------------------------------------------------------------- SD3.5 Large
+
+# The workflow tests' SD3.5 Large: ComfyUI's MMDiT of SD3.5 Large's structure (RMS q/k norms, heads of 64, T5-width
+# context, pooled 2048) with SD3_DEPTH joint blocks; an MMDiT's width is 64 · depth, so the real width needs the real
+# depth (8 B parameters): this one is 2 blocks 128 wide. Its checkpoint holds the model and SD3's VAE (Flux's
+# architecture); text comes from TripleCLIPLoader: CLIP-L, CLIP-G (real size) and the shrunk T5 above.
+SD3_DEPTH = 2
+
+
+def _sd3_config():
+    import comfy.supported_models as sm  # noqa: PLC0415
+
+    return sm.SD3(dict(in_channels=16, out_channels=16, patch_size=2, depth=SD3_DEPTH, input_size=None,
+                       adm_in_channels=2048, pos_embed_max_size=192, num_patches=192 ** 2, qk_norm="rms",
+                       pos_embed_scaling_factor=None, x_block_self_attn_layers=[],
+                       context_embedder_config={"target": "torch.nn.Linear",
+                                                "params": {"in_features": 4096, "out_features": 64 * SD3_DEPTH}}))
+
+
+def _sd35_checkpoint() -> dict[str, torch.Tensor]:
+    import comfy.ops  # noqa: PLC0415
+    from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper  # noqa: PLC0415
+
+    config = _sd3_config()
+    cfg = {k: v for k, v in config.unet_config.items() if k not in ("num_patches",)}
+    with torch.device("meta"):
+        model = OpenAISignatureMMDITWrapper(**cfg, device="meta", operations=comfy.ops.disable_weight_init)
+    sd = config.process_unet_state_dict_for_saving(_random_state_dict(model, SEED + 40))
+    sd.update(config.process_vae_state_dict_for_saving(_flux_vae()))
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+def sd35_checkpoint() -> Path:
+    """SD3.5 Large-structured checkpoint (2 joint blocks 128 wide + SD3's VAE), fp16 (~0.2 GB)."""
+    return cached_build("sd35-2block", _sd35_checkpoint)
+
+
+def _clip_g_text() -> dict[str, torch.Tensor]:
+    import comfy.sdxl_clip  # noqa: PLC0415
+
+    with torch.device("meta"):
+        te = comfy.sdxl_clip.SDXLClipG(device="meta")
+    return _random_state_dict(te.transformer, SEED + 41)
+
+
+def clip_g_text() -> Path:
+    """OpenCLIP ViT-bigG text encoder as SD3's clip_g.safetensors (``text_model.*``), fp16 (~1.4 GB)."""
+    return cached_build("clip-g-text", _clip_g_text)
+
+
+def clip_vision_siglip() -> Path:
+    """google/siglip-so400m-patch14-384's vision tower as ComfyUI's sigclip_vision_patch14_384 (fp16, ~0.86 GB):
+    the SD3.5 adapter's encoder."""
+    return cached_build("clip-vision-siglip-384", lambda: _clip_vision("clip_vision_siglip_384.json", SEED + 42))
+
+
+# --------------------------------------------------------------------------- Kolors
+
+def clip_vision_vit_l_336_bin() -> Path:
+    """OpenAI CLIP ViT-L/14 at 336 px (577 positions), Kolors' encoder, saved as the released pytorch_model.bin is
+    (a pickle; fp16, ~0.6 GB): the popular extension's Kolors example names it clip-vit-large-patch14-336.bin."""
+    path = cache_dir() / f"clip-vision-vit-l-336-{VERSION}.bin"
+    if not path.is_file():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(_clip_vision("clip_vision_config_vitl_336.json", SEED + 43), str(tmp))
+        tmp.chmod(0o644)
+        os.replace(tmp, path)
+    return path
+
+
+# Kolors' UNet (FAMILIES.md §2) at 64 base channels: SDXL's blocks, cross-attention 2048, a 5632-wide vector input,
+# and the text projection (ChatGLM3's 4096 -> 2048) that MinusZone's loader adds (tests/support/kolors_host.py).
+KOLORS_CHANNELS = 64
+
+
+def kolors_unet_config() -> dict:
+    return {**unet_config(True, KOLORS_CHANNELS), "adm_in_channels": 5632}
+
+
+def _kolors_unet() -> dict[str, torch.Tensor]:
+    import comfy.ops  # noqa: PLC0415
+    import comfy.supported_models as sm  # noqa: PLC0415
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: PLC0415
+
+    cfg = sm.SDXL(kolors_unet_config()).unet_config
+    model = UNetModel(**cfg, device="meta", operations=comfy.ops.disable_weight_init)
+    model.encoder_hid_proj = torch.nn.Linear(4096, 2048, device="meta")
+    return {k: v.contiguous() for k, v in _random_state_dict(model, SEED + 45).items()}
+
+
+def kolors_unet() -> Path:
+    """A Kolors-shaped UNet (KOLORS_CHANNELS base channels, encoder_hid_proj), ComfyUI's key layout, fp16 (~0.1 GB):
+    what the test stand-in of MinusZone's Kolors UNet loader reads."""
+    return cached_build("kolors-unet-64ch", _kolors_unet)
+
+
+def chatglm3_stub() -> Path:
+    """The file the test stand-in of MinusZone's ChatGLM3 loader is given: one tensor (its text is random)."""
+    return cached_build("chatglm3-stub", lambda: {"stub": torch.zeros(1)})
+
+
+def sdxl_vae() -> Path:
+    """SDXL's VAE as a separate sdxl_vae.safetensors (4 latent channels), fp16 (~0.17 GB)."""
+    return cached_build("sdxl-vae", lambda: _random_state_dict(_vae(), SEED + 44))
 
 
 # --------------------------------------------------------------------------- folders

@@ -19,11 +19,11 @@ wf = script("workflow_format")
 
 WORKFLOWS = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
 SDXL = {"07_sdxl_style_composition", "14_sdxl_faceid"}
-FLUX = {"15_flux_xlabs"}
+FLUX = {"15_flux_xlabs", "16_sd35_large"}  # the transformers, in the server with the shrunk T5 (host_models)
 
 
 def family_of(name: str) -> str:
-    """The server a workflow runs in: "sdxl", "flux" or "sd15"."""
+    """The server a workflow runs in: "sdxl", "flux" (Flux and SD3.5) or "sd15" (and Kolors' small UNet)."""
     return "sdxl" if name in SDXL else "flux" if name in FLUX else "sd15"
 
 
@@ -33,22 +33,33 @@ SDXL_MIN_FREE_GB = 8.0
 # input name -> (models subfolder, {file name in the workflows -> how to make a random file of that kind})
 MODEL_INPUTS = {
     "ckpt_name": ("checkpoints", {"v1-5-pruned-emaonly.safetensors": ("sd15_checkpoint", False),
-                                  "sd_xl_base_1.0.safetensors": ("sdxl_checkpoint", False)}),
+                                  "sd_xl_base_1.0.safetensors": ("sdxl_checkpoint", False),
+                                  "sd3.5_large.safetensors": ("sd35_checkpoint",)}),
     "control_net_name": ("controlnet", {"control_v11p_sd15_canny_fp16.safetensors": ("controlnet_sd15", False)}),
     "clip_name": ("clip_vision", {"CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors": ("clip_vision_vit_h",),
-                                  "clip-vit-large-patch14.safetensors": ("clip_vision_vit_l",)}),
+                                  "clip-vit-large-patch14.safetensors": ("clip_vision_vit_l",),
+                                  "sigclip_vision_patch14_384.safetensors": ("clip_vision_siglip",),
+                                  "clip-vit-large-patch14-336.bin": ("clip_vision_vit_l_336_bin",)}),
     # Flux (host_models: one double block at the real width, CLIP-L, a shrunk T5-XXL, Flux's VAE)
-    "unet_name": ("diffusion_models", {"flux1-dev.safetensors": ("flux_dev",)}),
+    "unet_name": ("diffusion_models", {"flux1-dev.safetensors": ("flux_dev",),
+                                       # Kolors (tests/support/kolors_host.py's stand-in of MinusZone's loader)
+                                       "diffusion_pytorch_model.fp16.safetensors": ("kolors_unet",)}),
+    # DualCLIPLoader (Flux: clip_l, t5xxl) and TripleCLIPLoader (SD3.5: clip_g, clip_l, t5xxl)
     "clip_name1": ("text_encoders", {"clip_l.safetensors": ("clip_l_text",)}),
-    "clip_name2": ("text_encoders", {"t5xxl_fp16.safetensors": ("t5xxl_tiny",)}),
-    "vae_name": ("vae", {"ae.safetensors": ("flux_vae",)}),
+    "clip_name2": ("text_encoders", {"t5xxl_fp16.safetensors": ("t5xxl_tiny",), "clip_g.safetensors": ("clip_g_text",)}),
+    "clip_name3": ("text_encoders", {"t5xxl_fp16.safetensors": ("t5xxl_tiny",)}),
+    "vae_name": ("vae", {"ae.safetensors": ("flux_vae",), "sdxl_vae.safetensors": ("sdxl_vae",)}),
+    "chatglm3_checkpoint": ("LLM", {"chatglm3-8bit.safetensors": ("chatglm3_stub",)}),
     "ipadapter_file": ("ipadapter", {**{f"{v}.safetensors": ("adapter", v) for v in
                                         ("ip-adapter_sd15", "ip-adapter-plus_sd15", "ip-adapter_sdxl_vit-h",
                                          "ip-adapter-full-face_sd15")},
                                      **{f"{v}.bin": ("adapter", v, "bin") for v in  # released as .bin only
                                         ("ip-adapter-faceid-plusv2_sd15", "ip-adapter-faceid_sdxl")},
                                      # XLabs' v2 layout for the one-block Flux above
-                                     "flux-ip-adapter-v2.safetensors": ("xlabs_flux",)}),
+                                     "flux-ip-adapter-v2.safetensors": ("xlabs_flux",),
+                                     # InstantX's layout for the two-block SD3.5, Kolors Plus for the small Kolors
+                                     "sd3.5_large_ip-adapter.bin": ("sd35_adapter",),
+                                     "Kolors-IP-Adapter-Plus.bin": ("kolors_plus",)}),
     # a face pack is a folder: models/insightface/models/<pack>/ (synthetic ONNX graphs, tests/support/face_packs.py)
     "pack": ("insightface/models", {"buffalo_l": ("face_pack",)}),
 }
@@ -99,6 +110,8 @@ def _model_file(recipe, adapter_file) -> Path:
         return _face_pack()
     if recipe[0] == "xlabs_flux":
         return _xlabs_flux()
+    if recipe[0] in ("sd35_adapter", "kolors_plus"):
+        return _pickled_adapter(recipe[0])
     return getattr(host_models, recipe[0])(*recipe[1:])
 
 
@@ -131,6 +144,36 @@ def _xlabs_flux() -> Path:
     return path
 
 
+def _pickled_adapter(kind: str) -> Path:
+    """The SD3.5 adapter (InstantX's layout, for host_models' two-block SD3.5: a Resampler 256 wide, 64 tokens) or
+    Kolors-IP-Adapter-Plus (for its 64-channel Kolors UNet: a Resampler 256 wide), as the released .bin pickles are
+    ({"image_proj": ..., "ip_adapter": ...}), fp16, cached."""
+    import torch  # noqa: PLC0415
+
+    from support import host_models  # noqa: PLC0415
+
+    path = host_models.cache_dir() / f"{kind}-{host_models.VERSION}.bin"
+    if not path.is_file():
+        if kind == "sd35_adapter":
+            from support.sd3_models import sd3_adapter_state_dict  # noqa: PLC0415
+
+            depth = host_models.SD3_DEPTH
+            flat = sd3_adapter_state_dict(depth, 64 * depth, dim=256, heads=4, queries=64, depth=4)
+        else:
+            from support.kolors_models import plus_state_dict  # noqa: PLC0415
+
+            flat = plus_state_dict(host_models.KOLORS_CHANNELS, dim=256, heads=4)
+        sections: dict = {}
+        for key, value in flat.items():
+            head, _, tail = key.partition(".")
+            sections.setdefault(head, {})[tail] = value
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(sections, str(tmp))
+        tmp.chmod(0o644)
+        tmp.replace(path)
+    return path
+
+
 class Servers:
     """One ComfyUI server at a time (memory): SD1.5 workflows with defaults, SDXL with SDXL_FLAGS. The model
     files a server's workflows need are linked (built, the first time) just before it starts."""
@@ -153,11 +196,12 @@ class Servers:
             self._link_models([n for n in WORKFLOWS if family_of(n) == key])
             work = self.root / key
             shutil.copytree(self.root / "input", work / "input", dirs_exist_ok=True)
-            nodes = ()
-            if key == "flux":  # the shrunk T5-XXL (host_models.write_tiny_t5_node)
-                from support import host_models  # noqa: PLC0415
+            from support import host_models, kolors_host  # noqa: PLC0415
 
-                nodes = (host_models.write_tiny_t5_node(self.root / "test_nodes"),)
+            # the stand-ins of MinusZone's Kolors nodes in every server (the editor opens the Kolors workflow too)
+            nodes = (kolors_host.write_node(self.root / "test_nodes"),)
+            if key == "flux":  # the shrunk T5-XXL (host_models.write_tiny_t5_node)
+                nodes += (host_models.write_tiny_t5_node(self.root / "test_nodes"),)
             self.current = comfy_server.LocalServer(cpu=True, isolate=True, workdir=work,
                                                     extra_model_paths=[self.config], extra_nodes=nodes,
                                                     extra_args=SDXL_FLAGS if key == "sdxl" else ())
@@ -196,7 +240,8 @@ def make_servers(root: Path, adapter_file) -> "Servers":
     config = root / "models.yaml"
     config.write_text("ipadapter_workflow_tests:\n  base_path: " + json.dumps(str(models)) + "\n"
                       + "".join(f"  {f}: {f}\n" for f in ("checkpoints", "controlnet", "clip_vision", "ipadapter",
-                                                           "insightface", "diffusion_models", "text_encoders", "vae")))
+                                                           "insightface", "diffusion_models", "text_encoders", "vae",
+                                                           "LLM")))
     (root / "input").mkdir()
     for png in (REPO / "workflows" / "input").glob("*.png"):
         img = Image.open(png)
