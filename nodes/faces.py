@@ -109,14 +109,19 @@ class IPAProjectFace(io.ComfyNode):
                     *project_inputs(),
                     io.String.Input("image_weights", default="", optional=True,
                                     tooltip="One multiplier per face, e.g. '1.0, 0.5'. Empty: every face 1."),
-                    kolors_input()],
+                    kolors_input(),
+                    io.Image.Input("negative_image", optional=True,
+                                   tooltip="FaceID Plus only: a picture whose CLIP features replace the zero image's "
+                                           "in the negative (the popular extension's image_negative, e.g. IP-Adapter "
+                                           "Noise Negative's image). Unconnected: as the reference.")],
             outputs=[IPAEmbeds.Output(display_name="embeds")])
 
     @classmethod
     def execute(cls, ipadapter, faces, combine, clip_vision=None, faceid_version="auto", weight_faceidv2=1.0,
-                lora_strength=1.0, image_weights="", weight_kolors=1.0) -> io.NodeOutput:
+                lora_strength=1.0, image_weights="", weight_kolors=1.0, negative_image=None) -> io.NodeOutput:
         return io.NodeOutput(face_prompt(ipadapter, faces, clip_vision, combine, faceid_version, weight_faceidv2,
-                                         lora_strength, image_weights or "", text_proj_scale=weight_kolors))
+                                         lora_strength, image_weights or "", text_proj_scale=weight_kolors,
+                                         negative_image=negative_image))
 
 
 class IPAFaceID(io.ComfyNode):

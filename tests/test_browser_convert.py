@@ -5,7 +5,8 @@
   screenshot goes to docs/images/convert_on_load.jpg (with IPADAPTER_SCREENSHOTS=1).
 - An API-format file of theirs (``app.loadApiJson``) opens converted too.
 - The converted graph runs from the Run button's path (``app.queuePrompt``: the editor's own conversion).
-- Nodes that cannot be converted (Kolors) are named in the notice and stay; only they are missing.
+- Nodes that cannot be converted (a preset with no equivalent here) are named in the notice and stay; only they are
+  missing.
 - A file the converter refuses: the notice says so and gives the server's reason.
 - With their extension installed (stood in for by registering one of its node types in the page), loading
   changes nothing, and the menu command converts the open graph.
@@ -18,7 +19,7 @@ import time
 import pytest
 
 from ipadapter_ext.ip_adapter_core.convert import THEIR_NODE_IDS
-from support.plus_graphs import MODEL, SCENARIOS, theirs, to_ui
+from support.plus_graphs import LATER_PRESET, MODEL, SCENARIOS, staying_loader, theirs, to_ui
 # the module-scoped fixtures of test_browser.py: one Chromium and one editor page for this module too
 from test_browser import SIZE, browser, editor, object_info  # noqa: F401
 from test_convert import their_examples
@@ -130,18 +131,17 @@ def test_the_converted_graph_runs_from_the_run_button(editor, object_info):
 
 def test_unconvertible_nodes_stay_and_are_named(editor, object_info):
     their, _ = SCENARIOS["advanced"]()
-    their["31"] = theirs("IPAdapterUnifiedLoaderCommunity", {"preset": "Kolors"}, {"model": MODEL})
-    their["32"] = theirs("IPAdapterFaceIDKolors", {}, {"model": ["31", 0], "ipadapter": ["31", 1],
-                                                       "image": ["5", 0]})
+    their["31"] = staying_loader(MODEL)
+    their["32"] = theirs("IPAdapterFaceID", {}, {"model": ["31", 0], "ipadapter": ["31", 1], "image": ["5", 0]})
     their["33"] = {"class_type": "PreviewImage", "inputs": {"images": ["32", 1]}}
     clear_notices(editor)
-    editor.load(to_ui(their, object_info), "plus_kolors")
+    editor.load(to_ui(their, object_info), "plus_later_preset")
     found = wait_notice(editor, "IP-Adapter: workflow converted in part")
-    assert "IPAdapterFaceIDKolors" in found[0] and "Kolors" in found[0], found
+    assert "IPAdapterFaceID" in found[0] and LATER_PRESET in found[0], found
     dialogs = editor.dialogs()
-    assert len(dialogs) == 1 and "IPAdapterFaceIDKolors" in dialogs[0] and "IPAdapterAdvanced" not in dialogs[0]
+    assert len(dialogs) == 1 and "IPAdapterFaceID" in dialogs[0] and "IPAdapterAdvanced" not in dialogs[0]
     editor.close_dialogs()
-    assert {"IPAdapterFaceIDKolors", "IPAdapterUnifiedLoaderCommunity"} <= types(editor)
+    assert {"IPAdapterFaceID", "IPAdapterUnifiedLoader"} <= types(editor)
     assert "IPAdapterAdvanced" not in types(editor)
 
 

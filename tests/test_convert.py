@@ -9,7 +9,7 @@
 - The command line script writes the same graph, prints the report, and exits 1 / 2 as documented.
 - Their own 21 example files, when present (``IPADAPTER_PLUS_EXAMPLES``; .ci/run sets it to the copy beside the
   repository in CI, ``../shared/third_party/ComfyUI_IPAdapter_plus/examples``):
-  each converts fully, partially or not at all, as listed in EXAMPLES.
+  each converts as listed in EXAMPLES (all 21 fully: no node of theirs kept, no link dropped, nothing lost).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from ipadapter_ext.ip_adapter_core.convert.flux_nodes import FLUX_NODES
 from ipadapter_ext.ip_adapter_core.convert.plus_nodes import NODES as THEIR_NODES
 from ipadapter_ext.ip_adapter_core.convert.rules import NOT_HERE, RULES
 from ipadapter_ext.ip_adapter_core.convert.v1_nodes import V1_NODES
-from support.plus_graphs import SCENARIOS, canonical, core, theirs
+from support.plus_graphs import LATER_PRESET, SCENARIOS, canonical, core, staying_loader, theirs
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = ["1", 0]
@@ -84,7 +84,8 @@ def our_nodes(api, kind):
 SIMPLE_WEIGHT_TYPES = {"standard": "linear", "prompt is more important": "ease out", "style transfer": "style transfer"}
 PRESETS = {"LIGHT - SD1.5 only (low strength)": "LIGHT", "STANDARD (medium strength)": "STANDARD",
            "VIT-G (medium strength)": "VIT-G", "PLUS (high strength)": "PLUS", "PLUS FACE (portraits)": "PLUS FACE",
-           "FULL FACE - SD1.5 only (portraits stronger)": "FULL FACE"}
+           "FULL FACE - SD1.5 only (portraits stronger)": "FULL FACE",
+           "Composition": "COMPOSITION", "Kolors": "KOLORS"}   # the last two: IPAdapterUnifiedLoaderCommunity's
 INTERPOLATIONS = {"LANCZOS": "lanczos", "BICUBIC": "bicubic", "HAMMING": "bilinear", "BILINEAR": "bilinear",
                   "BOX": "area", "NEAREST": "nearest"}
 TIMINGS = {"linear": "linear", "ease_in": "ease out", "ease_out": "ease in", "ease_in_out": "ease in-out",
@@ -190,14 +191,14 @@ def test_older_files_get_the_defaults(kind):
 
 def test_unconvertible_nodes_stay_whole_and_named():
     g = graph_with("IPAdapterAdvanced")
-    g["31"] = theirs("IPAdapterUnifiedLoaderCommunity", {"preset": "Kolors"}, {"model": MODEL})
-    g["32"] = theirs("IPAdapterFaceIDKolors", {}, {"model": ["31", 0], "ipadapter": ["31", 1], "image": ["5", 0]})
+    g["31"] = staying_loader(MODEL)
+    g["32"] = theirs("IPAdapterFaceID", {}, {"model": ["31", 0], "ipadapter": ["31", 1], "image": ["5", 0]})
     g["9"]["inputs"]["images"] = ["32", 1]    # their face_image output feeds Save Image
     converted, report = convert(copy.deepcopy(g))
     assert converted["31"] == g["31"] and converted["32"] == g["32"]
-    assert {k["type"] for k in report.kept} == {"IPAdapterUnifiedLoaderCommunity", "IPAdapterFaceIDKolors"}
+    assert {k["type"] for k in report.kept} == {"IPAdapterUnifiedLoader", "IPAdapterFaceID"}
     assert converted["9"]["inputs"]["images"] == ["32", 1]
-    assert "Kolors" in report.text() and not report.complete
+    assert LATER_PRESET in report.text() and not report.complete
 
 
 def test_family_is_read_from_the_checkpoint_or_asked():
@@ -304,12 +305,15 @@ def test_a_workflow_without_their_nodes_comes_back_unchanged():
 
 # ---------------------------------------------------------------------------- their own examples
 
-EXAMPLES = {  # their examples/*.json at commit 9d076a3: how each converts (docs/converting.md, their examples)
-    "IPAdapter_FaceIDv2_Kolors.json": "partially", "ipadapter_advanced.json": "fully",
+# Their examples/*.json at commit 9d076a3: how each converts (docs/converting.md, their examples). All 21 fully: no
+# node of theirs stays in any, and IPAdapter_FaceIDv2_Kolors.json's image_negative (their IPAdapter Noise) feeds
+# Project Face's negative_image (test_convert_kolors.py checks the link).
+EXAMPLES = {
+    "IPAdapter_FaceIDv2_Kolors.json": "fully", "ipadapter_advanced.json": "fully",
     "ipadapter_clipvision_enhancer.json": "fully", "ipadapter_combine_embeds.json": "fully",
     "ipadapter_cosxl_edit.json": "fully", "ipadapter_faceid.json": "fully",
     "ipadapter_faceid_batch.json": "fully", "ipadapter_ideal_faceid_config.json": "fully",
-    "ipadapter_kolors.json": "not at all", "ipadapter_negative_image.json": "fully",
+    "ipadapter_kolors.json": "fully", "ipadapter_negative_image.json": "fully",
     "ipadapter_noise_injection.json": "fully", "ipadapter_portrait.json": "fully",
     "ipadapter_precise_composition.json": "fully", "ipadapter_precise_weight_type.json": "fully",
     "ipadapter_regional_conditioning.json": "fully", "ipadapter_simple.json": "fully",
@@ -339,13 +343,14 @@ def test_their_examples_convert_as_documented():
         pytest.skip("THEIR EXAMPLES NOT CHECKED: IPADAPTER_PLUS_EXAMPLES is not set to a folder with "
                     "ComfyUI_IPAdapter_plus's examples/*.json (docs/testing.md; .ci/run sets it in CI)")
     files = sorted(p.name for p in folder.glob("*.json"))
-    assert files == sorted(EXAMPLES)
+    assert files == sorted(EXAMPLES) and set(EXAMPLES.values()) == {"fully"}
     for name in files:
         workflow = json.loads((folder / name).read_text(encoding="utf-8"))
         out, report = convert(workflow)
         status = ("not at all" if not report.converted else
                   "fully" if report.complete else "partially")
         assert status == EXAMPLES[name], (name, report.text())
+        assert not report.kept and not report.dropped, (name, report.text())
         ids = {x["id"] for x in out["nodes"]}
         for link in out["links"]:    # every converted file is consistent
             assert link[1] in ids and link[3] in ids, (name, link)
@@ -366,7 +371,7 @@ def test_command_line(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "theirs.json" in bad.stderr
     faceid = core("v1-5-pruned-emaonly.safetensors", MODEL)
-    faceid["20"] = theirs("IPAdapterUnifiedLoaderCommunity", {"preset": "Kolors"}, {"model": MODEL})
+    faceid["20"] = staying_loader(MODEL)
     src.write_text(json.dumps(faceid))
     strict = subprocess.run([sys.executable, str(REPO / "scripts" / "convert_workflow.py"), str(src), str(dst),
                              "--strict"], capture_output=True, text=True, timeout=120)

@@ -38,7 +38,7 @@ from support.hostile_graphs import (
     ui_graph,
     ui_reroute_loop,
 )
-from support.plus_graphs import theirs
+from support.plus_graphs import staying_loader
 
 REPO = Path(__file__).resolve().parent.parent
 CONVERTER = str(REPO / "ip_adapter_core" / "convert")
@@ -173,10 +173,10 @@ def test_chains_of_3000_nodes_convert_without_recursion(shape):
 
 
 def test_a_chain_that_stays_keeps_its_whole_length_linearly():
-    """3,000 chained apply nodes fed by a community loader, which stays: every one of them stays (it would
-    lose its adapter), found in one pass over the graph, not one conversion rerun per node."""
+    """3,000 chained apply nodes fed by a preset loader that stays (a preset with no equivalent here): every one of
+    them stays (it would lose its adapter), found in one pass over the graph, not one conversion rerun per node."""
     wf = api_chain(3000)
-    wf["20"] = theirs("IPAdapterUnifiedLoaderCommunity", {"preset": "Composition"}, {"model": MODEL})
+    wf["20"] = staying_loader(MODEL)
     out, report = convert(wf)
     assert len(report.kept) == 3001 and not report.converted
 

@@ -23,7 +23,7 @@ from ipadapter_ext.ip_adapter_core.convert import convert
 from ipadapter_ext.ip_adapter_core.convert.graph import THEIR_NODES
 from ipadapter_ext.ip_adapter_core.convert.layout import pair
 from ipadapter_ext.ip_adapter_core.convert.v1_nodes import FILE_ID
-from support.plus_graphs import MODEL, SCENARIOS, core, theirs, to_ui
+from support.plus_graphs import MODEL, SCENARIOS, core, staying_loader, theirs, to_ui
 from test_convert_v1 import OBJECT_INFO
 
 EXAMPLES = os.environ.get("IPADAPTER_PLUS_EXAMPLES")
@@ -33,7 +33,7 @@ EXAMPLES = os.environ.get("IPADAPTER_PLUS_EXAMPLES")
 
 def test_a_node_fed_a_model_by_a_node_that_stays_is_converted():
     g = core("v1-5-pruned-emaonly.safetensors", MODEL)
-    g["20"] = theirs("IPAdapterUnifiedLoaderCommunity", {"preset": "Composition"}, {"model": MODEL})
+    g["20"] = staying_loader(MODEL)
     g["21"] = theirs("IPAdapterModelLoader", {"ipadapter_file": "ip-adapter_sd15.safetensors"})
     g["22"] = theirs("IPAdapterAdvanced", {}, {"model": ["20", 0], "ipadapter": ["21", 0], "image": ["5", 0]})
     g["23"] = theirs("IPAdapterAdvanced", {}, {"model": ["22", 0], "ipadapter": ["20", 1], "image": ["5", 0]})
@@ -52,7 +52,7 @@ def test_a_node_fed_a_model_by_a_node_that_stays_is_converted():
 
 def test_a_node_fed_only_their_wires_by_a_node_that_stays_still_stays():
     g = core("v1-5-pruned-emaonly.safetensors", MODEL)
-    g["20"] = theirs("IPAdapterUnifiedLoaderCommunity", {"preset": "Kolors"}, {"model": MODEL})
+    g["20"] = staying_loader(MODEL)
     g["21"] = theirs("IPAdapterEncoder", {}, {"ipadapter": ["20", 1], "image": ["5", 0]})
     g["22"] = theirs("IPAdapterEmbeds", {}, {"model": MODEL, "ipadapter": ["20", 1], "pos_embed": ["21", 0]})
     g["7"]["inputs"]["model"] = ["22", 0]

@@ -277,7 +277,8 @@ def test_faceid_and_its_face_nodes(faceid_v2):
     o["51"] = n("IPAFaceAnalysis", face_analysis=["50", 0], image=["5", 0], choose="most confident", index=0,
                 threshold=0.5)
     o["52"] = n("IPAProjectFace", ipadapter=["40", 0], faces=["51", 0], clip_vision=["11", 0], combine="concat",
-                faceid_version="v2" if faceid_v2 else "v1", weight_faceidv2=1.5, lora_strength=0.0, image_weights="")
+                faceid_version="v2" if faceid_v2 else "v1", weight_faceidv2=1.5, lora_strength=0.0, image_weights="",
+                weight_kolors=1.0)
     o["53"] = weight(["52", 0], 0.7, start=0.2, scaling="K+mean(V) w/ C penalty")
     o["54"] = apply(MODEL, ["40", 0], ["53", 0])
     o["7"]["inputs"]["model"] = ["54", 0]

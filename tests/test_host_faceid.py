@@ -114,6 +114,16 @@ def test_plus_projects_the_face_crop_as_the_reference(analyzer, vit_h, adapter_f
     assert rel < 2e-3, f"face tokens differ from the reference by {rel:.2e} (the crop is warped bilinearly both ways)"
     assert torch.allclose(prompt.negative, want_neg, rtol=1e-4, atol=1e-5)
 
+    # negative_image (the popular extension's image_negative): its CLIP states replace the zero image's
+    noise = pictures(1, 224) * 0.5
+    handle = load_adapter_handle(path)
+    negative = IPAProjectFace.execute(handle, faces, "concat", vit_h, "auto", 1.3, 1.0, negative_image=noise).result[0]
+    with torch.no_grad():
+        noise_states = vit_h.encode_image(noise, crop=True)["penultimate_hidden_states"].float()
+        want_noise = ref(torch.zeros_like(ids), noise_states, shortcut=True, scale=1.3)
+    assert torch.allclose(negative.negative, want_noise, rtol=1e-4, atol=1e-5)
+    assert torch.equal(negative.positive, prompt.positive)
+
 
 def test_faceid_samples_with_the_lora_merged_and_taken_off(analyzer, sd15, adapter_file):
     """The all-in-one node on FaceID (LoRA inside): sampling through ComfyUI changes the picture, the base model

@@ -361,3 +361,36 @@ def test_node_refuses_a_model_of_another_family(folders, monkeypatch):
         model_config=types.SimpleNamespace(unet_config={"context_dim": 4096})))
     with pytest.raises(IPAdapterMismatchError, match="none of them"):
         IPAUnifiedLoader.execute(flux_like, "STANDARD")
+
+
+# ---------------------------------------------------------------- Kolors and composition
+
+def test_kolors_and_composition_presets_find_their_files(tmp_path, presets, monkeypatch):
+    """KOLORS takes Kolors-IP-Adapter-Plus (told by its tensors) on a Kolors UNet only, with ViT-L/14 at 336 px
+    (told from the 224-px one by its positions); COMPOSITION prefers a plus file named 'composition'."""
+    from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
+    from support.kolors_models import plus_state_dict
+
+    ipa, cv = tmp_path / "ipadapter", tmp_path / "clip_vision"
+    write_sparse_safetensors(ipa / "ip_adapter_plus_general.safetensors",
+                             {k: tuple(v.shape) for k, v in plus_state_dict(device="meta").items()})
+    write_variant(ipa, "a_plus.safetensors", "ip-adapter-plus_sd15")
+    write_variant(ipa, "ip_plus_composition_sd15.safetensors", "ip-adapter-plus_sd15")
+    point_folders(monkeypatch, [ipa], [cv])
+    with pytest.raises(IPAdapterError, match=r"ViT-L/14-336 CLIP vision model; none found.*Kwai-Kolors/Kolors-IP-"
+                                             r"Adapter-Plus/resolve/main/image_encoder/pytorch_model\.bin"):
+        presets.preset_files("KOLORS", SDXL, "kolors")
+    for positions, name in ((257, "vit-l.safetensors"), (577, "clip-vit-large-patch14-336.safetensors")):
+        write_sparse_safetensors(cv / name, {"vision_model.embeddings.class_embedding": (1024,),
+                                             "visual_projection.weight": (768, 1024),
+                                             "vision_model.embeddings.position_embedding.weight": (positions, 1024)})
+    got = presets.preset_files("KOLORS", SDXL, "kolors")
+    assert (Path(got.adapter).name, Path(got.clip_vision).name) == ("ip_adapter_plus_general.safetensors",
+                                                                     "clip-vit-large-patch14-336.safetensors")
+    with pytest.raises(IPAdapterError, match="not a Kolors UNet.*ComfyUI-Kolors-MZ"):
+        presets.preset_files("KOLORS", SDXL)
+    with pytest.raises(IPAdapterError, match="is a Kolors UNet; the PLUS adapters were trained for SDXL.*KOLORS"):
+        presets.preset_files("PLUS", SDXL, "kolors")
+    write_sparse_safetensors(cv / "vit-h.safetensors", {"vision_model.embeddings.class_embedding": (1280,),
+                                                        "visual_projection.weight": (1024, 1280)})
+    assert Path(presets.preset_files("COMPOSITION", SD15).adapter).name == "ip_plus_composition_sd15.safetensors"

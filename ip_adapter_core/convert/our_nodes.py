@@ -3,8 +3,8 @@
 The UI format stores widget values by position and links by socket number, so writing one needs each
 node's layout. These are this extension's nodes and the two core nodes the converter uses;
 ``tests/test_workflows_plus.py`` (test_our_node_table_matches_the_server) checks every entry against
-the running server's ``/object_info``, so a node change that is not copied here fails the tests. ``CONTROL`` is the editor's extra "control
-after generate" value that follows a seed-like widget.
+the running server's ``/object_info``, so a node change that is not copied here fails the tests. ``CONTROL``
+is the editor's extra "control after generate" value that follows a seed-like widget.
 """
 from __future__ import annotations
 
@@ -194,11 +194,12 @@ SPECS = {
         widget_types=(('choose', 'COMBO'), ('index', 'INT'), ('threshold', 'FLOAT')),
         defaults=(('choose', 'largest'), ('index', 0), ('threshold', 0.5))),
     'IPAProjectFace': Spec(
-        sockets=(('ipadapter', 'IPA_MODEL'), ('faces', 'IPA_FACES'), ('clip_vision', 'CLIP_VISION')),
-        widgets=('combine', 'faceid_version', 'weight_faceidv2', 'lora_strength', 'image_weights'),
+        sockets=(('ipadapter', 'IPA_MODEL'), ('faces', 'IPA_FACES'), ('clip_vision', 'CLIP_VISION'),
+                 ('negative_image', 'IMAGE')),
+        widgets=('combine', 'faceid_version', 'weight_faceidv2', 'lora_strength', 'image_weights', 'weight_kolors'),
         outputs=(('embeds', 'IPA_EMBEDS'),),
         widget_types=(('combine', 'COMBO'), ('faceid_version', 'COMBO'), ('weight_faceidv2', 'FLOAT'),
-                      ('lora_strength', 'FLOAT'), ('image_weights', 'STRING')),
+                      ('lora_strength', 'FLOAT'), ('image_weights', 'STRING'), ('weight_kolors', 'FLOAT')),
         defaults=(('combine', 'concat'), ('faceid_version', 'auto'), ('weight_faceidv2', 1.0),
-                  ('lora_strength', 1.0), ('image_weights', ''))),
+                  ('lora_strength', 1.0), ('image_weights', ''), ('weight_kolors', 1.0))),
 }

@@ -25,17 +25,17 @@ SIMPLE_TYPES = {"standard": "linear", "prompt is more important": "ease out", "s
 PRESETS = {"LIGHT - SD1.5 only (low strength)": "LIGHT", "STANDARD (medium strength)": "STANDARD",
            "VIT-G (medium strength)": "VIT-G", "PLUS (high strength)": "PLUS", "PLUS FACE (portraits)": "PLUS FACE",
            "FULL FACE - SD1.5 only (portraits stronger)": "FULL FACE"}
+# Their IPAdapterUnifiedLoaderCommunity's presets (ostris' composition adapter, Kolors-IP-Adapter-Plus).
+COMMUNITY_PRESETS = {"Composition": "COMPOSITION", "Kolors": "KOLORS"}
 INTERPOLATIONS = {"LANCZOS": "lanczos", "BICUBIC": "bicubic", "HAMMING": "bilinear", "BILINEAR": "bilinear",
                   "BOX": "area", "NEAREST": "nearest"}
 # Their first generation's names (27 Sept - 12 Oct 2023: torch's resize modes, lower case).
 OLD_INTERPOLATIONS = {"lanczos": "lanczos", "bicubic": "bicubic", "bilinear": "bilinear", "area": "area",
                       "nearest": "nearest", "nearest-exact": "nearest"}
 MIDDLE = "their middle block never acts"
-NOT_HERE = {
-    "IPAdapterFaceIDKolors": "Kolors models are not supported here (SD1.5 and SDXL IP-Adapters only)",
-    "IPAdapterUnifiedLoaderCommunity": "the Composition and Kolors community presets are not supported here",
-}
-UNSUPPORTED_FILES = ("kolors",)
+# Node ids of theirs that always stay as they are, with the reason the report gives. None today: every id has a rule
+# (a rule still refuses a node whose values have no equivalent here, raising Unconvertible).
+NOT_HERE: dict[str, str] = {}
 
 
 def advanced(c: Ctx, *, batch=False, weight_type=None, style_boost=None, composition_boost=None,
@@ -264,22 +264,25 @@ def params_entries(c: Ctx, name: str) -> tuple[list, int]:
 
 # ---------------------------------------------------------------------------- loaders and helpers
 
-def unified_loader(c: Ctx):
-    if c.v("preset") not in PRESETS:
+def unified_loader(c: Ctx, presets: dict = PRESETS):
+    """IPAdapterUnifiedLoader, and with ``presets`` = COMMUNITY_PRESETS its Community twin (same sockets)."""
+    if c.v("preset") not in presets:
         raise Unconvertible(f"preset {c.v('preset')!r} has no equivalent here")
-    key = c.add("IPAUnifiedLoader", main=True, model=c.src("model"), preset=PRESETS[c.v("preset")])
+    preset = presets[c.v("preset")]
+    key = c.add("IPAUnifiedLoader", main=True, model=c.src("model"), preset=preset)
     if c.linked("ipadapter"):
         c.note("the ipadapter input (a pipeline to reuse) is not needed: ComfyUI caches loaded models")
     c.note("the preset's files are found by their tensors, not by name")
+    if preset == "COMPOSITION":
+        # ostris' adapter has a plus adapter's tensors: only the name tells them apart
+        c.note("COMPOSITION prefers a file whose name holds 'composition' and otherwise takes a plus adapter "
+               "(theirs then stops: 'IPAdapter model not found')")
     c.out(0, c.src("model"))    # theirs passes the model through unchanged (it only adds FaceID LoRAs)
     c.pipe(1, c.ref(key, 0), c.ref(key, 1))
 
 
 def model_loader(c: Ctx):
-    name = c.v("ipadapter_file") or ""
-    if any(word in name.lower() for word in UNSUPPORTED_FILES):
-        raise Unconvertible(f"{name}: Kolors adapters are not supported here")
-    key = c.add("IPALoader", main=True, ipadapter_file=name)
+    key = c.add("IPALoader", main=True, ipadapter_file=c.v("ipadapter_file") or "")
     c.pipe(0, c.ref(key), None)
 
 
@@ -387,6 +390,7 @@ RULES = {
     "IPAdapterLoadEmbeds": load_embeds,
     "IPAdapterFromParams": from_params,
     "IPAdapterUnifiedLoader": unified_loader,
+    "IPAdapterUnifiedLoaderCommunity": lambda c: unified_loader(c, COMMUNITY_PRESETS),
     "IPAdapterModelLoader": model_loader,
     "IPAdapterEncoder": encoder,
     "IPAdapterCombineEmbeds": combine_embeds,

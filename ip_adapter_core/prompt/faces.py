@@ -23,7 +23,7 @@ from ..input_bounds import check_magnitudes
 from ..networks.ops import compute_dtype
 from .embeds import ImagePrompt
 from .tokens import ONE_PER_FRAME, PROJECT_MODES, combine, parse_image_weights
-from .vision import check_encoder, encode_batches, zero_image_features
+from .vision import check_encoder, encode_batches, prepare, zero_image_features
 
 # plusv2 and plus have the same tensors; the file name is the only hint, so it is a setting (auto reads the name)
 PLUS_VERSIONS = ("auto", "v2", "v1")
@@ -114,7 +114,8 @@ def encode_face_crops(clip_vision, faces: FaceSet, size: int = FACE_CROP_SIZE,
 
 def face_prompt(handle, faces: FaceSet, clip_vision=None, mode: str = "concat", version: str = "auto",
                 s_scale: float = 1.0, lora_strength: float = 1.0, weights: str = "",
-                crop_size: int = FACE_CROP_SIZE, text_proj_scale: float = 1.0) -> ImagePrompt:
+                crop_size: int = FACE_CROP_SIZE, text_proj_scale: float = 1.0,
+                negative_image: torch.Tensor | None = None) -> ImagePrompt:
     """IP-Adapter Project Face: the ImagePrompt of ``faces`` for a FaceID ``handle``."""
     cfg = handle.config
     check_face_adapter(cfg)
@@ -129,6 +130,14 @@ def face_prompt(handle, faces: FaceSet, clip_vision=None, mode: str = "concat", 
                                  f"connect the {cfg.clip_encoder} CLIP vision model (README.md, Models).")
         check_encoder(cfg, clip_vision)
         clip_states, zero = encode_face_crops(clip_vision, faces, crop_size, cfg)
+        if negative_image is not None:
+            # the popular extension's image_negative: the CLIP part of the negative is this picture's states (its
+            # noise image, typically) instead of the zero image's / zeros; the face part stays the zero embedding
+            pixels, crop_flag = prepare(clip_vision, negative_image, "center", None)
+            zero = encode_batches(clip_vision, pixels[:1], crop_flag)["penultimate_hidden_states"].float()
+    elif negative_image is not None:
+        raise IPAdapterError(f"negative_image: the adapter ({cfg.name}) reads the face embedding only, which has no "
+                             "image negative; disconnect negative_image.")
     check_magnitudes([text_proj_scale], "weight_kolors")
     # Kolors' FaceID Plus always adds its ID tokens back (its ProjPlusModel's shortcut); its file name says nothing
     kolors_auto = cfg.base == KOLORS and version == "auto"

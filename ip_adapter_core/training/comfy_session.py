@@ -8,8 +8,8 @@ import os
 import torch
 
 from ..errors import IPAdapterError, IPAdapterMismatchError
-from ..files.base_model import check_model_layers, model_family, unet_config_of
-from ..files.config import FAMILY_NAMES, UNET_FAMILIES
+from ..files.base_model import check_model_layers, model_base, model_family, unet_config_of
+from ..files.config import FAMILY_NAMES, KOLORS, UNET_FAMILIES
 from ..files.loader import AdapterHandle
 from ..input_bounds import check_image_batch
 from ..prompt.vision import ZERO_IMAGE_ATTR, encode, encoder_of
@@ -73,6 +73,9 @@ def adapter_for_model(model, data: TrainingSet, projection: str | None, handle=N
 
 def _adapter_for_model(model, data, projection, handle, seed):
     family = model_family(model)
+    if model_base(model) == KOLORS:  # an SDXL-layout UNet whose text comes through its own projection
+        raise IPAdapterMismatchError("model: training works on SD1.5 and SDXL UNets; this is a Kolors UNet, which it "
+                                     "does not train for. Train with an SD1.5 or SDXL checkpoint.")
     if family not in UNET_FAMILIES:
         raise IPAdapterMismatchError(f"model: training works on SD1.5 and SDXL UNets; this is a {FAMILY_NAMES[family]} "
                                      "model. Train with an SD1.5 or SDXL checkpoint.")

@@ -44,6 +44,16 @@ def theirs(kind, values=None, links=None, old=0):
     return {"class_type": kind, "inputs": inputs}
 
 
+# A preset their loader does not offer today, as a later release of theirs could add: the loader stays (every node id
+# of theirs has a rule now, so a node that stays is one whose values have no equivalent here).
+LATER_PRESET = "MEGA (a later release)"
+
+
+def staying_loader(model_from) -> dict:
+    """Their preset loader with LATER_PRESET: a node of theirs that stays, with an IPADAPTER output."""
+    return theirs("IPAdapterUnifiedLoader", {"preset": LATER_PRESET}, {"model": model_from})
+
+
 def core(ckpt, model_from, batch=1, prefix="plus", steps=2):
     """The core part of a scenario; ``model_from`` feeds the KSampler."""
     return {
