@@ -180,3 +180,22 @@ def test_wrong_encoder_models_and_modes_are_refused_by_name(sd3, inputs, adapter
         prompt_of(handle, inputs["siglip"], weight_type="ease in")
     with pytest.raises(IPAdapterError, match="V only"):
         applied(sd3, handle, prompt_of(handle, inputs["siglip"], scaling="K+V"))
+
+
+def test_a_mask_limits_the_prompt_to_its_region(inputs, tmp_path):
+    """On an MMDiT of one joint block, each image token's output depends on its own attention output: tokens outside
+    the mask come out as without the image prompt, bit for bit."""
+    from ipadapter_ext.ip_adapter_core.files.loader import load_adapter_handle
+
+    one = comfy_sd3(depth=1, seed=4)
+    handle = load_adapter_handle(write_sd3_adapter(tmp_path / "one_block.safetensors", blocks=1))
+    mask = torch.zeros(1, LATENT * 8, LATENT * 8)
+    mask[:, :, : LATENT * 4] = 1.0                      # the left half of the picture
+    prompt = prompt_of(handle, inputs["siglip"])
+    base, _ = velocity(one, inputs, 0.6, 3.0)
+    from ipadapter_ext.ip_adapter_core.apply.image_prompt import apply_image_prompt
+
+    masked, _ = velocity(apply_image_prompt(one, handle, prompt, mask), inputs, 0.6, 3.0)
+    left, right = (..., slice(0, LATENT // 2 - 2)), (..., slice(LATENT // 2 + 2, None))  # off the mask's edge
+    assert torch.equal(masked[right], base[right])
+    assert rel_err(masked[left], base[left]) > EFFECT
