@@ -358,7 +358,7 @@ def write_tiny_t5_node(custom_nodes: Path) -> Path:
     path = Path(custom_nodes) / "ipadapter_test_tiny_t5.py"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
-        "# Written by tests/support/host_models.py: the workflow tests' Flux and SD3.5 read text from a shrunk T5-XXL.\n"
+        "# Written by tests/support/host_models.py: the workflow tests' Flux and SD3.5 read a shrunk T5-XXL.\n"
         "import json, os, tempfile\n"
         "import comfy.sd1_clip\n"
         "import comfy.text_encoders.sd3_clip as sc\n"

@@ -46,7 +46,8 @@ MODEL_INPUTS = {
                                        "diffusion_pytorch_model.fp16.safetensors": ("kolors_unet",)}),
     # DualCLIPLoader (Flux: clip_l, t5xxl) and TripleCLIPLoader (SD3.5: clip_g, clip_l, t5xxl)
     "clip_name1": ("text_encoders", {"clip_l.safetensors": ("clip_l_text",)}),
-    "clip_name2": ("text_encoders", {"t5xxl_fp16.safetensors": ("t5xxl_tiny",), "clip_g.safetensors": ("clip_g_text",)}),
+    "clip_name2": ("text_encoders", {"t5xxl_fp16.safetensors": ("t5xxl_tiny",),
+                                     "clip_g.safetensors": ("clip_g_text",)}),
     "clip_name3": ("text_encoders", {"t5xxl_fp16.safetensors": ("t5xxl_tiny",)}),
     "vae_name": ("vae", {"ae.safetensors": ("flux_vae",), "sdxl_vae.safetensors": ("sdxl_vae",)}),
     "chatglm3_checkpoint": ("LLM", {"chatglm3-8bit.safetensors": ("chatglm3_stub",)}),
