@@ -374,7 +374,7 @@ def test_kolors_and_composition_presets_find_their_files(tmp_path, presets, monk
     ipa, cv = tmp_path / "ipadapter", tmp_path / "clip_vision"
     write_sparse_safetensors(ipa / "ip_adapter_plus_general.safetensors",
                              {k: tuple(v.shape) for k, v in plus_state_dict(device="meta").items()})
-    write_variant(ipa, "a_plus.safetensors", "ip-adapter-plus_sd15")
+    write_variant(ipa, "z_plus.safetensors", "ip-adapter-plus_sd15")
     write_variant(ipa, "ip_plus_composition_sd15.safetensors", "ip-adapter-plus_sd15")
     point_folders(monkeypatch, [ipa], [cv])
     with pytest.raises(IPAdapterError, match=r"ViT-L/14-336 CLIP vision model; none found.*Kwai-Kolors/Kolors-IP-"
@@ -394,3 +394,22 @@ def test_kolors_and_composition_presets_find_their_files(tmp_path, presets, monk
     write_sparse_safetensors(cv / "vit-h.safetensors", {"vision_model.embeddings.class_embedding": (1280,),
                                                         "visual_projection.weight": (1024, 1280)})
     assert Path(presets.preset_files("COMPOSITION", SD15).adapter).name == "ip_plus_composition_sd15.safetensors"
+    assert Path(presets.preset_files("PLUS", SD15).adapter).name == "z_plus.safetensors"  # not the composition one
+
+
+def test_the_sd35_adapter_takes_siglip_with_or_without_its_pooling_head(tmp_path, presets, monkeypatch):
+    """ComfyUI's sigclip_vision_patch14_384 has no pooling head: InstantX's Flux adapter needs it, the SD3.5 adapter
+    (penultimate states) does not."""
+    from support.sd3_models import sd3_adapter_state_dict
+
+    from ipadapter_ext.ip_adapter_core.files import model_folders as mf
+    from ipadapter_ext.ip_adapter_core.files.config import detect_config
+    from ipadapter_ext.ip_adapter_core.files.formats import adapter_sections
+
+    cv = tmp_path / "clip_vision"
+    write_sparse_safetensors(cv / "sigclip_vision_patch14_384.safetensors",
+                             {mf.SIGLIP_WIDTH: (1152,), mf.HF_POSITIONS: (729, 1152)})
+    point_folders(monkeypatch, [tmp_path], [cv])
+    sections, rest = adapter_sections(sd3_adapter_state_dict(device="meta"))
+    assert Path(mf.find_clip_vision_file(detect_config(sections, "sd3", rest))).name == \
+        "sigclip_vision_patch14_384.safetensors"

@@ -55,11 +55,9 @@ class SD3Call:
         """(tokens [2, T, C] of the (image, negative) features, time embedding [2, t_dim]) at this call's timestep."""
         hit = self.tokens.get(branch)
         if hit is None:
+            # ComfyUI's samplers call the model with one timestep for every row (calc_cond_batch): the first row's
+            # is taken, on the device (comparing the rows would make the host wait for the GPU once per step)
             t = self.timestep
-            if t.numel() > 1 and not bool((t == t.flatten()[0]).all()):
-                raise IPAdapterError("IP-Adapter (SD3.5): the rows of one model call have different timesteps, which "
-                                     "this adapter's time-conditioned tokens do not support. Sample the batch with "
-                                     "one timestep per call (ComfyUI's samplers do).")
             proj = branch.adapter.model.image_proj
             weight = next(proj.parameters())
             prompt = branch.prompt

@@ -92,7 +92,8 @@ def encoder_of_file(path) -> str:
         return _siglip(shapes)
     hidden, embeds = _widths(shapes)
     positions = shapes.get(HF_POSITIONS)
-    # ViT-L/14 at 336 px (Kolors') has 577 positions, at 224 px 257; named as prompt/vision.encoder_of names a loaded one
+    # ViT-L/14 at 336 px (Kolors') has 577 positions, at 224 px 257; named as prompt/vision.encoder_of names a
+    # loaded one
     size = round((positions[0] - 1) ** 0.5) * 14 if positions and len(positions) == 2 else None
     found = encoder_by_widths(hidden, embeds, size)
     if found is None:
@@ -264,12 +265,18 @@ def shown_name(path: str, kind: str) -> str:
     return path
 
 
+def _fits_without_head(found, config: AdapterConfig) -> bool:
+    """The SD3.5 adapter reads SigLIP's penultimate states: a file without the pooling head (ComfyUI's own
+    sigclip_vision_patch14_384) serves it as well as one with it."""
+    return config.encoder == SIGLIP and config.feature != POOLED and found == f"{SIGLIP} {NO_HEAD}"
+
+
 def find_clip_vision_file(config: AdapterConfig) -> str:
     """The path of the file in models/clip_vision that holds the encoder an adapter needs, by tensor
     shapes (no weights loaded); the first by path where several do. Says why each other file was skipped."""
     candidates, skipped = [], []
     for path, found in scan(CLIP_VISION):
-        if found == config.encoder:
+        if found == config.encoder or _fits_without_head(found, config):
             candidates.append(path)
             continue
         reason = found.reason if isinstance(found, Skipped) else f"encoder {found}, not {config.encoder}"

@@ -43,8 +43,8 @@ class Preset:
     accepts: Callable[[AdapterConfig], bool]    # the test on the file's variant
     releases: dict[str, str]                    # family -> the h94/IP-Adapter file; absent: none
     twin: str = ""                              # why several files may fit (same tensors)
-    # among same-tensor files only: (word, wanted) - prefer names with (or without) the word
-    name_hint: tuple[str, bool] | None = None
+    # among same-tensor files only: (word or words, wanted) - prefer names with (or without any of) the word(s)
+    name_hint: tuple | None = None
     hub: str = HF                               # where the releases are
     faceid_version: str = ""                    # FaceID Plus: "v2" / "v1", what the preset means
     base: str = ""                              # KOLORS: the preset is for Kolors UNets (and only it is)
@@ -78,7 +78,7 @@ PRESETS = {p.name: p for p in (
     Preset("PLUS", "plus adapter (Resampler), ViT-H, 16 tokens: closer to the image", _plus,
            {"sd15": "models/ip-adapter-plus_sd15.safetensors",
             "sdxl": "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors"},
-           SAME_TENSORS.format(a="Plus", b="plus-face", preset="PLUS"), ("face", False)),
+           SAME_TENSORS.format(a="Plus", b="plus-face", preset="PLUS"), (("face", "composition"), False)),
     Preset("PLUS FACE", "plus adapter trained on faces (Resampler), ViT-H, 16 tokens", _plus,
            {"sd15": "models/ip-adapter-plus-face_sd15.safetensors",
             "sdxl": "sdxl_models/ip-adapter-plus-face_sdxl_vit-h.safetensors"},
@@ -167,7 +167,9 @@ def preset_files(preset: str, family: str, base: str = "") -> PresetFiles:
     if not fits:
         raise IPAdapterError(_missing_adapter(p, family, files))
     order = "first by path" if p.name_hint is None else \
-        f"a name {'with' if p.name_hint[1] else 'without'} '{p.name_hint[0]}' first, then by path"
+        f"a name {'with' if p.name_hint[1] else 'without'} " \
+        f"{' or '.join(repr(w) for w in ((p.name_hint[0],) if isinstance(p.name_hint[0], str) else p.name_hint[0]))}" \
+        " first, then by path"
     adapter, config = _pick(_by_name_hint(fits, p.name_hint), f"preset {p.name} ({fam}) adapter", p.twin, order)
     if config.clip_encoder is None:  # FaceID and Portrait read the face only
         log.info("preset %s (%s): %s (%s)", p.name, fam, adapter, config.name)
@@ -186,8 +188,13 @@ def _by_name_hint(fits: list, hint: tuple[str, bool] | None) -> list:
     wants) first, each group still by path; a file of another kind never got here (tensors decide)."""
     if hint is None or len(fits) < 2:
         return fits
-    word, wanted = hint
-    return sorted(fits, key=lambda f: (word in Path(f[0]).name.lower()) != wanted)  # stable: by path within
+    words, wanted = hint
+    words = (words,) if isinstance(words, str) else words
+
+    def named(f):
+        return any(w in Path(f[0]).name.lower() for w in words)
+
+    return sorted(fits, key=lambda f: named(f) != wanted)  # stable: by path within
 
 
 def _pick(fits: list, what: str, twin: str = "", order: str = "first by path"):
