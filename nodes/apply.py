@@ -16,7 +16,7 @@ class IPAApply(io.ComfyNode):
             description="Returns a copy of the model whose cross-attention also attends to the image prompt. "
                         "Chain several to combine adapters or image prompts.",
             inputs=[
-                io.Model.Input("model", tooltip="An SD1.5, SDXL or Flux.1 model; it is not changed."),
+                io.Model.Input("model", tooltip="An SD1.5, SDXL, Kolors, Flux.1 or SD3.5 Large model; it is not changed."),
                 IPAModel.Input("ipadapter", tooltip="The adapter that projected the embeds."),
                 IPAEmbeds.Input("embeds", tooltip="From IP-Adapter Project or IP-Adapter Weight."),
                 io.Mask.Input("attn_mask", optional=True,
@@ -36,7 +36,7 @@ class IPAApplySimple(io.ComfyNode):
             node_id="IPAApplySimple", display_name="IP-Adapter (all-in-one)", category=CATEGORY,
             description="Encode, project, weight and apply in one node.",
             inputs=[
-                io.Model.Input("model", tooltip="An SD1.5, SDXL or Flux.1 model; it is not changed."),
+                io.Model.Input("model", tooltip="An SD1.5, SDXL, Kolors, Flux.1 or SD3.5 Large model; it is not changed."),
                 IPAModel.Input("ipadapter", tooltip="From IP-Adapter Loader."),
                 io.ClipVision.Input("clip_vision", tooltip="The encoder the adapter needs."),
                 io.Image.Input("image", tooltip="Reference image(s); several are concatenated."),

@@ -130,7 +130,7 @@ class IPAFaceID(io.ComfyNode):
         return io.Schema(
             node_id="IPAFaceID", display_name="IP-Adapter FaceID (all-in-one)", category=CATEGORY,
             description="Face analysis, projection, weight and apply in one node.",
-            inputs=[io.Model.Input("model", tooltip="An SD1.5 or SDXL model; it is not changed."),
+            inputs=[io.Model.Input("model", tooltip="An SD1.5, SDXL or Kolors model; it is not changed."),
                     IPAModel.Input("ipadapter", tooltip="A FaceID file."),
                     FaceAnalysis.Input("face_analysis", tooltip="From IP-Adapter Face Analysis Loader."),
                     io.Image.Input("image", tooltip="Pictures of the person (one face each; concatenated)."),

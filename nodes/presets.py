@@ -21,9 +21,9 @@ class IPAUnifiedLoader(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="IPAUnifiedLoader", display_name="IP-Adapter Preset Loader", category=CATEGORY,
-            description="Finds and loads the IP-Adapter of a preset for the model's family (SD1.5 or SDXL) "
-                        "and the CLIP vision model it needs; files are recognised by their tensors.",
-            inputs=[io.Model.Input("model", tooltip="An SD1.5 or SDXL model: decides which family's adapter "
+            description="Finds and loads the IP-Adapter of a preset for the model's family (SD1.5, SDXL; KOLORS on "
+                        "Kolors) and the CLIP vision model it needs; files are recognised by their tensors.",
+            inputs=[io.Model.Input("model", tooltip="An SD1.5, SDXL or Kolors model: decides which family's adapter "
                                                     "to load. It is not changed."),
                     io.Combo.Input("preset", options=list(PRESETS), default="STANDARD", tooltip=PRESET_TOOLTIP)],
             outputs=[IPAModel.Output(display_name="ipadapter"), io.ClipVision.Output(display_name="clip_vision")])
