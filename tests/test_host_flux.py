@@ -446,7 +446,7 @@ def test_the_attention_map_refuses_flux_by_name(flux, inputs, handles):
 
     h = handles["v1"]
     model = applied(flux, h, prompt_of(h, inputs))
-    with pytest.raises(IPAdapterError, match="Flux's transformer blocks, which it does not record"):
+    with pytest.raises(IPAdapterError, match="transformer blocks of Flux or SD3.5, which it does not record"):
         record(model, conds(inputs, 0), conds(inputs, 1), {"samples": inputs["latent"]}, 0, 2, 0, 1.0, "euler",
                "simple")
 
