@@ -9,14 +9,14 @@ models folder of symlinks, under the README's file names, to random-weight files
 IP-Adapter files, FaceID's as .bin), and a synthetic face pack (tests/support/face_packs.py: buffalo_l's
 detector and recogniser as small ONNX graphs that find one face in any picture) in models/insightface. Input images are the repository's ``workflows/input/*.png`` scaled to SIZE×SIZE (a
 non-square one to SIZE on its short side). Each workflow runs with KSampler steps = STEPS and EmptyLatentImage
-(and ImageScale) SIZE×SIZE, IP-Adapter Train with TRAIN_STEPS steps, then once more with every λ (IPAWeight /
+(and ImageScale) RUN_SIZE×RUN_SIZE, IP-Adapter Train with TRAIN_STEPS steps, then once more with every λ (IPAWeight /
 IPAApplySimple / IPAApplyTiled / IPAFaceID ``weight``) set to 0: it must finish, save one image per latent frame in the
 output folder, and the images differ on every frame. The λ = 0 rerun must take the training
 set and the trained adapter from ComfyUI's cache (the server's ``execution_cached`` message), not train again.
 
 What ran for SDXL (07_sdxl_style_composition, 14_sdxl_faceid): the workflow file unchanged (CheckpointLoaderSimple with a
 real-shape random SDXL checkpoint: 2.6 B UNet parameters, CLIP-L and CLIP-G, VAE; fp16 file of 6.9 GB; the
-SDXL ViT-H IP-Adapter and the ViT-H encoder), at SIZE×SIZE and SDXL_STEPS steps, in a second server started with
+SDXL ViT-H IP-Adapter and the ViT-H encoder), at RUN_SIZE×RUN_SIZE and SDXL_STEPS steps, in a second server started with
 ``--fp8_e4m3fn-unet``: the UNet weights are stored in fp8 (e4m3fn, 2.45 GB) and cast layer by layer to fp32
 for the computation (ComfyUI's manual cast on CPU), so activations, attention and the IP-Adapter branch run in
 fp32 while the weights lose precision. Text encoders (fp16 storage), VAE, CLIP vision and the adapter are as
@@ -70,6 +70,10 @@ log = logging.getLogger("ipadapter.tests.workflows")
 CONVERTED_TWINS = {"15_flux_xlabs": lambda: xlabs_graph(values={"ip_scale": 0.9})}
 
 STEPS = 2
+# the runs' latents and images: RUN_SIZE×RUN_SIZE (the input images stay SIZE on their short side). 128 px is a
+# 16×16 latent, every UNet level still 2×2 or more; at 192 px the suite went over its 35-minute budget
+RUN_SIZE = 128
+LATENT_NODES = ("EmptyLatentImage", "EmptySD3LatentImage")  # img2img and inpainting encode their SIZE input instead
 SDXL_STEPS = 1  # one SDXL step (cond and uncond through all 70 patched layers) is ~50 s on a busy 2-core CPU
 FLUX_STEPS = 1  # one step of the one-block Flux at its real width (400 tokens) is ~5 s; three runs of it
 RUN_ORDER = sorted(WORKFLOWS, key=lambda n: ("sd15", "flux", "sdxl").index(family_of(n)))  # one switch each
@@ -172,8 +176,8 @@ def small(prompt: dict, weight: float | None = None, steps: int = STEPS) -> dict
     for node in prompt.values():
         if node["class_type"] == "KSampler":
             node["inputs"]["steps"] = steps
-        if node["class_type"] in ("EmptyLatentImage", "EmptySD3LatentImage", "ImageScale"):
-            node["inputs"].update(width=SIZE, height=SIZE)
+        if node["class_type"] in (*LATENT_NODES, "ImageScale"):
+            node["inputs"].update(width=RUN_SIZE, height=RUN_SIZE)
         if node["class_type"] == "IPATrain":
             node["inputs"]["steps"] = TRAIN_STEPS
         if node["class_type"] == "IPAAttentionMap":  # maps the last of the STEPS steps
@@ -220,7 +224,8 @@ def test_workflow_runs_and_the_image_prompt_acts(name, servers, record_property)
         pytest.fail(f"{name}: {e}\n--- server log ---\n{server.log_tail()}")
     trained = {k for k, n in prompt.items() if n["class_type"] in TRAIN_NODES}
     assert trained <= cached, f"{name}: the λ = 0 rerun trained again (nodes {sorted(trained - cached)} not cached)"
-    assert image.shape == zero.shape == (_frames(prompt), SIZE, SIZE, 3)
+    side = RUN_SIZE if any(n["class_type"] in LATENT_NODES for n in prompt.values()) else SIZE  # else an input's
+    assert image.shape == zero.shape == (_frames(prompt), side, side, 3)
     diff = float(np.abs(image.astype(np.int16) - zero).mean())
     log.info("workflow %s: %.1f s, then %.1f s with λ = 0 (ComfyUI's cache reruns only what changed); "
              "mean |difference| %.2f / 255", name, t1, t0, diff)
