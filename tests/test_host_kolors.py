@@ -131,7 +131,8 @@ def test_wrong_models_and_encoders_are_refused_naming_what_is_needed(kolors, inp
 
     from ipadapter_ext.ip_adapter_core.errors import IPAdapterError
     from ipadapter_ext.ip_adapter_core.files.base_model import check_model_layers
-    from ipadapter_ext.ip_adapter_core.prompt.vision import image_prompt
+    from ipadapter_ext.ip_adapter_core.prompt.vision import check_encoder, image_prompt
+    from support import host_models
     from support.host_unet import sdxl_family_model
 
     plus = handle_of(files["plus"][0])
@@ -146,6 +147,9 @@ def test_wrong_models_and_encoders_are_refused_naming_what_is_needed(kolors, inp
     with pytest.raises(IPAdapterError, match="ViT-L/14-336"):
         image_prompt(plus, vit_h)
     face = handle_of(files["faceid"][0])
+    vit_h_model = comfy.clip_vision.load(str(host_models.clip_vision_vit_h()))
+    with pytest.raises(IPAdapterError, match="needs the ViT-L/14-336 CLIP vision model; the one connected is ViT-H/14"):
+        check_encoder(face.config, vit_h_model)
     no_proj = kolors.clone()
     no_proj.model = type("Bare", (), {"diffusion_model": object(), "model_config": kolors.model.model_config})()
     with pytest.raises(IPAdapterError, match="encoder_hid_proj"):
