@@ -150,8 +150,8 @@ def record(model, positive, negative, latent: dict, seed: int, steps: int, step:
         raise IPAdapterError(f"step: expected a step from 0 to steps - 1 = {steps - 1}; got {step}.")
     if patches_of(model.model_options, ("dit",)):
         raise IPAdapterError("model: the attention map records the cross-attention layers of SD1.5 and SDXL UNets; "
-                             "this model's image prompts act in the transformer blocks of Flux or SD3.5, which it does not "
-                             "record. Use it with an SD1.5 or SDXL model.")
+                             "this model's image prompts act in the transformer blocks of Flux or SD3.5, which it does "
+                             "not record. Use it with an SD1.5 or SDXL model.")
     # UNet layers only; λ = 0 patches nothing either: all-zero maps, said in the labels
     if not patches_of(model.model_options, ("attn2",)):
         log.warning("attention map: no image prompt acts on this model (λ = 0, or no IP-Adapter node before this "

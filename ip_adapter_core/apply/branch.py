@@ -3,6 +3,7 @@ at node time) and the marker of our patches, so the run wrapper finds them which
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -13,6 +14,8 @@ from ..files.layers import AttnLayer
 from ..networks.ops import compute_dtype
 from ..prompt.embeds import ImagePrompt
 from .attention import image_kv, rms_per_head
+from .run_state import NEVER, RunState
+from .transformer_options import RUN_KEY
 
 log = logging.getLogger("ipadapter")
 
@@ -82,6 +85,39 @@ class BranchPatch:
         if self.previous is not None and hasattr(self.previous, "models"):
             seen += [m for m in self.previous.models() if m not in seen]
         return seen
+
+
+class BlockPatch(BranchPatch):
+    """Base of the transformer-block patches (``patches_replace["dit"]``: Flux, SD3.5). A model wrapper puts what the
+    patch needs of the call (the model being run, the latent's shape, ...) in transformer_options under CALL_KEY."""
+
+    CALL_KEY = ""
+    MODEL_NAME = ""  # for the warning when the wrapper is missing
+
+    def _block(self, args, extra):
+        """The host's block, or the foreign patch registered before ours."""
+        return self.previous(args, extra) if self.previous is not None else extra["original_block"](args)
+
+    def acting(self, opts):
+        """(this run's RunState, the branches acting in this call as (branch, λ, plan), the call's info), or None
+        when none acts or the wrapper is missing: then the block runs as it is."""
+        run = opts.get(RUN_KEY)
+        if run is None:
+            run = RunState.ad_hoc(opts)
+        active = [(b, s, p) for b, s in self.branches if s != 0 for p in (run.plan(b),) if p.mode != NEVER]
+        if not active:
+            return None
+        call = opts.get(self.CALL_KEY)
+        if call is None:
+            _warn_unwrapped(self.MODEL_NAME)
+            return None
+        return run, active, call
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_unwrapped(model_name: str) -> None:
+    log.warning("IP-Adapter: %s model was called without the wrapper that IP-Adapter Apply installs (another "
+                "extension removed the model's wrappers?); the image prompt is left out of this call.", model_name)
 
 
 def product(*factors):

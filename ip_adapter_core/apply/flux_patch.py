@@ -29,7 +29,6 @@ signature carries neither): the block whose query is needed is the one of the mo
 """
 from __future__ import annotations
 
-import functools
 import logging
 
 import torch
@@ -38,35 +37,27 @@ import torch.nn.functional as F
 from ..files.flux_layout import DOUBLE
 from ..prompt.blocks import V_ONLY
 from .attention import attention_functions, scale_kv, select_rows
-from .branch import Branch, BranchPatch, product
-from .run_state import NEVER, RunState
+from .branch import BlockPatch, Branch, product
 from .run_wrapper import add_wrapper_once, register
-from .transformer_options import FLUX_CALL_KEY, RUN_KEY
+from .transformer_options import FLUX_CALL_KEY
 
 OVERRIDE = "optimized_attention_override"  # ComfyUI's hook around every optimized_attention call
 
 log = logging.getLogger("ipadapter")
 
 
-class FluxBlockPatch(BranchPatch):
+class FluxBlockPatch(BlockPatch):
     """Replacement for one double or single block: the block (or a previous foreign patch) with the branches'
     terms added inside its attention (InstantX) and after it (XLabs)."""
 
-    def _block(self, args, extra):
-        return self.previous(args, extra) if self.previous is not None else extra["original_block"](args)
+    CALL_KEY, MODEL_NAME = FLUX_CALL_KEY, "a Flux"
 
     def __call__(self, args, extra):
         opts = args["transformer_options"]
-        run = opts.get(RUN_KEY)
-        if run is None:
-            run = RunState.ad_hoc(opts)
-        active = [(b, s, p) for b, s in self.branches if s != 0 for p in (run.plan(b),) if p.mode != NEVER]
-        call = opts.get(FLUX_CALL_KEY)
-        if not active:
+        acting = self.acting(opts)
+        if acting is None:
             return self._block(args, extra)
-        if call is None:
-            _warn_unwrapped()
-            return self._block(args, extra)
+        run, active, call = acting
         kind, index = self.layer.key
         double = kind == DOUBLE
         block = (call.model.double_blocks if double else call.model.single_blocks)[index]
@@ -158,12 +149,6 @@ class _AttentionHook:
         if self.calls == 1:
             out[:, self.offset:] = self.terms.add(out[:, self.offset:], self.branches)
         return out
-
-
-@functools.lru_cache(maxsize=1)
-def _warn_unwrapped() -> None:
-    log.warning("IP-Adapter: a Flux model was called without the wrapper that IP-Adapter Apply installs (another "
-                "extension removed the model's wrappers?); the image prompt is left out of this call.")
 
 
 def image_query(block, img: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,6 @@ hands the patches the call's timestep (as the host computes it from sigma), the 
 """
 from __future__ import annotations
 
-import functools
 import logging
 
 import torch
@@ -29,10 +28,9 @@ import torch
 from ..errors import IPAdapterError
 from ..prompt.blocks import V_ONLY
 from .attention import attention_functions
-from .branch import Branch, BranchPatch, product
-from .run_state import NEVER, RunState
+from .branch import BlockPatch, Branch, product
 from .run_wrapper import add_wrapper_once, register
-from .transformer_options import RUN_KEY, SD3_CALL_KEY
+from .transformer_options import SD3_CALL_KEY
 
 log = logging.getLogger("ipadapter")
 
@@ -78,25 +76,18 @@ def sd3_call_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=No
     return executor(x, t, c_concat, c_crossattn, control, opts, **kwargs)
 
 
-class SD3BlockPatch(BranchPatch):
+class SD3BlockPatch(BlockPatch):
     """Replacement for one joint block: the host's block where no image prompt acts, else the block run from its
     own pieces with every active branch's ``λ·out_ip`` added to its image attention output."""
 
-    def _block(self, args, extra):
-        return self.previous(args, extra) if self.previous is not None else extra["original_block"](args)
+    CALL_KEY, MODEL_NAME = SD3_CALL_KEY, "an SD3"
 
     def __call__(self, args, extra):
         opts = args["transformer_options"]
-        run = opts.get(RUN_KEY)
-        if run is None:
-            run = RunState.ad_hoc(opts)
-        active = [(b, s, p) for b, s in self.branches if s != 0 for p in (run.plan(b),) if p.mode != NEVER]
-        call = opts.get(SD3_CALL_KEY)
-        if not active:
+        acting = self.acting(opts)
+        if acting is None:
             return self._block(args, extra)
-        if call is None:
-            _warn_unwrapped()
-            return self._block(args, extra)
+        run, active, call = acting
         if self.previous is not None:
             raise IPAdapterError(
                 f"IP-Adapter (SD3.5): another extension also replaces joint block {self.layer.key[1]}; the SD3.5 "
@@ -164,12 +155,6 @@ class _Term:
         gate, lam = run.step_factors(branch, plan, opts.get("sigmas"), out.dtype)
         f = product(mask, gate, lam)
         return torch.add(out, o, alpha=scale) if f is None else torch.addcmul(out, o, f, value=scale)
-
-
-@functools.lru_cache(maxsize=1)
-def _warn_unwrapped() -> None:
-    log.warning("IP-Adapter: an SD3 model was called without the wrapper that IP-Adapter Apply installs (another "
-                "extension removed the model's wrappers?); the image prompt is left out of this call.")
 
 
 def apply_sd3_prompt(model, branch: Branch):

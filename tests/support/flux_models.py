@@ -71,10 +71,16 @@ def diffusers_twin(patcher):
                                   num_attention_heads=p.num_heads, joint_attention_dim=p.context_in_dim,
                                   pooled_projection_dim=p.vec_in_dim, guidance_embeds=True,
                                   axes_dims_rope=tuple(p.axes_dim))
-    sd = dm.state_dict()
+    key_map = comfy.utils.flux_to_diffusers({"depth": p.depth, "depth_single_blocks": p.depth_single_blocks,
+                                             "hidden_size": p.hidden_size})
+    return load_mapped(twin, key_map, dm.state_dict())
+
+
+def load_mapped(twin, key_map: dict, sd: dict):
+    """``twin`` (a diffusers transformer) loaded strictly with ComfyUI's tensors ``sd`` through one of ComfyUI's own
+    diffusers key maps (``comfy.utils.flux_to_diffusers``, ``mmdit_to_diffusers``: diffusers key -> ComfyUI key)."""
     mapped = {}
-    for dkey, ckey in comfy.utils.flux_to_diffusers({"depth": p.depth, "depth_single_blocks": p.depth_single_blocks,
-                                                     "hidden_size": p.hidden_size}).items():
+    for dkey, ckey in key_map.items():
         if isinstance(ckey, str):
             if ckey in sd:
                 mapped[dkey] = sd[ckey]

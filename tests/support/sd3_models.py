@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from support.flux_models import load_mapped
+
 CONTEXT = 4096      # T5-XXL width, SD3's context input
 POOLED = 2048       # CLIP-L + CLIP-G pooled
 SIGLIP_HIDDEN = 1152
@@ -77,21 +79,7 @@ def diffusers_twin(patcher):
                                  attention_head_dim=64, num_attention_heads=depth, joint_attention_dim=CONTEXT,
                                  caption_projection_dim=64 * depth, pooled_projection_dim=POOLED, out_channels=16,
                                  pos_embed_max_size=dm.pos_embed_max_size, qk_norm="rms_norm")
-    sd = dm.state_dict()
-    mapped = {}
-    for dkey, ckey in comfy.utils.mmdit_to_diffusers({"depth": depth}).items():
-        if isinstance(ckey, str):
-            if ckey in sd:
-                mapped[dkey] = sd[ckey]
-        elif len(ckey) == 3:                      # (key, None, function): swapped halves
-            if ckey[0] in sd:
-                mapped[dkey] = ckey[2](sd[ckey[0]])
-        elif ckey[0] in sd:                       # (key, (dim, offset, size)): a slice of a fused qkv
-            dim, offset, size = ckey[1]
-            mapped[dkey] = sd[ckey[0]].narrow(dim, offset, size)
-    missing, unexpected = twin.load_state_dict(mapped, strict=False)
-    assert not missing and not unexpected, (missing[:5], unexpected[:5])
-    return twin.eval()
+    return load_mapped(twin, comfy.utils.mmdit_to_diffusers({"depth": depth}), dm.state_dict())
 
 
 def sd3_adapter_state_dict(blocks: int = 38, hidden: int = 2432, dim: int = 1280, heads: int = 20, queries: int = 64,
